@@ -1,0 +1,97 @@
+"""Structured configs: typed dataclasses that validate every Hydra override.
+
+The `conf/` tree picks values; these classes define which keys exist and their types.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from omegaconf import MISSING
+
+
+@dataclass
+class StoryConfig:
+    path: str = MISSING  # .txt (plain or StoryDiffusion form), .yaml/.yml or .json
+    style: Optional[str] = None  # overrides the story file's style
+
+
+@dataclass
+class ModelConfig:
+    name: str = "realvisxl"
+    kind: str = "hub"  # hub (ids or local folders) | tiny (built offline) | sdxl-random (full size, random)
+    pretrained: str = "SG161222/RealVisXL_V4.0"
+    ip_adapter: str = "h94/IP-Adapter"
+    ip_adapter_subfolder: str = "sdxl_models"
+    ip_adapter_weight: str = "ip-adapter_sdxl.safetensors"
+    image_encoder_folder: str = "image_encoder"
+    variant: Optional[str] = None
+    dtype: str = "auto"  # auto: float16 on GPU, float32 on CPU
+    device: str = "auto"
+    compile: bool = False  # torch.compile the UNet (GPU)
+    cache_dir: Optional[str] = None  # where model=tiny is built; default $STORYADAPTER_CACHE or ~/.cache/storyadapter
+
+
+@dataclass
+class RenderConfig:
+    iterations: int = 10  # refinement iterations after the text-only iteration 0
+    steps: int = 50
+    height: int = 1024
+    width: int = 1024
+    guidance_scale: float = 7.5
+    scale_start: float = 0.3
+    scale_end: float = 0.5
+    seed: int = 2024
+    seed_policy: str = "shared"  # shared: same noise for every frame (upstream) | per_frame
+    batch_size: int = 1
+    reference_size: int = 256  # references are resized to this before CLIP
+
+
+@dataclass
+class ClusterConfig:
+    mode: str = "local"  # local: Ray started in-process | ray: connect to an existing cluster
+    address: Optional[str] = None  # for mode=ray; else RAY_ADDRESS
+    workers: int = 1
+    gpus_per_worker: float = 1.0  # used when GPUs are present; fractions share a GPU
+    cpus_per_worker: float = 1.0
+    threads_per_worker: int = 1  # torch intra-op threads on CPU workers
+    max_restarts: int = 3  # a dead worker is restarted and its frames re-rendered
+    ready_timeout_s: float = 600.0
+
+
+@dataclass
+class OutputsConfig:
+    enabled: bool = True
+    comic_layout: str = "classic"  # classic | four | single
+    caption_position: str = "below"  # below | above
+    clip_model: Optional[str] = None  # CLIP used for metrics; tiny models bring their own
+
+
+@dataclass
+class Config:
+    story: StoryConfig = field(default_factory=StoryConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    render: RenderConfig = field(default_factory=RenderConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    outputs: OutputsConfig = field(default_factory=OutputsConfig)
+    output_dir: str = MISSING
+    resume: bool = False
+    log_level: str = "INFO"
+
+
+CHOICES = {
+    "model.kind": ("hub", "tiny", "sdxl-random"),
+    "render.seed_policy": ("shared", "per_frame"),
+    "cluster.mode": ("local", "ray"),
+    "outputs.comic_layout": ("classic", "four", "single"),
+    "outputs.caption_position": ("below", "above"),
+}
+POSITIVE = ("render.steps", "render.height", "render.width", "render.batch_size", "render.reference_size",
+            "cluster.workers", "cluster.threads_per_worker")
+
+
+def register() -> None:
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="storyadapter_schema", node=Config)

@@ -1,0 +1,130 @@
+"""The iteration loop: text-only iteration 0, then L refinements each conditioned on the previous bank.
+
+Independent of where frames are rendered: an executor (in-process or the Ray engine) renders one
+iteration's batches given the bank; the driver writes each finished iteration's manifest part.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Protocol
+
+import numpy as np
+from tqdm import tqdm
+
+from . import manifest, schedule
+from .story import Story
+from .worker import BatchResult, FrameResult, FrameWorker
+
+log = logging.getLogger(__name__)
+
+
+class Executor(Protocol):
+    def render_iteration(
+        self, iteration: int, batches: list[list[int]], bank: np.ndarray | None, scale: float,
+        on_batch: Callable[[BatchResult], None],
+    ) -> list[FrameResult]: ...
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    story: Story
+    out_dir: Path
+    iterations: int  # L refinements after iteration 0
+    batch_size: int
+    scale_start: float
+    scale_end: float
+    seed: int
+    seed_policy: str
+
+    def scale(self, iteration: int) -> float:
+        return schedule.adapter_scale(iteration, self.iterations, self.scale_start, self.scale_end)
+
+
+@dataclass
+class IterationStats:
+    iteration: int
+    frames: int
+    wall_s: float
+    busy_s: float  # summed over workers
+    driver_s: float  # bank build + manifest write
+
+
+class LocalExecutor:
+    """Renders in this process with one worker: for tests, notebooks and debugging."""
+
+    def __init__(self, worker: FrameWorker):
+        self.worker = worker
+
+    def render_iteration(self, iteration, batches, bank, scale, on_batch):
+        results = []
+        for frames in batches:
+            batch = self.worker.render_batch(iteration, frames, bank, scale)
+            on_batch(batch)
+            results.extend(batch.frames)
+        return results
+
+
+def first_unfinished(out_dir: Path, iterations: int) -> int:
+    """Resume point: iterations finish in order, so the next one after the last contiguous part."""
+    done = set(manifest.finished_iterations(out_dir))
+    it = 0
+    while it in done and it <= iterations:
+        it += 1
+    return it
+
+
+def run(plan: RunPlan, executor: Executor) -> list[IterationStats]:
+    story, n = plan.story, len(plan.story.frames)
+    start = first_unfinished(plan.out_dir, plan.iterations)
+    if start > 0:
+        log.info("resuming after finished iteration %d", start - 1)
+    groups = schedule.batches(n, plan.batch_size)
+    bank = manifest.read_bank(plan.out_dir, start - 1) if start > 0 else None
+    stats = []
+    for it in range(start, plan.iterations + 1):
+        scale = plan.scale(it)
+        t0 = time.perf_counter()
+        busy = 0.0
+        with tqdm(total=n, desc=f"iteration {it}/{plan.iterations}", unit="frame", dynamic_ncols=True) as bar:
+            def on_batch(batch: BatchResult) -> None:
+                nonlocal busy
+                busy += batch.busy_s
+                bar.update(len(batch.frames))
+
+            results = executor.render_iteration(it, groups, bank if it > 0 else None, scale, on_batch)
+        t1 = time.perf_counter()
+        bank = _finish_iteration(plan, it, scale, results)
+        t2 = time.perf_counter()
+        st = IterationStats(it, n, t2 - t0, busy, t2 - t1)
+        stats.append(st)
+        log.info(
+            "iteration %d/%d done: %d frames in %.1f s (%.2f frames/s), scale %.3f, workers busy %.1f s, driver %.2f s",
+            it, plan.iterations, n, st.wall_s, n / st.wall_s, scale, st.busy_s, st.driver_s,
+        )
+    return stats
+
+
+def _finish_iteration(plan: RunPlan, iteration: int, scale: float, results: list[FrameResult]) -> np.ndarray:
+    by_frame = {r.frame: r for r in results}
+    if sorted(by_frame) != list(range(len(plan.story.frames))):
+        raise RuntimeError(f"iteration {iteration}: got frames {sorted(by_frame)[:5]}..., expected all {len(plan.story.frames)}")
+    records = [
+        manifest.FrameRecord(
+            iteration=iteration,
+            frame=f.index,
+            prompt=f.prompt,
+            caption=f.caption,
+            characters=tuple(f.characters),
+            seed=schedule.frame_seed(plan.seed, plan.seed_policy, f.index),
+            scale=scale,
+            image_path=by_frame[f.index].image_path,
+            embedding=by_frame[f.index].embedding,
+        )
+        for f in plan.story.frames
+    ]
+    manifest.write_part(plan.out_dir, records)
+    return np.stack([r.embedding for r in records]).astype(np.float32)

@@ -1,0 +1,14 @@
+"""User-facing errors: one line, no traceback, non-zero exit."""
+
+
+class UserError(Exception):
+    """A problem with the user's input or environment, reported as a single line.
+
+    The message must name the file:line or config key at fault.
+    """
+
+    exit_code = 2
+
+    def __init__(self, message: str):
+        # Users see exactly one line, so fold any newlines an underlying library put in.
+        super().__init__(" ".join(str(message).split()))

@@ -1,0 +1,115 @@
+"""Global Reference Cross-Attention (Story-Adapter, Eq. 3-4).
+
+Every frame attends to the image tokens of *all* reference frames in one joint softmax:
+
+    out = softmax(Q K_txt^T / sqrt(d)) V_txt + scale * softmax(Q K_ref^T / sqrt(d)) V_ref
+
+where K_ref/V_ref come from the 4*N IP-Adapter tokens of the N references. Those tokens are the
+same for every frame and every denoising step of one iteration, so their keys and values are
+computed once per iteration (`set_references`) and reused.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _attend(query, key, value):
+    """Attention of a batch of queries to one shared set of keys/values (batch 1, broadcast)."""
+    batch = query.shape[0]
+    key, value = (t.to(query.dtype).expand(batch, -1, -1, -1) for t in (key, value))
+    return F.scaled_dot_product_attention(query, key, value)
+
+
+def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    batch, tokens, inner = x.shape
+    return x.view(batch, tokens, heads, inner // heads).transpose(1, 2)
+
+
+class GlobalReferenceAttnProcessor(nn.Module):
+    """Cross-attention processor: text attention plus one softmax over all reference tokens.
+
+    Holds the IP-Adapter's `to_k_ip`/`to_v_ip` projections for its layer. The batch is laid out as
+    diffusers does for classifier-free guidance: the first half unconditional, the second conditional.
+    """
+
+    def __init__(self, to_k_ip: nn.Linear, to_v_ip: nn.Linear):
+        super().__init__()
+        self.to_k_ip = to_k_ip
+        self.to_v_ip = to_v_ip
+        self.scale = 0.0
+        self._ref: tuple[torch.Tensor, ...] | None = None  # (k_cond, v_cond, k_uncond, v_uncond)
+
+    @torch.no_grad()
+    def set_references(self, cond_tokens: torch.Tensor | None, uncond_tokens: torch.Tensor | None, heads: int):
+        """Project reference tokens (1, T, C) to keys/values once; None clears them."""
+        if cond_tokens is None:
+            self._ref = None
+            return
+        self._ref = tuple(
+            _heads(proj(tokens), heads)
+            for tokens in (cond_tokens, uncond_tokens)
+            for proj in (self.to_k_ip, self.to_v_ip)
+        )
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **_):
+        residual = hidden_states
+        if attn.spatial_norm is not None:
+            hidden_states = attn.spatial_norm(hidden_states, temb)
+        input_ndim = hidden_states.ndim
+        if input_ndim == 4:
+            batch, channels, height, width = hidden_states.shape
+            hidden_states = hidden_states.view(batch, channels, height * width).transpose(1, 2)
+        batch = hidden_states.shape[0]
+        if attention_mask is not None:
+            raise NotImplementedError("attention masks are not used by SDXL cross-attention")
+        if attn.group_norm is not None:
+            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+
+        query = attn.to_q(hidden_states)
+        context = attn.norm_encoder_hidden_states(encoder_hidden_states) if attn.norm_cross else encoder_hidden_states
+        key = attn.to_k(context)
+        value = attn.to_v(context)
+        query, key, value = (_heads(t, attn.heads) for t in (query, key, value))
+
+        out = F.scaled_dot_product_attention(query, key, value)
+        if self.scale != 0.0 and self._ref is not None:  # scale 0 stays bitwise equal to text-only SDXL
+            k_cond, v_cond, k_uncond, v_uncond = self._ref
+            half = batch // 2
+            ref = torch.cat([_attend(query[:half], k_uncond, v_uncond), _attend(query[half:], k_cond, v_cond)])
+            out = out + self.scale * ref
+
+        hidden_states = out.transpose(1, 2).reshape(batch, -1, out.shape[1] * out.shape[-1]).to(query.dtype)
+        hidden_states = attn.to_out[0](hidden_states)
+        hidden_states = attn.to_out[1](hidden_states)
+        if input_ndim == 4:
+            hidden_states = hidden_states.transpose(-1, -2).reshape(batch, channels, height, width)
+        if attn.residual_connection:
+            hidden_states = hidden_states + residual
+        return hidden_states / attn.rescale_output_factor
+
+
+def install(unet) -> tuple[nn.Module, dict[str, GlobalReferenceAttnProcessor]]:
+    """Swap diffusers' IP-Adapter processors (set up by `load_ip_adapter`) for GRCA ones.
+
+    Returns the image projection (CLIP embedding -> 4 tokens) and the GRCA processors by layer name.
+    The UNet's own per-step image projection is detached: reference tokens are fed once per iteration.
+    """
+    from diffusers.models.attention_processor import AttnProcessor2_0, IPAdapterAttnProcessor2_0
+
+    projection = unet.encoder_hid_proj.image_projection_layers[0]
+    processors: dict[str, nn.Module] = {}
+    grca: dict[str, GlobalReferenceAttnProcessor] = {}
+    for name, proc in unet.attn_processors.items():
+        if isinstance(proc, IPAdapterAttnProcessor2_0):
+            grca[name] = GlobalReferenceAttnProcessor(proc.to_k_ip[0], proc.to_v_ip[0])
+            processors[name] = grca[name]
+        else:
+            processors[name] = AttnProcessor2_0()
+    if not grca:
+        raise RuntimeError("no IP-Adapter cross-attention layers found; was load_ip_adapter called?")
+    unet.set_attn_processor(processors)
+    unet.encoder_hid_proj = None
+    return projection, grca

@@ -1,0 +1,112 @@
+"""`python -m storyadapter.launch key=value ...`: render a story (Hydra config, Ray engine).
+
+Config errors are caught before Hydra runs, so users get one line naming the key, not a stack trace.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from .errors import UserError
+
+
+def conf_dir() -> str:
+    """The Hydra config tree: shipped inside the package when installed, `conf/` beside it in a checkout."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "conf", here.parent / "conf"):
+        if (candidate / "config.yaml").is_file():
+            return str(candidate)
+    raise UserError(f"{here}: the conf/ config tree is missing from this installation")
+
+
+def fail(message: str, code: int = 2) -> None:
+    print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
+    sys.exit(code)
+
+
+def _one_line(exc: BaseException) -> str:
+    """The innermost OmegaConf/Hydra message, prefixed by the config key it names."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    inner = exc
+    while inner.__cause__ is not None:
+        inner = inner.__cause__
+    for e in (inner, exc):
+        if isinstance(e, OmegaConfBaseException) and getattr(e, "full_key", None):
+            return f"{e.full_key}: {str(e.msg if hasattr(e, 'msg') else e).splitlines()[0]}"
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return " ".join(lines[:3]) or type(exc).__name__
+
+
+def validate_overrides(argv: list[str]) -> None:
+    """Compose the config for every value of every sweep, so any bad key or type fails here, in one line."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from .config import register
+
+    register()
+    args = [a for a in argv if not a.startswith("-")]
+    try:
+        overrides = OverridesParser.create().parse_overrides(args)
+    except Exception as exc:  # noqa: BLE001 - Hydra raises several parse error types
+        raise UserError(f"bad override: {_one_line(exc)}") from None
+    base = [o.input_line for o in overrides if not o.is_sweep_override()]
+    variants = [base] + [
+        base + [f"{o.get_key_element()}={value}"]
+        for o in overrides if o.is_sweep_override()
+        for value in o.sweep_string_iterator()
+    ]
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
+            for variant in variants:
+                cfg = compose(config_name="config", overrides=variant)
+                from .run import validate
+
+                validate(cfg)
+    except UserError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - composition errors come in many types; all are the user's
+        raise UserError(f"config: {_one_line(exc)}") from None
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def _task(cfg) -> None:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from .logs import quiet_libraries
+    from .run import execute
+
+    quiet_libraries()
+    hc = HydraConfig.get()
+    # Multirun: each job renders into its own numbered folder under output_dir.
+    out_dir = Path(hc.runtime.output_dir) if hc.mode == RunMode.MULTIRUN else Path(cfg.output_dir)
+    try:
+        execute(cfg, out_dir)
+    except UserError as exc:
+        fail(str(exc), exc.exit_code)
+    except KeyboardInterrupt:
+        fail(f"interrupted; finished iterations are kept: rerun with resume=true output_dir={out_dir}", 130)
+
+
+def main() -> None:
+    import hydra
+
+    from .config import register
+
+    try:
+        validate_overrides(sys.argv[1:])
+        register()
+        entry = hydra.main(config_path=conf_dir(), config_name="config", version_base="1.3")(_task)
+    except UserError as exc:
+        fail(str(exc), exc.exit_code)
+    entry()
+
+
+if __name__ == "__main__":
+    main()

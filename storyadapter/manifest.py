@@ -1,0 +1,129 @@
+"""Per-iteration manifest parts: one parquet file per finished iteration, written atomically."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+MANIFEST_DIR = "manifest"
+_PART = re.compile(r"^iter_(\d+)\.parquet$")
+
+
+def schema(embedding_dim: int) -> pa.Schema:
+    return pa.schema(
+        [
+            ("iteration", pa.int16()),
+            ("frame", pa.int32()),
+            ("prompt", pa.string()),
+            ("caption", pa.string()),
+            ("characters", pa.list_(pa.string())),
+            ("seed", pa.int64()),
+            ("scale", pa.float32()),
+            ("image_path", pa.string()),
+            ("embedding", pa.list_(pa.float32(), embedding_dim)),
+        ]
+    )
+
+
+@dataclass(frozen=True)
+class FrameRecord:
+    iteration: int
+    frame: int
+    prompt: str
+    caption: str
+    characters: tuple[str, ...]
+    seed: int
+    scale: float
+    image_path: str  # relative to the output directory
+    embedding: np.ndarray  # (D,) float32
+
+
+def iteration_dirname(iteration: int) -> str:
+    return f"iter_{iteration:02d}"
+
+
+def frame_filename(frame: int) -> str:
+    return f"frame_{frame:04d}.png"
+
+
+def part_path(out_dir: Path, iteration: int) -> Path:
+    return Path(out_dir) / MANIFEST_DIR / f"{iteration_dirname(iteration)}.parquet"
+
+
+def write_part(out_dir: Path, records: list[FrameRecord]) -> Path:
+    """Write one iteration's records; a reader never sees a half-written part (temp file + rename)."""
+    if not records:
+        raise ValueError("an iteration part needs at least one frame")
+    iterations = {r.iteration for r in records}
+    if len(iterations) != 1:
+        raise ValueError(f"one part holds one iteration, got {sorted(iterations)}")
+    records = sorted(records, key=lambda r: r.frame)
+    emb = np.stack([np.asarray(r.embedding, dtype=np.float32) for r in records])
+    dim = emb.shape[1]
+    table = pa.table(
+        {
+            "iteration": pa.array([r.iteration for r in records], pa.int16()),
+            "frame": pa.array([r.frame for r in records], pa.int32()),
+            "prompt": pa.array([r.prompt for r in records], pa.string()),
+            "caption": pa.array([r.caption for r in records], pa.string()),
+            "characters": pa.array([list(r.characters) for r in records], pa.list_(pa.string())),
+            "seed": pa.array([r.seed for r in records], pa.int64()),
+            "scale": pa.array([r.scale for r in records], pa.float32()),
+            "image_path": pa.array([r.image_path for r in records], pa.string()),
+            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1), pa.float32()), dim),
+        },
+        schema=schema(dim),
+    )
+    final = part_path(out_dir, records[0].iteration)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
+    pq.write_table(table, tmp)
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, final)
+    return final
+
+
+def finished_iterations(out_dir: Path) -> list[int]:
+    """Iterations whose part exists, ascending."""
+    mdir = Path(out_dir) / MANIFEST_DIR
+    if not mdir.is_dir():
+        return []
+    found = [int(m.group(1)) for p in mdir.iterdir() if (m := _PART.match(p.name))]
+    return sorted(found)
+
+
+def read_part(out_dir: Path, iteration: int) -> pa.Table:
+    return pq.read_table(part_path(out_dir, iteration))
+
+
+def read_records(out_dir: Path, iteration: int) -> list[FrameRecord]:
+    table = read_part(out_dir, iteration).to_pydict()
+    return [
+        FrameRecord(
+            iteration=int(table["iteration"][i]),
+            frame=int(table["frame"][i]),
+            prompt=table["prompt"][i],
+            caption=table["caption"][i],
+            characters=tuple(table["characters"][i]),
+            seed=int(table["seed"][i]),
+            scale=float(table["scale"][i]),
+            image_path=table["image_path"][i],
+            embedding=np.asarray(table["embedding"][i], dtype=np.float32),
+        )
+        for i in range(len(table["frame"]))
+    ]
+
+
+def read_bank(out_dir: Path, iteration: int) -> np.ndarray:
+    """The (N, D) float32 embeddings of one iteration, ordered by frame."""
+    table = read_part(out_dir, iteration).sort_by("frame")
+    col = table.column("embedding").combine_chunks()
+    dim = col.type.list_size
+    return col.values.to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, dim)

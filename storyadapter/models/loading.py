@@ -1,0 +1,93 @@
+"""Load an SDXL pipeline with IP-Adapter the same way for real and tiny weights."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where the weights live: hub ids or local folders, in the hub repos' layout."""
+
+    pretrained: str
+    ip_adapter: str
+    ip_adapter_subfolder: str = "sdxl_models"
+    ip_adapter_weight: str = "ip-adapter_sdxl.safetensors"
+    image_encoder_folder: str = "image_encoder"
+    variant: str | None = None
+
+
+def pick_device(requested: str = "auto") -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested)
+
+
+def pick_dtype(requested: str, device: torch.device) -> torch.dtype:
+    if requested == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    try:
+        return {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+                "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}[requested]
+    except KeyError:
+        raise UserError(f"model.dtype={requested}: expected auto, float32, float16 or bfloat16") from None
+
+
+def _is_local(ref: str) -> bool:
+    return ref.startswith((".", "/", "~")) or Path(ref).expanduser().exists()
+
+
+def _fetch_hint(source: ModelSource) -> str:
+    return (
+        f"fetch them once with `hf download {source.pretrained}` and "
+        f"`hf download {source.ip_adapter} --include '{source.ip_adapter_subfolder}/*'` "
+        "(or set model.pretrained / model.ip_adapter to local folders)"
+    )
+
+
+def check_available(source: ModelSource, key: str = "model.pretrained") -> None:
+    """Fail fast, before any worker starts, with one line saying how to get missing weights."""
+    for ref, marker, name in (
+        (source.pretrained, "model_index.json", key),
+        (source.ip_adapter, f"{source.ip_adapter_subfolder}/{source.ip_adapter_weight}", "model.ip_adapter"),
+    ):
+        if _is_local(ref):
+            if not (Path(ref).expanduser() / marker).is_file():
+                raise UserError(f"{name}={ref}: {marker} not found in that folder")
+            continue
+        offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+        if offline:
+            from huggingface_hub import try_to_load_from_cache
+
+            if not isinstance(try_to_load_from_cache(ref, marker), str):
+                raise UserError(f"{name}={ref}: weights are not in the local Hugging Face cache and HF_HUB_OFFLINE is set; {_fetch_hint(source)}")
+
+
+def load_pipeline(source: ModelSource, device: torch.device, dtype: torch.dtype):
+    """StableDiffusionXLPipeline + IP-Adapter + DDIM scheduler, on `device`."""
+    from diffusers import DDIMScheduler, StableDiffusionXLPipeline
+
+    try:
+        pipe = StableDiffusionXLPipeline.from_pretrained(source.pretrained, dtype=dtype, variant=source.variant)
+        pipe.load_ip_adapter(
+            source.ip_adapter,
+            subfolder=source.ip_adapter_subfolder,
+            weight_name=source.ip_adapter_weight,
+            image_encoder_folder=source.image_encoder_folder,
+        )
+    except (OSError, EnvironmentError) as exc:
+        raise UserError(f"model.pretrained={source.pretrained}: could not load weights ({exc}); {_fetch_hint(source)}") from None
+    # Story-Adapter samples with DDIM; keep the checkpoint's noise schedule.
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.image_encoder.to(dtype)
+    return pipe.to(device)

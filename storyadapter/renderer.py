@@ -1,0 +1,130 @@
+"""The Story-Adapter renderer for one process: SDXL + IP-Adapter with Global Reference Cross-Attention.
+
+Reads top to bottom as the algorithm:
+  1. `encode_text`       - prompt embeddings, once per frame for the whole run;
+  2. `set_references`    - CLIP global embeddings of all N reference frames -> 4N tokens -> K/V, once per iteration;
+  3. `render`            - DDIM denoising with classifier-free guidance for a batch of frames;
+  4. `embed_images`      - each new frame resized to 256 px and encoded once: the next iteration's bank.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+from . import grca, text
+
+
+@dataclass(frozen=True)
+class RenderSettings:
+    steps: int = 50
+    height: int = 1024
+    width: int = 1024
+    guidance_scale: float = 7.5
+    reference_size: int = 256
+
+
+def initial_noise(seed: int, shape: tuple[int, ...]) -> torch.Tensor:
+    """Starting latents from a CPU generator: the same numbers on any device and in any batch."""
+    return torch.randn(shape, generator=torch.Generator("cpu").manual_seed(int(seed)), dtype=torch.float32)
+
+
+class StoryRenderer:
+    def __init__(self, pipe, settings: RenderSettings):
+        if pipe.image_encoder is None:
+            raise ValueError("the pipeline needs an IP-Adapter image encoder (call load_ip_adapter first)")
+        self.pipe = pipe
+        self.settings = settings
+        self.projection, self.processors = grca.install(pipe.unet)
+        self._heads = {name: self._attention_heads(name) for name in self.processors}
+        self._cross_dim = int(pipe.unet.config.cross_attention_dim)
+
+    @property
+    def device(self) -> torch.device:
+        return self.pipe.unet.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.pipe.unet.dtype
+
+    @property
+    def embedding_dim(self) -> int:
+        return int(self.pipe.image_encoder.config.projection_dim)
+
+    def _attention_heads(self, processor_name: str) -> int:
+        module = self.pipe.unet.get_submodule(processor_name.removesuffix(".processor"))
+        return module.heads
+
+    # 1. text -------------------------------------------------------------------------------------
+    def encode_text(self, prompt: str, negative: str, windows: int = 1) -> text.TextEmbedding:
+        return text.encode(self.pipe, prompt, negative, windows)
+
+    # 2. references -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def set_references(self, bank: np.ndarray | None, scale: float) -> None:
+        """Load the iteration's reference bank (N, D) into every GRCA layer; None means text only."""
+        if bank is None or scale == 0.0:
+            for proc in self.processors.values():
+                proc.set_references(None, None, 0)
+                proc.scale = 0.0
+            return
+        embeds = torch.tensor(np.asarray(bank), dtype=self.dtype, device=self.device)  # copy: Ray hands read-only arrays
+        cond = self.projection(embeds).reshape(1, -1, self._cross_dim)  # (1, 4N, C)
+        # The unconditional branch sees the tokens of an all-zero embedding. Its N copies are identical,
+        # and a softmax over identical copies equals one over a single copy, so 4 tokens suffice.
+        uncond = self.projection(torch.zeros_like(embeds[:1])).reshape(1, -1, self._cross_dim)
+        for name, proc in self.processors.items():
+            proc.set_references(cond, uncond, self._heads[name])
+            proc.scale = float(scale)
+
+    # 3. denoising --------------------------------------------------------------------------------
+    @torch.no_grad()
+    def render(self, embeddings: list[text.TextEmbedding], seeds: list[int]) -> list[Image.Image]:
+        pipe, s = self.pipe, self.settings
+        batch = len(embeddings)
+        scheduler = pipe.scheduler
+        scheduler.set_timesteps(s.steps, device=self.device)
+
+        latent_shape = (1, pipe.unet.config.in_channels, s.height // pipe.vae_scale_factor, s.width // pipe.vae_scale_factor)
+        latents = torch.cat([initial_noise(seed, latent_shape) for seed in seeds]).to(self.device, self.dtype)
+        latents = latents * scheduler.init_noise_sigma
+
+        # Classifier-free guidance layout: unconditional half first, as diffusers does.
+        tokens = torch.cat([e.negative_tokens for e in embeddings] + [e.tokens for e in embeddings]).to(self.device, self.dtype)
+        pooled = torch.cat([e.negative_pooled for e in embeddings] + [e.pooled for e in embeddings]).to(self.device, self.dtype)
+        size = (s.height, s.width)
+        time_ids = torch.tensor([list(size + (0, 0) + size)], dtype=self.dtype, device=self.device).repeat(2 * batch, 1)
+        added = {"text_embeds": pooled, "time_ids": time_ids}
+
+        for t in scheduler.timesteps:
+            model_in = scheduler.scale_model_input(torch.cat([latents] * 2), t)
+            noise = pipe.unet(model_in, t, encoder_hidden_states=tokens, added_cond_kwargs=added, return_dict=False)[0]
+            uncond, cond = noise.chunk(2)
+            noise = uncond + s.guidance_scale * (cond - uncond)
+            latents = scheduler.step(noise, t, latents, return_dict=False)[0]
+        return self._decode(latents)
+
+    def _decode(self, latents: torch.Tensor) -> list[Image.Image]:
+        vae = self.pipe.vae
+        upcast = vae.dtype == torch.float16 and vae.config.force_upcast  # SDXL's VAE overflows in fp16
+        if upcast:
+            vae.to(torch.float32)
+        latents = latents.to(vae.dtype) / vae.config.scaling_factor
+        images = vae.decode(latents, return_dict=False)[0]
+        if upcast:
+            vae.to(torch.float16)
+        return self.pipe.image_processor.postprocess(images, output_type="pil")
+
+    # 4. reference embeddings ---------------------------------------------------------------------
+    @torch.no_grad()
+    def embed_images(self, images: list[Image.Image]) -> np.ndarray:
+        """CLIP global (projected) embeddings, (len(images), D) float32; one encoder pass per call."""
+        size = self.settings.reference_size
+        small = [im.convert("RGB").resize((size, size), Image.Resampling.BICUBIC) for im in images]
+        pixels = self.pipe.feature_extractor(small, return_tensors="pt").pixel_values
+        encoder = self.pipe.image_encoder
+        out = encoder(pixels.to(encoder.device, encoder.dtype)).image_embeds
+        return out.float().cpu().numpy()

@@ -1,0 +1,111 @@
+"""A frame worker: owns one loaded pipeline and renders batches of frames of one story.
+
+Runs in-process (tests, notebooks) or inside a Ray actor (the engine); it knows nothing of Ray.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import manifest, schedule
+from .models.loading import ModelSource, load_pipeline, pick_device, pick_dtype
+from .renderer import RenderSettings, StoryRenderer
+
+
+@dataclass(frozen=True)
+class FramePrompt:
+    prompt: str  # styled
+    negative: str
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Everything a worker needs, picklable, so Ray can rebuild a worker after a crash."""
+
+    source: ModelSource
+    settings: RenderSettings
+    prompts: tuple[FramePrompt, ...]
+    out_dir: str
+    seed: int
+    seed_policy: str
+    device: str = "auto"
+    dtype: str = "auto"
+    threads: int = 0  # 0: leave torch's default
+    compile: bool = False
+
+
+@dataclass(frozen=True)
+class FrameResult:
+    frame: int
+    image_path: str  # relative to out_dir
+    embedding: np.ndarray
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    frames: list[FrameResult]
+    busy_s: float  # time spent rendering, for the driver's overhead accounting
+
+
+def write_png_atomically(image, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    image.save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
+class FrameWorker:
+    def __init__(self, spec: WorkerSpec):
+        if spec.threads:
+            torch.set_num_threads(spec.threads)  # fixed thread count keeps CPU arithmetic reproducible
+        from .logs import quiet_libraries
+
+        quiet_libraries()
+        device = pick_device(spec.device)
+        pipe = load_pipeline(spec.source, device, pick_dtype(spec.dtype, device))
+        if spec.compile:
+            pipe.unet = torch.compile(pipe.unet)
+        self.spec = spec
+        self.renderer = StoryRenderer(pipe, spec.settings)
+        from .text import story_windows
+
+        self._windows = story_windows(pipe, [p for fp in spec.prompts for p in (fp.prompt, fp.negative)])
+        self._text: dict[int, object] = {}
+        self._bank_iteration: int | None = None
+        self.image_encodes = 0  # images passed through the CLIP image encoder, for tests and benchmarks
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.renderer.embedding_dim
+
+    def _text_for(self, frame: int):
+        # Text conditioning never changes across iterations: encode each frame once per worker.
+        if frame not in self._text:
+            fp = self.spec.prompts[frame]
+            self._text[frame] = self.renderer.encode_text(fp.prompt, fp.negative, self._windows)
+        return self._text[frame]
+
+    def render_batch(self, iteration: int, frames: list[int], bank: np.ndarray | None, scale: float) -> BatchResult:
+        start = time.perf_counter()
+        if self._bank_iteration != iteration:  # reference K/V once per iteration, shared by all batches
+            self.renderer.set_references(bank, scale)
+            self._bank_iteration = iteration
+        seeds = [schedule.frame_seed(self.spec.seed, self.spec.seed_policy, f) for f in frames]
+        images = self.renderer.render([self._text_for(f) for f in frames], seeds)
+        out_dir = Path(self.spec.out_dir)
+        rel_dir = manifest.iteration_dirname(iteration)
+        (out_dir / rel_dir).mkdir(parents=True, exist_ok=True)
+        paths = []
+        for frame, image in zip(frames, images):
+            rel = f"{rel_dir}/{manifest.frame_filename(frame)}"
+            write_png_atomically(image, out_dir / rel)
+            paths.append(rel)
+        embeddings = self.renderer.embed_images(images)
+        self.image_encodes += len(images)
+        results = [FrameResult(f, p, e) for f, p, e in zip(frames, paths, embeddings)]
+        return BatchResult(results, time.perf_counter() - start)
