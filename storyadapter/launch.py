@@ -35,8 +35,8 @@ def _one_line(exc: BaseException) -> str:
     for e in (inner, exc):
         if isinstance(e, OmegaConfBaseException) and getattr(e, "full_key", None):
             return f"{e.full_key}: {str(e.msg if hasattr(e, 'msg') else e).splitlines()[0]}"
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    return " ".join(lines[:3]) or type(exc).__name__
+    text = " ".join(ln.strip() for ln in str(exc).splitlines() if ln.strip())
+    return (text[:300] + "...") if len(text) > 300 else (text or type(exc).__name__)
 
 
 def validate_overrides(argv: list[str]) -> None:
@@ -71,6 +71,20 @@ def validate_overrides(argv: list[str]) -> None:
         raise
     except Exception as exc:  # noqa: BLE001 - composition errors come in many types; all are the user's
         raise UserError(f"config: {_one_line(exc)}") from None
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def compose_config(overrides: list[str]):
+    """The resolved config for `overrides`, outside Hydra's app runner (tests, notebooks)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    validate_overrides(overrides)
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
+            return compose(config_name="config", overrides=overrides)
     finally:
         GlobalHydra.instance().clear()
 

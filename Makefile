@@ -1,0 +1,42 @@
+# storyadapter: `make demo` renders a sample story on the tiny model; `make test` runs the test suite.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DEMO_DIR ?= outputs/demo
+
+.PHONY: install test demo bench bench-gpu slurm-demo clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# The CPU wheel first: a bare `torch` requirement would pull several GB of CUDA wheels.
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[test,slurm]'
+	# Only the CLIP vocabulary file is used; its dependencies (torchvision) would replace torch.
+	$(PY) -m pip install -q --no-deps open-clip-torch
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: install
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -ra
+
+demo: install
+	HF_HUB_OFFLINE=1 $(PY) -m storyadapter.launch story=office model=tiny render=tiny \
+		cluster.workers=2 output_dir=$(DEMO_DIR) resume=true
+	@echo "open $(DEMO_DIR)/index.html (comic pages in $(DEMO_DIR)/comic/)"
+
+clean:
+	rm -rf $(VENV) outputs multirun
+
+# Renders the office story on the tiny model as a Slurm batch job (jobs/storyadapter.sbatch) and waits for it.
+# Needs a Slurm cluster: `sudo scripts/slurm-up.sh` makes a one-node one here.
+SLURM_DEMO_DIR ?= outputs/slurm-demo
+slurm-demo: install
+	@command -v sbatch >/dev/null || { echo "slurm-demo: sbatch not found; run scripts/slurm-up.sh (as root) first" >&2; exit 1; }
+	mkdir -p $(SLURM_DEMO_DIR)
+	WAIT=1 PYTHON=$(abspath $(PY)) OUTPUT=$(abspath $(SLURM_DEMO_DIR))/slurm-%j.out HF_HUB_OFFLINE=1 \
+		jobs/storyadapter.sbatch story=office model=tiny render=tiny output_dir=$(abspath $(SLURM_DEMO_DIR))/render \
+		|| { tail -n 30 $(SLURM_DEMO_DIR)/slurm-*.out >&2; exit 1; }
+	@echo "open $(SLURM_DEMO_DIR)/render/index.html (job log: $(SLURM_DEMO_DIR)/slurm-<job id>.out)"

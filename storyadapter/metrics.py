@@ -1,0 +1,269 @@
+"""Story metrics from a separate evaluation CLIP: text alignment (CLIP-T) and character consistency.
+
+The renderer's own image encoder is not used: evaluating with the encoder that conditioned the
+images would grade the model by its own yardstick. Everything here reads the manifest and PNGs only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from PIL import Image
+
+from . import manifest
+from .errors import UserError
+
+log = logging.getLogger(__name__)
+
+METRICS_JSON = "metrics.json"
+METRICS_PNG = "metrics.png"
+DEFAULT_CLIP = "openai/clip-vit-large-patch14"
+_BATCH = 32  # bounds memory for long stories with a ViT-L on a laptop
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _image_processor_class():
+    # Without torchvision, transformers 5 falls back to the PIL processor with a warning;
+    # pick it directly so the preprocessing (and hence the numbers) does not depend on that probe.
+    import importlib.util
+
+    import transformers
+
+    if importlib.util.find_spec("torchvision") is None and hasattr(transformers, "CLIPImageProcessorPil"):
+        return transformers.CLIPImageProcessorPil
+    return transformers.CLIPImageProcessor
+
+
+class ClipScorer:
+    """A CLIP model that embeds images and texts into one L2-normalised space."""
+
+    def __init__(self, model_path_or_id: str, device: str = "cpu", key: str = "outputs.clip_model"):
+        import torch
+        from transformers import CLIPModel, CLIPTokenizer
+
+        self.name = str(model_path_or_id)
+        self.device = torch.device(device)
+        try:
+            self.model = CLIPModel.from_pretrained(self.name).to(self.device).eval()
+            self.tokenizer = CLIPTokenizer.from_pretrained(self.name)
+            self.processor = _image_processor_class().from_pretrained(self.name)
+        except (OSError, ValueError) as exc:
+            if Path(self.name).exists():
+                where = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'unreadable'}"
+            elif not _looks_like_repo_id(self.name):
+                where = "no such directory"
+            elif _offline():
+                where = "not in the local Hugging Face cache and HF_HUB_OFFLINE is set"
+            else:
+                where = "not in the local Hugging Face cache and the hub is unreachable"
+            # `key` names the setting at fault: outputs.clip_model for a run, --clip-model for the CLIs.
+            raise UserError(
+                f"{key}={self.name}: cannot load CLIP ({where}); fetch it with "
+                f"`huggingface-cli download {self.name if _looks_like_repo_id(self.name) else DEFAULT_CLIP}` "
+                f"or pass {key}=/local/path"
+            ) from exc
+        self.max_length = min(77, int(self.model.config.text_config.max_position_embeddings))
+
+    def _features(self, out: Any):
+        # transformers 5 returns a model output whose pooler_output is the projected embedding;
+        # older versions return the tensor itself.
+        return out.pooler_output if hasattr(out, "pooler_output") else out
+
+    def image_embeddings(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """(N, D) float32, each row L2-normalised."""
+        import torch
+
+        chunks = []
+        for start in range(0, len(images), _BATCH):
+            batch = [im.convert("RGB") for im in images[start : start + _BATCH]]
+            pixels = self.processor(images=batch, return_tensors="pt")["pixel_values"].to(self.device)
+            with torch.inference_mode():
+                chunks.append(self._features(self.model.get_image_features(pixel_values=pixels)).float().cpu().numpy())
+        return _normalise(np.concatenate(chunks) if chunks else np.zeros((0, self.dim), np.float32))
+
+    def text_embeddings(self, texts: Sequence[str]) -> np.ndarray:
+        """(N, D) float32, L2-normalised; texts longer than CLIP's 77 tokens are truncated, as CLIP was trained."""
+        import torch
+
+        chunks = []
+        for start in range(0, len(texts), _BATCH):
+            tokens = self.tokenizer(
+                list(texts[start : start + _BATCH]),
+                padding=True,
+                truncation=True,
+                max_length=self.max_length,
+                return_tensors="pt",
+            ).to(self.device)
+            with torch.inference_mode():
+                out = self.model.get_text_features(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"])
+                chunks.append(self._features(out).float().cpu().numpy())
+        return _normalise(np.concatenate(chunks) if chunks else np.zeros((0, self.dim), np.float32))
+
+    @property
+    def dim(self) -> int:
+        return int(self.model.config.projection_dim)
+
+    def story_metrics(
+        self, images: Sequence[Image.Image], prompts: Sequence[str], characters: Sequence[tuple[str, ...]]
+    ) -> dict[str, Any]:
+        if not (len(images) == len(prompts) == len(characters)):
+            raise ValueError(f"{len(images)} images, {len(prompts)} prompts, {len(characters)} character lists")
+        return metrics_from_embeddings(self.image_embeddings(images), self.text_embeddings(prompts), characters)
+
+
+def _looks_like_repo_id(name: str) -> bool:
+    parts = name.split("/")
+    return len(parts) <= 2 and all(parts) and not name.startswith((".", "~")) and not Path(name).is_absolute()
+
+
+def _normalise(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def _mean_pairwise(emb: np.ndarray) -> float | None:
+    """Mean cosine over unordered pairs i < j of normalised rows; None with fewer than two rows."""
+    n = len(emb)
+    if n < 2:
+        return None
+    sims = emb @ emb.T
+    return float(sims[np.triu_indices(n, k=1)].mean())
+
+
+def metrics_from_embeddings(
+    image_emb: np.ndarray, text_emb: np.ndarray, characters: Sequence[tuple[str, ...]]
+) -> dict[str, Any]:
+    """Metrics from normalised embeddings (row i = frame i).
+
+    clip_t: mean cosine of each frame with its own prompt.
+    consistency: per character, mean pairwise cosine of the frames it appears in; averaged over
+        characters with at least two frames (None when no character recurs).
+    consistency_all: mean pairwise cosine over all frames (useful for untagged one-line-per-frame stories).
+    """
+    image_emb = _normalise(image_emb)
+    text_emb = _normalise(text_emb)
+    clip_t = float(np.mean(np.sum(image_emb * text_emb, axis=1))) if len(image_emb) else None
+    by_character: dict[str, list[int]] = {}
+    for i, names in enumerate(characters):
+        for name in dict.fromkeys(names):  # a name tagged twice in one frame still counts that frame once
+            by_character.setdefault(name, []).append(i)
+    per_character = [v for idx in by_character.values() if (v := _mean_pairwise(image_emb[idx])) is not None]
+    return {
+        "clip_t": clip_t,
+        "consistency": float(np.mean(per_character)) if per_character else None,
+        "consistency_all": _mean_pairwise(image_emb),
+        "n_frames": int(len(image_emb)),
+    }
+
+
+def load_image(path: Path) -> Image.Image:
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path}: cannot read image ({exc})") from exc
+
+
+def finished_iterations_or_fail(out_dir: Path) -> list[int]:
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        raise UserError(f"{out_dir}: no such render directory")
+    iterations = manifest.finished_iterations(out_dir)
+    if not iterations:
+        raise UserError(f"{out_dir / manifest.MANIFEST_DIR}: no finished iteration (no iter_NN.parquet part)")
+    return iterations
+
+
+def evaluate_render(out_dir: Path, scorer: ClipScorer) -> list[dict[str, Any]]:
+    """Metrics for every finished iteration of a render directory, without writing anything."""
+    out_dir = Path(out_dir)
+    results = []
+    text_cache: dict[str, np.ndarray] = {}  # prompts repeat across iterations: embed each once
+    for it in finished_iterations_or_fail(out_dir):
+        records = manifest.read_records(out_dir, it)
+        missing = [p for p in dict.fromkeys(r.prompt for r in records) if p not in text_cache]
+        if missing:
+            text_cache.update(zip(missing, scorer.text_embeddings(missing)))
+        images = [load_image(out_dir / r.image_path) for r in records]
+        row = metrics_from_embeddings(
+            scorer.image_embeddings(images),
+            np.stack([text_cache[r.prompt] for r in records]),
+            [r.characters for r in records],
+        )
+        results.append({"iteration": it, **row})
+    return results
+
+
+def run_metrics(out_dir: Path, scorer: ClipScorer) -> list[dict[str, Any]]:
+    """Evaluate every finished iteration and write DIR/metrics.json and DIR/metrics.png."""
+    out_dir = Path(out_dir)
+    results = evaluate_render(out_dir, scorer)
+    write_json(out_dir / METRICS_JSON, results)
+    plot_metrics(results, out_dir / METRICS_PNG)
+    return results
+
+
+def write_json(path: Path, payload: Any) -> Path:
+    """Atomic: readers (the gallery, a user's notebook) never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+_CURVES = (("clip_t", "CLIP-T (image-prompt)"), ("consistency", "consistency (same character)"), ("consistency_all", "consistency (all frames)"))
+
+
+def plot_metrics(results: Sequence[dict[str, Any]], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on cluster nodes
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=100)
+    iterations = [r["iteration"] for r in results]
+    for key, label in _CURVES:
+        pts = [(i, r[key]) for i, r in zip(iterations, results) if r.get(key) is not None and math.isfinite(r[key])]
+        if pts:
+            xs, ys = zip(*pts)
+            ax.plot(xs, ys, marker="o", label=label)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("cosine similarity")
+    ax.set_xticks(iterations)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("Story-Adapter refinement")
+    fig.tight_layout()
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def format_table(results: Sequence[dict[str, Any]], first: str = "iteration") -> str:
+    """A small fixed-width table for terminals."""
+    cols = [first, "n_frames", "clip_t", "consistency", "consistency_all"]
+
+    def cell(v: Any) -> str:
+        if v is None:
+            return "-"
+        if isinstance(v, float):
+            return f"{v:.4f}"
+        return str(v)
+
+    rows = [cols] + [[cell(r.get(c)) for c in cols] for r in results]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(cols))]
+    return "\n".join("  ".join(v.rjust(w) for v, w in zip(row, widths)) for row in rows)

@@ -1,0 +1,68 @@
+"""Everything written after the last iteration, in dependency order: metrics, comic, GIF, contact
+sheet, then the index that links them. Reads only the manifest and PNGs, so it can be re-run any time
+(`python -m storyadapter.comic DIR`)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from .comic import write_comic
+from .errors import UserError
+from .gallery import write_contact_sheet, write_gif, write_index
+from .metrics import ClipScorer, finished_iterations_or_fail, run_metrics
+
+log = logging.getLogger(__name__)
+
+
+def write_all(
+    out_dir: Path,
+    clip_model: str | None,
+    layout: str = "classic",
+    caption_position: str = "below",
+    device: str = "cpu",
+    clip_key: str = "outputs.clip_model",
+) -> dict[str, Any]:
+    """Write metrics (when `clip_model` is given), comic pages, story.gif, iterations.png, index.html.
+
+    If the CLIP model cannot be loaded, the other outputs are still written (a finished render should
+    not lose its comic to a missing evaluation model) and the UserError is raised at the end.
+    """
+    out_dir = Path(out_dir)
+    iterations = finished_iterations_or_fail(out_dir)
+    log.info("outputs: %s (iterations %d..%d)", out_dir, iterations[0], iterations[-1])
+    result: dict[str, Any] = {"metrics": None}
+    deferred: UserError | None = None
+    if clip_model:
+        try:
+            log.info("metrics: scoring %d iterations with CLIP %s", len(iterations), clip_model)
+            result["metrics"] = run_metrics(out_dir, ClipScorer(clip_model, device=device, key=clip_key))
+            last = result["metrics"][-1]
+            log.info(
+                "metrics: wrote %s (final clip_t=%s consistency=%s)",
+                out_dir / "metrics.json",
+                _fmt(last["clip_t"]),
+                _fmt(last["consistency"]),
+            )
+        except UserError as exc:
+            log.error("metrics: skipped: %s", exc)
+            deferred = exc
+    else:
+        log.info("metrics: skipped (no eval CLIP model given)")
+
+    result["comic"] = write_comic(out_dir, layout=layout, caption_position=caption_position)
+    log.info("comic: wrote %d %s pages to %s", len(result["comic"]), layout, out_dir / "comic")
+    result["gif"] = write_gif(out_dir)
+    log.info("gif: wrote %s", result["gif"])
+    result["contact_sheet"] = write_contact_sheet(out_dir)
+    log.info("contact sheet: wrote %s", result["contact_sheet"])
+    result["index"] = write_index(out_dir)
+    log.info("index: wrote %s", result["index"])
+    if deferred is not None:
+        raise deferred
+    return result
+
+
+def _fmt(v: float | None) -> str:
+    return "-" if v is None else f"{v:.4f}"

@@ -1,0 +1,164 @@
+"""`python -m storyadapter.launch` as users run it: the DESIGN command, bad input, multirun, the wheel."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from .conftest import EXAMPLES, REPO, write_story
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def launch(*args: str, cwd: Path, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "storyadapter.launch", *args], cwd=cwd, env=env or ENV,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def design_command(story: Path, out: Path, cache: Path, workers: int) -> list[str]:
+    return [f"story.path={story}", "model=tiny", "render.iterations=2", "render.steps=2", "render.height=64",
+            "render.width=64", f"cluster.workers={workers}", f"output_dir={out}", f"model.cache_dir={cache}"]
+
+
+@pytest.mark.slow
+def test_design_command_renders_explorer_into_documented_layout(tiny_cache, tmp_path):
+    runs = {}
+    for workers in (1, 2):
+        out = tmp_path / f"w{workers}"
+        proc = launch(*design_command(EXAMPLES / "explorer_24.txt", out, tiny_cache, workers), cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert "Traceback" not in proc.stderr
+        runs[workers] = out
+
+    out = runs[2]
+    assert (out / "config.yaml").is_file()
+    for it in range(3):
+        frames = sorted((out / f"iter_{it:02d}").glob("frame_*.png"))
+        assert [f.name for f in frames] == [f"frame_{i:04d}.png" for i in range(24)]
+        assert Image.open(frames[0]).size == (64, 64)
+        table = pq.read_table(out / "manifest" / f"iter_{it:02d}.parquet")
+        assert [f.name for f in table.schema] == ["iteration", "frame", "prompt", "caption", "characters", "seed",
+                                                  "scale", "image_path", "embedding"]
+        assert str(table.schema.field("embedding").type).startswith("fixed_size_list<element: float>")
+        rows = table.to_pydict()
+        assert rows["frame"] == list(range(24)) and set(rows["iteration"]) == {it}
+        assert all((out / p).is_file() for p in rows["image_path"])
+        assert rows["scale"][0] == pytest.approx([0.0, 0.3, 0.5][it])
+    assert sorted((out / "comic").glob("page_*.png"))
+    for name in ("story.gif", "index.html", "iterations.png", "metrics.json"):
+        assert (out / name).is_file(), name
+    assert [m["iteration"] for m in json.loads((out / "metrics.json").read_text())] == [0, 1, 2]
+    for frame in ("iter_02/frame_0000.png", "iter_02/frame_0023.png"):
+        assert np.array_equal(np.asarray(Image.open(runs[1] / frame)), np.asarray(Image.open(out / frame)))
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
+    assert "Traceback" not in proc.stderr
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1, proc.stderr
+    for needle in needles:
+        assert needle in errors[0], errors[0]
+
+
+@pytest.mark.parametrize(
+    "args, needles",
+    [
+        (["render.nonsense=1"], ["render.nonsense"]),
+        (["render.steps=many"], ["render.steps"]),
+        (["render.seed_policy=random"], ["render.seed_policy"]),
+        (["cluster.workers=0"], ["cluster.workers"]),
+        (["render.height=100"], ["render.height"]),
+        (["model=unknown-model"], ["model/unknown-model"]),
+        (["story.path=does/not/exist.txt"], ["does/not/exist.txt:1"]),
+    ],
+)
+def test_bad_config_is_one_line_naming_the_key(args, needles, tmp_path, tiny_cache):
+    out = tmp_path / "out"
+    proc = launch("model=tiny", f"model.cache_dir={tiny_cache}", f"output_dir={out}", *args, cwd=tmp_path)
+    assert_one_line_error(proc, *needles)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "name, text, needle",
+    [
+        ("undefined.txt", "[Ana] a chef\n\n[Zed] runs away\n", "undefined.txt:3"),
+        ("tag.yaml", "title: !!python/object/apply:os.system ['touch pwned']\nframes: [a]\n", "tag.yaml:1"),
+        ("empty.txt", "", "empty.txt:1"),
+    ],
+)
+def test_bad_story_is_one_line_with_file_and_line(name, text, needle, tmp_path, tiny_cache):
+    story = tmp_path / name
+    story.write_text(text)
+    proc = launch(f"story.path={story}", "model=tiny", f"model.cache_dir={tiny_cache}", f"output_dir={tmp_path / 'out'}",
+                  cwd=tmp_path)
+    assert_one_line_error(proc, needle)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_existing_output_is_never_touched(tmp_path, tiny_cache):
+    out = tmp_path / "out"
+    out.mkdir()
+    keep = out / "iter_00" / "frame_0000.png"
+    keep.parent.mkdir()
+    keep.write_bytes(b"precious")
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    proc = launch(f"story.path={EXAMPLES / 'garden.yaml'}", "model=tiny", f"model.cache_dir={tiny_cache}",
+                  f"output_dir={out}", cwd=tmp_path)
+    assert_one_line_error(proc, f"output_dir={out}", "resume=true")
+    assert keep.read_bytes() == b"precious"
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+
+
+def test_missing_real_weights_offline_says_how_to_fetch(tmp_path):
+    env = {**ENV, "HF_HOME": str(tmp_path / "empty-hf-home")}
+    proc = launch(f"story.path={EXAMPLES / 'garden.yaml'}", "model=realvisxl", f"output_dir={tmp_path / 'out'}",
+                  cwd=tmp_path, env=env)
+    assert_one_line_error(proc, "model.pretrained=SG161222/RealVisXL_V4.0", "hf download")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_multirun_sweep_renders_each_point_in_its_own_folder(tmp_path, tiny_cache):
+    story = write_story(tmp_path / "two.txt", ["a fox in the snow", "a fox by the river"])
+    out = tmp_path / "sweep"
+    proc = launch("-m", f"story.path={story}", "model=tiny", f"model.cache_dir={tiny_cache}", "render.iterations=1",
+                  "render.steps=2", "render.height=64", "render.width=64", "outputs.enabled=false",
+                  f"output_dir={out}", "render.scale_end=0.5,0.6", cwd=tmp_path, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    import yaml
+
+    ends = []
+    for job in ("0", "1"):
+        assert sorted(p.name for p in (out / job / "iter_01").glob("*.png")) == ["frame_0000.png", "frame_0001.png"]
+        ends.append(yaml.safe_load((out / job / "config.yaml").read_text())["render"]["scale_end"])
+    assert ends == [0.5, 0.6]
+
+
+def test_wheel_ships_the_config_tree_and_launch_composes_from_it(tmp_path):
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(REPO)],
+                   check=True, capture_output=True, timeout=300)
+    wheel = next(tmp_path.glob("storyadapter-*.whl"))
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site)
+    conf = {p.relative_to(REPO / "conf").as_posix() for p in (REPO / "conf").rglob("*.yaml")}
+    shipped = {p.relative_to(site / "storyadapter" / "conf").as_posix() for p in (site / "storyadapter" / "conf").rglob("*.yaml")}
+    assert conf <= shipped
+    assert (site / "storyadapter" / "examples" / "explorer_24.txt").is_file()
+    # From an empty directory, with only the unpacked wheel on the path: the shipped tree is used.
+    env = {**ENV, "PYTHONPATH": str(site)}
+    where = subprocess.run([sys.executable, "-c", "import storyadapter.launch as l; print(l.conf_dir())"], cwd=tmp_path,
+                           env=env, capture_output=True, text=True, check=True)
+    assert where.stdout.strip() == str(site / "storyadapter" / "conf")
+    proc = launch("render.steps=many", cwd=tmp_path, env=env)
+    assert_one_line_error(proc, "render.steps")

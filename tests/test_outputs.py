@@ -1,0 +1,357 @@
+"""Outputs people look at (comic, GIF, contact sheet, index) and evaluation, from synthetic render dirs."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from storyadapter import comic, gallery, manifest
+from storyadapter.manifest import FrameRecord
+from storyadapter.models.tiny_clip import build_tiny_clip
+from storyadapter.outputs import write_all
+
+ROOT = Path(__file__).resolve().parents[1]
+LONG_CAPTION = (
+    "After the storm, Mila climbs the hill behind the village with her lantern & the old map <b>drawn</b> by "
+    "her grandmother, counting the stars that fall into the sea while the owl circles twice, hoots, and "
+    "finally lands on the broken fence post beside the garden gate where the glowing seed was buried "
+    "three nights ago; nobody in the village believes her, but tonight the seed has split and a thin "
+    "silver stem is reaching for the moon, and she knows that by morning everything will have changed "
+    "for good, for the owl, for the village, and for the little girl in the yellow raincoat."
+)
+EVIL_CAPTION = '<script>alert("x")</script> & "quotes" \'single\''
+
+
+def make_render_dir(
+    out: Path,
+    n_frames: int,
+    iterations: int = 2,
+    size: tuple[int, int] = (64, 64),
+    prompts: list[str] | None = None,
+    characters: list[tuple[str, ...]] | None = None,
+    captions: dict[int, str] | None = None,
+) -> Path:
+    """A render output directory as the driver writes it: PNGs per iteration + one manifest part each."""
+    rng = np.random.default_rng(n_frames)
+    names = ("Ana", "Ben")
+    for it in range(iterations):
+        folder = out / manifest.iteration_dirname(it)
+        folder.mkdir(parents=True, exist_ok=True)
+        records = []
+        for f in range(n_frames):
+            base = rng.integers(0, 256, 3)
+            pixels = np.clip(base + rng.integers(-30, 30, (size[1], size[0], 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(folder / manifest.frame_filename(f))
+            caption = (captions or {}).get(f, f"Frame {f}: the story goes on." if f % 3 else "")
+            records.append(
+                FrameRecord(
+                    iteration=it,
+                    frame=f,
+                    prompt=prompts[f] if prompts else f"{names[f % 2]} walks through scene number {f}",
+                    caption=caption,
+                    characters=characters[f] if characters else ((names[f % 2],) if f % 5 else ()),
+                    seed=1234,
+                    scale=0.0 if it == 0 else 0.3 + 0.2 * (it - 1),
+                    image_path=f"{manifest.iteration_dirname(it)}/{manifest.frame_filename(f)}",
+                    embedding=rng.standard_normal(16).astype(np.float32),
+                )
+            )
+        manifest.write_part(out, records)
+    return out
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess) -> None:
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory) -> Path:
+    return build_tiny_clip(tmp_path_factory.mktemp("models") / "tiny-clip")
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory, tiny_clip) -> Path:
+    """24 frames, 2 iterations, with every output written by write_all (what the launcher calls)."""
+    out = make_render_dir(tmp_path_factory.mktemp("render") / "run", 24, captions={4: LONG_CAPTION, 7: EVIL_CAPTION})
+    write_all(out, str(tiny_clip))
+    return out
+
+
+# ---------------------------------------------------------------- tiny CLIP
+
+
+def test_tiny_clip_loads_offline_and_is_deterministic(tiny_clip, tmp_path):
+    from transformers import CLIPImageProcessor, CLIPModel, CLIPTokenizer
+
+    model = CLIPModel.from_pretrained(tiny_clip)
+    assert CLIPTokenizer.from_pretrained(tiny_clip)("a red fox")["input_ids"][0] == 49406
+    assert CLIPImageProcessor.from_pretrained(tiny_clip) is not None
+    again = CLIPModel.from_pretrained(build_tiny_clip(tmp_path / "again"))
+    for (name, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items()):
+        assert np.array_equal(a.numpy(), b.numpy()), name
+    stamp = (tiny_clip / "model.safetensors").stat().st_mtime_ns
+    build_tiny_clip(tiny_clip)  # complete: not rebuilt
+    assert (tiny_clip / "model.safetensors").stat().st_mtime_ns == stamp
+
+
+# ---------------------------------------------------------------- comic
+
+
+@pytest.mark.parametrize(
+    "n_frames,expected",
+    [(5, {"classic": 1, "four": 2, "single": 5}), (24, {"classic": 4, "four": 6, "single": 24}), (104, {"classic": 18, "four": 26, "single": 104})],
+)
+def test_comic_page_counts(tmp_path, n_frames, expected):
+    out = make_render_dir(tmp_path / "run", n_frames, iterations=1)
+    for layout, pages in expected.items():
+        written = comic.write_comic(out, layout=layout)
+        assert len(written) == pages
+        on_disk = sorted(p.name for p in (out / "comic").glob("page_*.png"))
+        digits = 3 if pages > 99 else 2
+        assert on_disk == [f"page_{i:0{digits}d}.png" for i in range(1, pages + 1)]  # stale pages removed
+        with Image.open(written[0]) as im:
+            assert min(im.size) >= 256
+
+
+def _frames_on_pages(pages: list[comic.PageLayout]) -> list[int]:
+    return sorted(p.slot for page in pages for p in page.panels)
+
+
+@pytest.mark.parametrize("layout", comic.LAYOUTS)
+@pytest.mark.parametrize("position", comic.CAPTION_POSITIONS)
+@pytest.mark.parametrize("frame_size", [(64, 64), (1024, 768), (512, 896)])
+def test_long_captions_wrap_inside_panel_and_page(layout, position, frame_size):
+    giant_word = "x" * 300  # e.g. a pasted URL: must be broken, not overflow
+    captions = [f"Short caption {i}." if i % 2 else "" for i in range(7)]
+    captions[2] = LONG_CAPTION
+    captions[5] = giant_word
+    pages = comic.layout_pages(captions, frame_size, layout, position)
+    assert _frames_on_pages(pages) == list(range(7))
+    for page in pages:
+        for p in page.panels:
+            assert page.box.contains(p.panel)
+            assert p.panel.contains(p.image)
+            assert p.image.width >= 256 - 8 and abs(p.image.height / p.image.width - frame_size[1] / frame_size[0]) < 0.01
+            if not captions[p.slot]:
+                assert p.caption is None and not p.lines
+                continue
+            # Never cut off: every character of the caption is on some line.
+            assert "".join("".join(p.lines).split()) == "".join(captions[p.slot].split())
+            assert p.font_size >= 12
+            for box in p.line_boxes:
+                assert p.caption.contains(box), (box, p.caption)
+                assert p.panel.contains(box) and page.box.contains(box)
+            assert not (p.caption.y0 < p.image.y1 and p.image.y0 < p.caption.y1)  # text never over the picture
+        # Panels do not overlap.
+        boxes = [p.panel for p in page.panels]
+        for i, a in enumerate(boxes):
+            for b in boxes[i + 1 :]:
+                assert a.x1 <= b.x0 or b.x1 <= a.x0 or a.y1 <= b.y0 or b.y1 <= a.y0
+
+
+def test_long_caption_drawn_on_page(rendered):
+    # Frame 4 carries the long caption; its page was drawn with the laid-out lines inside the page.
+    page = comic.layout_pages([r.caption for r in manifest.read_records(rendered, 1)], (64, 64))[0]
+    panel = next(p for p in page.panels if p.slot == 4)
+    assert len(panel.lines) > 5
+    with Image.open(rendered / "comic" / "page_01.png") as im:
+        assert im.size == (page.width, page.height)
+        ink = np.asarray(im.convert("L").crop((panel.caption.x0, panel.caption.y0, panel.caption.x1, panel.caption.y1)))
+    assert (ink < 100).mean() > 0.02  # text was actually drawn in the caption box
+
+
+def test_bad_layout_is_a_user_error():
+    from storyadapter.errors import UserError
+
+    with pytest.raises(UserError, match="layout"):
+        comic.layout_pages(["a"], (64, 64), "manga")
+
+
+# ---------------------------------------------------------------- gallery
+
+
+class _Links(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.links: list[str] = []
+        self.ids: set[str] = set()
+        self.tags: set[str] = set()
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.add(tag)
+        for key, value in attrs:
+            if key in ("href", "src") and value is not None:
+                self.links.append(value)
+            if key == "id":
+                self.ids.add(value)
+
+
+def test_index_links_are_relative_and_exist(rendered):
+    text = (rendered / "index.html").read_text(encoding="utf-8")
+    parser = _Links()
+    parser.feed(text)
+    assert "script" not in parser.tags and "<script>alert" not in text  # user captions are escaped
+    assert "&lt;script&gt;alert" in text
+    assert not any(t in text for t in ("http://", "https://"))
+    targets = set(parser.links)
+    for needed in ("story.gif", "iterations.png", "metrics.json", "comic/page_01.png", "iter_01/frame_0023.png", "iter_00/frame_0000.png"):
+        assert needed in targets
+    for link in parser.links:
+        parts = urlsplit(link)
+        assert not parts.scheme and not parts.netloc, link
+        if link.startswith("#"):
+            assert link[1:] in parser.ids, link
+            continue
+        assert not link.startswith("/"), link
+        assert (rendered / unquote(parts.path)).is_file(), link
+
+
+def test_gif_has_one_frame_per_story_frame(rendered):
+    with Image.open(rendered / "story.gif") as gif:
+        assert gif.n_frames == 24
+        assert gif.info["duration"] == 1000
+        assert min(gif.size) >= 256
+
+
+def test_contact_sheet_size(rendered, tmp_path):
+    rows, cols = 2, 8
+    with Image.open(rendered / "iterations.png") as sheet:
+        assert sheet.size == (
+            gallery.LABEL_W + cols * (gallery.THUMB + gallery.GAP) + gallery.GAP,
+            gallery.HEADER_H + rows * (gallery.THUMB + gallery.GAP) + gallery.GAP,
+        )
+    assert gallery.sample_columns(24, 8)[0] == 0 and gallery.sample_columns(24, 8)[-1] == 23
+    few = make_render_dir(tmp_path / "few", 5, iterations=3, size=(96, 64))
+    with Image.open(gallery.write_contact_sheet(few)) as sheet:
+        assert sheet.size == gallery.contact_sheet_size(3, 5, (96, 64))
+
+
+# ---------------------------------------------------------------- metrics and eval
+
+
+def test_metrics_json_one_entry_per_iteration(rendered):
+    rows = json.loads((rendered / "metrics.json").read_text())
+    assert [r["iteration"] for r in rows] == [0, 1]
+    for r in rows:
+        assert r["n_frames"] == 24
+        for key in ("clip_t", "consistency", "consistency_all"):
+            assert math.isfinite(r[key]) and -1.0 <= r[key] <= 1.0
+    assert (rendered / "metrics.png").is_file()
+
+
+def test_consistency_definition():
+    from storyadapter.metrics import metrics_from_embeddings
+
+    img = np.array([[1, 0], [1, 0], [0, 1], [0, 1]], np.float32)
+    txt = np.array([[1, 0], [0, 1], [0, 1], [0, 1]], np.float32)
+    m = metrics_from_embeddings(img, txt, [("A",), ("A",), ("B",), ()])
+    assert m["clip_t"] == pytest.approx(0.75)
+    assert m["consistency"] == pytest.approx(1.0)  # only A recurs, and its two frames are identical
+    assert m["consistency_all"] == pytest.approx(2 / 6)
+    assert metrics_from_embeddings(img, txt, [("A",), ("B",), (), ()])["consistency"] is None
+
+
+def test_eval_cli_on_render_dir_matches_run(rendered, tiny_clip, tmp_path):
+    out = tmp_path / "eval.json"
+    proc = run_cli("storyadapter.eval", str(rendered), "--clip-model", str(tiny_clip), "--json", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "clip_t" in proc.stdout
+    ran = json.loads((rendered / "metrics.json").read_text())
+    evaluated = json.loads(out.read_text())
+    assert len(ran) == len(evaluated)
+    for a, b in zip(ran, evaluated):
+        assert a.keys() == b.keys()
+        for key, value in a.items():
+            assert b[key] == pytest.approx(value, abs=1e-6), key
+
+
+def test_eval_cli_on_image_folder_with_story(tmp_path, tiny_clip):
+    from storyadapter.metrics import ClipScorer, evaluate_render
+    from storyadapter.story import load_story
+
+    story_file = tmp_path / "story.txt"
+    story_file.write_text(
+        "[Ana] A tall chef with curly red hair.\n[Ben] A rider with a blue helmet.\n\n"
+        "[Ana] chops vegetables #Ana cooks.\n[Ben] rides through rain #Ben rides.\n"
+        "[Ana] and [Ben] share soup #Together.\n[NC] An empty street at night\n[Ana] waves goodbye\n",
+        encoding="utf-8",
+    )
+    story = load_story(story_file)
+    render = make_render_dir(
+        tmp_path / "run", len(story.frames), iterations=1,
+        prompts=[f.prompt for f in story.frames], characters=[tuple(f.characters) for f in story.frames],
+    )
+    folder = tmp_path / "baseline"
+    folder.mkdir()
+    for f in range(len(story.frames)):  # unpadded names: natural order must put 2 before 10
+        shutil.copy(render / "iter_00" / manifest.frame_filename(f), folder / f"img{f}.png")
+    out = tmp_path / "folder.json"
+    proc = run_cli("storyadapter.eval", str(folder), "--story", str(story_file), "--clip-model", str(tiny_clip), "--json", str(out))
+    assert proc.returncode == 0, proc.stderr
+    [row] = json.loads(out.read_text())
+    [expected] = evaluate_render(render, ClipScorer(str(tiny_clip)))
+    assert row["n_frames"] == len(story.frames)
+    for key in ("clip_t", "consistency", "consistency_all"):
+        assert row[key] == pytest.approx(expected[key], abs=1e-6)
+
+
+def test_cli_bad_inputs_are_one_line(tmp_path, tiny_clip):
+    story_file = tmp_path / "story.txt"
+    story_file.write_text("a fox\na hen\na dog\n", encoding="utf-8")
+    story_two = tmp_path / "two.txt"
+    story_two.write_text("a fox\na hen\n", encoding="utf-8")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    two = tmp_path / "two"
+    two.mkdir()
+    for i in range(2):
+        Image.new("RGB", (64, 64), (i * 90, 0, 0)).save(two / f"{i}.png")
+    no_parts = tmp_path / "no_parts"
+    (no_parts / "manifest").mkdir(parents=True)
+    clip = ["--clip-model", str(tiny_clip)]
+    cases = [
+        ("storyadapter.eval", str(tmp_path / "missing"), "--story", str(story_file), *clip),
+        ("storyadapter.eval", str(empty), "--story", str(story_file), *clip),
+        ("storyadapter.eval", str(two), "--story", str(story_file), *clip),
+        ("storyadapter.eval", str(two), *clip),
+        ("storyadapter.eval", str(no_parts), *clip),
+        ("storyadapter.eval", str(two), "--story", str(story_two), "--clip-model", str(tmp_path / "no-such-clip")),
+        ("storyadapter.eval", str(two), "--story", str(story_two), "--clip-model", "openai/clip-not-downloaded"),
+        ("storyadapter.comic", str(tmp_path / "missing")),
+        ("storyadapter.comic", str(no_parts)),
+    ]
+    for args in cases:
+        proc = run_cli(*args)
+        assert_one_line_error(proc)
+        if args[-1].endswith(("no-such-clip", "clip-not-downloaded")):
+            assert "--clip-model=" in proc.stderr and "huggingface-cli download" in proc.stderr
+    assert not any(empty.iterdir()) and sorted(p.name for p in two.iterdir()) == ["0.png", "1.png"]  # nothing written
+
+
+def test_comic_cli_regenerates_outputs(tmp_path):
+    out = make_render_dir(tmp_path / "run", 5)
+    proc = run_cli("storyadapter.comic", str(out), "--layout", "four", "--caption-position", "above")
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in (out / "comic").iterdir()) == ["page_01.png", "page_02.png"]
+    for name in ("story.gif", "iterations.png", "index.html"):
+        assert (out / name).is_file()
+    assert not (out / "metrics.json").exists()  # no CLIP given: no metrics

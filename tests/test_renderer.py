@@ -1,0 +1,162 @@
+"""The single-process renderer on the tiny model: GRCA, references, seeds, text caching."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from storyadapter import driver, grca, schedule
+from storyadapter.renderer import RenderSettings, StoryRenderer, initial_noise
+from storyadapter.story import load_story
+from storyadapter.worker import FramePrompt, FrameWorker, WorkerSpec
+
+from .conftest import write_story
+
+SETTINGS = RenderSettings(steps=2, height=64, width=64, guidance_scale=7.5)
+
+
+@pytest.fixture()
+def renderer(tiny_source):
+    # A fresh pipeline per test: StoryRenderer swaps the attention processors in place.
+    from storyadapter.models.loading import load_pipeline
+
+    return StoryRenderer(load_pipeline(tiny_source, torch.device("cpu"), torch.float32), SETTINGS)
+
+
+def pixels(image) -> np.ndarray:
+    return np.asarray(image, dtype=np.int16)
+
+
+def test_scale_zero_equals_text_only_sdxl_pipeline(renderer, tiny_source):
+    """Iteration 0 (scale 0) must be exactly diffusers' SDXL text-to-image with the same noise."""
+    from diffusers import DDIMScheduler, StableDiffusionXLPipeline
+
+    plain = StableDiffusionXLPipeline.from_pretrained(tiny_source.pretrained)
+    plain.scheduler = DDIMScheduler.from_config(plain.scheduler.config)
+    plain.set_progress_bar_config(disable=True)
+    prompt = "a young explorer with a green scarf reads a map"
+    for bank in (None, np.random.default_rng(0).normal(size=(3, renderer.embedding_dim)).astype(np.float32)):
+        renderer.set_references(bank, 0.0)
+        ours = renderer.render([renderer.encode_text(prompt, "")], [11])[0]
+        theirs = plain(prompt=prompt, num_inference_steps=2, guidance_scale=7.5, height=64, width=64,
+                       latents=initial_noise(11, (1, 4, 8, 8))).images[0]
+        assert np.array_equal(pixels(ours), pixels(theirs))
+
+
+def test_text_encoding_matches_diffusers_and_accepts_long_prompts(renderer):
+    pipe = renderer.pipe
+    prompt = "a tall chef with curly red hair"
+    tokens, negative, pooled, _ = pipe.encode_prompt(prompt, device="cpu", do_classifier_free_guidance=True,
+                                                     negative_prompt="blurry")
+    ours = renderer.encode_text(prompt, "blurry")
+    assert torch.equal(ours.tokens, tokens) and torch.equal(ours.pooled, pooled)
+    assert torch.equal(ours.negative_tokens, negative)
+
+    long_prompt = ", ".join(f"detail number {i}" for i in range(60))  # ~240 tokens
+    from storyadapter.text import count_windows
+
+    windows = count_windows(pipe.tokenizer, long_prompt)
+    assert windows >= 3
+    emb = renderer.encode_text(long_prompt, "", windows)
+    assert emb.tokens.shape[1] == 77 * windows
+    # Later windows carry the tail of the prompt: it is not silently truncated.
+    assert not torch.equal(emb.tokens[:, 77:154], renderer.encode_text("", "", windows).tokens[:, 77:154])
+    image = renderer.render([emb], [1])[0]
+    assert image.size == (64, 64)
+
+
+def test_changing_one_reference_changes_every_other_frame(renderer):
+    rng = np.random.default_rng(1)
+    bank = rng.normal(size=(4, renderer.embedding_dim)).astype(np.float32)
+    texts = [renderer.encode_text(f"frame {i} of a story about a lighthouse", "") for i in range(4)]
+
+    renderer.set_references(bank, 0.5)
+    before = renderer.render(texts, [3] * 4)
+    changed = bank.copy()
+    changed[0] = rng.normal(size=renderer.embedding_dim)
+    renderer.set_references(changed, 0.5)
+    after = renderer.render(texts, [3] * 4)
+    for i in range(1, 4):
+        assert not np.array_equal(pixels(before[i]), pixels(after[i])), f"frame {i} ignored reference 0"
+
+
+def test_grca_layer_equals_direct_joint_softmax():
+    """softmax(QK_txt)V_txt + lambda * softmax(QK_ref)V_ref with ONE softmax over all 4N reference tokens."""
+    from diffusers.models.attention_processor import Attention
+
+    torch.manual_seed(0)
+    dim, heads, cross, n_refs = 16, 2, 12, 5
+    attn = Attention(query_dim=dim, cross_attention_dim=cross, heads=heads, dim_head=dim // heads)
+    proc = grca.GlobalReferenceAttnProcessor(torch.nn.Linear(cross, dim, bias=False), torch.nn.Linear(cross, dim, bias=False))
+    attn.set_processor(proc)
+    x = torch.randn(4, 7, dim)  # batch: 2 unconditional + 2 conditional
+    text = torch.randn(4, 9, cross)
+    ref_cond, ref_uncond = torch.randn(1, 4 * n_refs, cross), torch.randn(1, 4, cross)
+    proc.set_references(ref_cond, ref_uncond, heads)
+    proc.scale = 0.4
+    got = attn(x, encoder_hidden_states=text)
+
+    def split(t):  # (B, T, dim) -> (B, heads, T, d)
+        return t.view(t.shape[0], t.shape[1], heads, dim // heads).transpose(1, 2)
+
+    def attend(q, k, v):
+        weights = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(dim // heads), dim=-1)
+        return weights @ v
+
+    q, k, v = split(attn.to_q(x)), split(attn.to_k(text)), split(attn.to_v(text))
+    ref = []
+    for b in range(4):
+        tokens = ref_uncond if b < 2 else ref_cond
+        ref.append(attend(q[b : b + 1], split(proc.to_k_ip(tokens)), split(proc.to_v_ip(tokens))))
+    out = attend(q, k, v) + 0.4 * torch.cat(ref)
+    expected = attn.to_out[0](out.transpose(1, 2).reshape(4, 7, dim))
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+    proc.scale = 0.0
+    no_ref = attn.to_out[0](attend(q, k, v).transpose(1, 2).reshape(4, 7, dim))
+    torch.testing.assert_close(attn(x, encoder_hidden_states=text), no_ref, rtol=1e-5, atol=1e-5)
+
+
+def test_same_seed_same_pixels_and_seed_policies(renderer):
+    text = renderer.encode_text("a red kite over a beach", "")
+    renderer.set_references(None, 0.0)
+    a, b, c = renderer.render([text, text, text], [5, 5, 6])
+    again = renderer.render([text], [5])[0]
+    assert np.array_equal(pixels(a), pixels(b))
+    assert np.array_equal(pixels(a), pixels(again))  # batch of 3 vs batch of 1
+    assert not np.array_equal(pixels(a), pixels(c))
+    assert schedule.frame_seed(9, "shared", 0) == schedule.frame_seed(9, "shared", 7)
+    assert schedule.frame_seed(9, "per_frame", 0) != schedule.frame_seed(9, "per_frame", 7)
+
+
+def test_adapter_scale_schedule_is_linear_from_start_to_end():
+    scales = [schedule.adapter_scale(t, 10, 0.3, 0.5) for t in range(11)]
+    assert scales[0] == 0.0 and scales[1] == pytest.approx(0.3) and scales[10] == pytest.approx(0.5)
+    steps = np.diff(scales[1:])
+    assert np.allclose(steps, steps[0])
+
+
+def _count_calls(module) -> list[int]:
+    calls = []
+    module.register_forward_hook(lambda m, args, out: calls.append(args[0].shape[0]))
+    return calls
+
+
+def test_encoder_passes_per_iteration_and_text_encoded_once(tiny_source, tmp_path):
+    story = load_story(write_story(tmp_path / "s.txt", [f"a cat on roof number {i}" for i in range(5)]))
+    spec = WorkerSpec(source=tiny_source, settings=SETTINGS,
+                      prompts=tuple(FramePrompt(*story.styled(f)) for f in story.frames),
+                      out_dir=str(tmp_path / "out"), seed=1, seed_policy="per_frame", threads=1)
+    worker = FrameWorker(spec)
+    image_calls = _count_calls(worker.renderer.pipe.image_encoder)
+    text_calls = _count_calls(worker.renderer.pipe.text_encoder)
+    plan = driver.RunPlan(story=story, out_dir=tmp_path / "out", iterations=2, batch_size=1, scale_start=0.3,
+                          scale_end=0.5, seed=1, seed_policy="per_frame")
+    stats = driver.run(plan, driver.LocalExecutor(worker))
+    assert [s.iteration for s in stats] == [0, 1, 2]
+    assert image_calls == [1] * 5 * 3  # N single-image passes per iteration, never N^2
+    assert len(text_calls) == 5  # once per frame for the whole run (empty negative -> zeros)
+    assert worker.image_encodes == 15
