@@ -7,6 +7,7 @@ iteration's batches given the bank; the driver writes each finished iteration's 
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,7 +90,8 @@ def run(plan: RunPlan, executor: Executor) -> list[IterationStats]:
         scale = plan.scale(it)
         t0 = time.perf_counter()
         busy = 0.0
-        with tqdm(total=n, desc=f"iteration {it}/{plan.iterations}", unit="frame", dynamic_ncols=True) as bar:
+        with tqdm(total=n, desc=f"iteration {it}/{plan.iterations}", unit="frame", dynamic_ncols=True,
+                  mininterval=0.2 if sys.stderr.isatty() else 15.0) as bar:  # batch logs get a line per 15 s
             def on_batch(batch: BatchResult) -> None:
                 nonlocal busy
                 busy += batch.busy_s

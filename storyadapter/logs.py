@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import warnings
 
 
@@ -14,16 +15,18 @@ def quiet_libraries() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", message=".*torchvision.*")
-    try:
-        import diffusers.utils.logging as dlog
+    # The env vars above reach libraries imported later; these reach ones already imported.
+    # (Importing them here would cost seconds before the first input check.)
+    if "transformers" in sys.modules:
         import transformers.utils.logging as tlog
 
         tlog.set_verbosity_error()
         tlog.disable_progress_bar()
+    if "diffusers" in sys.modules:
+        import diffusers.utils.logging as dlog
+
         dlog.set_verbosity_error()
         dlog.disable_progress_bar()
-    except ImportError:  # pragma: no cover - both are hard dependencies
-        pass
 
 
 def setup(level: str = "INFO") -> None:

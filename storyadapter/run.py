@@ -8,12 +8,12 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from . import config as schema
-from . import driver, rundir
+from . import rundir
 from .errors import UserError
-from .models.loading import ModelSource, check_available
-from .renderer import RenderSettings
 from .story import Story, describe, load_story
-from .worker import FramePrompt, WorkerSpec
+
+# torch, diffusers and Ray are imported inside the functions that need them, so bad input is
+# reported in well under a second instead of after seconds of imports.
 
 log = logging.getLogger(__name__)
 EXAMPLES = Path(__file__).parent / "examples"
@@ -57,8 +57,10 @@ def resolve_story_path(path: str) -> Path:
     return p  # load_story reports the missing file with its path
 
 
-def resolve_model(cfg: DictConfig) -> tuple[ModelSource, str | None]:
-    """Where the weights are, building the offline tiny model first if asked; plus the CLIP for metrics."""
+def resolve_model(cfg: DictConfig):
+    """Where the weights are (a ModelSource), building the offline tiny model first if asked; plus the CLIP for metrics."""
+    from .models.loading import ModelSource, check_available
+
     m = cfg.model
     if m.kind == "tiny":
         from .models import tiny
@@ -75,7 +77,10 @@ def resolve_model(cfg: DictConfig) -> tuple[ModelSource, str | None]:
     return source, None
 
 
-def worker_spec(cfg: DictConfig, story: Story, source: ModelSource, out_dir: Path) -> WorkerSpec:
+def worker_spec(cfg: DictConfig, story: Story, source, out_dir: Path):
+    from .renderer import RenderSettings
+    from .worker import FramePrompt, WorkerSpec
+
     r = cfg.render
     return WorkerSpec(
         source=source,
@@ -92,7 +97,9 @@ def worker_spec(cfg: DictConfig, story: Story, source: ModelSource, out_dir: Pat
     )
 
 
-def plan_for(cfg: DictConfig, story: Story, out_dir: Path) -> driver.RunPlan:
+def plan_for(cfg: DictConfig, story: Story, out_dir: Path):
+    from . import driver
+
     r = cfg.render
     return driver.RunPlan(story=story, out_dir=out_dir, iterations=r.iterations, batch_size=r.batch_size,
                           scale_start=r.scale_start, scale_end=r.scale_end, seed=r.seed, seed_policy=r.seed_policy)
@@ -100,15 +107,14 @@ def plan_for(cfg: DictConfig, story: Story, out_dir: Path) -> driver.RunPlan:
 
 def execute(cfg: DictConfig, out_dir: Path) -> Path:
     """Render a story end to end with the Ray engine. Raises UserError for anything the user can fix."""
-    import ray
-
-    from . import engine, outputs
-
     validate(cfg)
     story = load_story(resolve_story_path(cfg.story.path), cfg.story.style)
     log.info("story %s", describe(story))
     source, eval_clip = resolve_model(cfg)
     rundir.prepare(out_dir, cfg, story, cfg.resume)
+    import ray
+
+    from . import driver, engine, outputs
 
     c = cfg.cluster
     started = engine.connect(c.mode, c.address, c.workers, c.cpus_per_worker)

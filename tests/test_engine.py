@@ -156,3 +156,13 @@ def test_actor_killed_mid_iteration_is_restarted_with_identical_output(reference
     assert not errors, errors
     assert not psutil.pid_exists(killed) or psutil.Process(killed).status() == psutil.STATUS_ZOMBIE
     assert_same_render(reference, out)
+
+
+def test_too_few_cpus_or_gpus_is_a_clear_error(local_ray):
+    from storyadapter.engine import ActorResources, check_capacity
+
+    check_capacity(ActorResources(2, 1.0, 1.0, 0, 10.0), use_gpu=False)  # fits the 2-CPU test cluster
+    with pytest.raises(UserError, match=r"cluster.workers=3 .* needs 3 CPUs; the Ray cluster has 2"):
+        check_capacity(ActorResources(3, 1.0, 1.0, 0, 10.0), use_gpu=False)
+    with pytest.raises(UserError, match=r"needs 1 GPUs; the Ray cluster has 0"):
+        check_capacity(ActorResources(2, 0.5, 1.0, 0, 10.0), use_gpu=True)

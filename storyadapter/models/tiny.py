@@ -134,6 +134,9 @@ def build(directory: Path, seed: int = 0) -> Path:
     from safetensors.torch import save_file
     from transformers import CLIPImageProcessor, CLIPTokenizer
 
+    from ..logs import quiet_libraries
+
+    quiet_libraries()
     directory = Path(directory)
     if (directory / _DONE).exists():
         return directory
