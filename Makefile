@@ -40,3 +40,16 @@ slurm-demo: install
 		jobs/storyadapter.sbatch story=office model=tiny render=tiny output_dir=$(abspath $(SLURM_DEMO_DIR))/render \
 		|| { tail -n 30 $(SLURM_DEMO_DIR)/slurm-*.out >&2; exit 1; }
 	@echo "open $(SLURM_DEMO_DIR)/render/index.html (job log: $(SLURM_DEMO_DIR)/slurm-<job id>.out)"
+
+# Throughput benchmark (bench/throughput.py): engine vs upstream-style loop vs plain loop, cost growth with story
+# length, driver overhead. Results in bench/results/<name>.{json,md,png}.
+bench: install
+	HF_HUB_OFFLINE=1 $(PY) -m bench.throughput preset=cpu
+
+# Full-size random-weight SDXL on a GPU (bf16, SDPA, 1024², 50 steps); needs a CUDA build of torch.
+# COMPILE=1 adds torch.compile; PEAK_TFLOPS is one GPU's dense bf16 peak (H100 SXM: 989).
+COMPILE ?= 0
+PEAK_TFLOPS ?= 989
+bench-gpu: install
+	HF_HUB_OFFLINE=1 $(PY) -m bench.throughput preset=gpu peak_tflops=$(PEAK_TFLOPS) \
+		compile=$(if $(filter 1 true yes,$(COMPILE)),true,false)

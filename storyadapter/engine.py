@@ -148,5 +148,6 @@ def connect(mode: str, address: str | None, workers: int, cpus_per_worker: float
     try:
         ray.init(address=target, log_to_driver=True, configure_logging=False)
     except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise UserError(f"cluster.address={target}: cannot connect to a Ray cluster ({exc})") from None
+        hint = "" if os.environ.get("RAY_AUTH_TOKEN") else "; if the cluster uses token auth, export its RAY_AUTH_TOKEN"
+        raise UserError(f"cluster.address={target}: cannot connect to a Ray cluster ({exc}){hint}") from None
     return False

@@ -111,7 +111,7 @@ def execute(cfg: DictConfig, out_dir: Path) -> Path:
     story = load_story(resolve_story_path(cfg.story.path), cfg.story.style)
     log.info("story %s", describe(story))
     source, eval_clip = resolve_model(cfg)
-    rundir.prepare(out_dir, cfg, story, cfg.resume)
+    fresh = rundir.check(out_dir, cfg, story, cfg.resume)
     import ray
 
     from . import driver, engine, outputs
@@ -122,6 +122,8 @@ def execute(cfg: DictConfig, out_dir: Path) -> Path:
     try:
         res = engine.ActorResources(c.workers, c.gpus_per_worker, c.cpus_per_worker, c.max_restarts, c.ready_timeout_s)
         executor = engine.RayExecutor(worker_spec(cfg, story, source, out_dir), res)
+        if fresh:  # only once the cluster and the workers are up, so a failed start leaves nothing behind
+            rundir.write_config(out_dir, cfg, story)
         driver.run(plan_for(cfg, story, out_dir), executor)
     finally:
         if executor is not None:

@@ -37,8 +37,11 @@ def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
     return diffs
 
 
-def prepare(out_dir: Path, cfg: DictConfig, story: Story, resume: bool) -> None:
-    """Create the directory and write config.yaml, or check a resume against the saved one."""
+def check(out_dir: Path, cfg: DictConfig, story: Story, resume: bool) -> bool:
+    """Refuse to touch an existing render unless resuming it with the same pixel settings.
+
+    Writes nothing. Returns True when the directory is fresh and `write_config` should start it.
+    """
     config_path = out_dir / CONFIG_FILE
     new = fingerprint(cfg, story)
     if out_dir.exists() and not out_dir.is_dir():
@@ -56,9 +59,14 @@ def prepare(out_dir: Path, cfg: DictConfig, story: Story, resume: bool) -> None:
         diffs = _differences(saved.get("fingerprint", {}), new)
         if diffs:
             raise UserError(f"resume=true refused: {config_path} was rendered with different settings: {'; '.join(diffs[:4])}")
-        return
+        return False
+    return True
+
+
+def write_config(out_dir: Path, cfg: DictConfig, story: Story) -> None:
+    config_path = out_dir / CONFIG_FILE
     out_dir.mkdir(parents=True, exist_ok=True)
-    document = {**OmegaConf.to_container(cfg, resolve=True), "fingerprint": new}
+    document = {**OmegaConf.to_container(cfg, resolve=True), "fingerprint": fingerprint(cfg, story)}
     tmp = config_path.with_name(f".{CONFIG_FILE}.tmp")
     tmp.write_text(yaml.safe_dump(document, sort_keys=False, allow_unicode=True), encoding="utf-8")
     os.replace(tmp, config_path)
