@@ -23,12 +23,55 @@ def _attend(query, key, value):
     return F.scaled_dot_product_attention(query, key, value)
 
 
-def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
     batch, tokens, inner = x.shape
     return x.view(batch, tokens, heads, inner // heads).transpose(1, 2)
 
 
-class GlobalReferenceAttnProcessor(nn.Module):
+class CrossAttentionProcessor(nn.Module):
+    """diffusers' cross-attention plumbing (norms, head split, output projection, residual) around `attend`.
+
+    Subclasses decide what the queries attend to; this wrapper matches `AttnProcessor2_0` op for op.
+    """
+
+    def attend(self, attn, query: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """(batch, heads, tokens, head_dim) queries and the raw encoder states -> attention output, same shape."""
+        raise NotImplementedError
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **_):
+        if attention_mask is not None:
+            raise NotImplementedError("attention masks are not used by SDXL cross-attention")
+        residual = hidden_states
+        if attn.spatial_norm is not None:
+            hidden_states = attn.spatial_norm(hidden_states, temb)
+        input_ndim = hidden_states.ndim
+        if input_ndim == 4:
+            batch, channels, height, width = hidden_states.shape
+            hidden_states = hidden_states.view(batch, channels, height * width).transpose(1, 2)
+        batch = hidden_states.shape[0]
+        if attn.group_norm is not None:
+            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+
+        query = split_heads(attn.to_q(hidden_states), attn.heads)
+        out = self.attend(attn, query, encoder_hidden_states)
+
+        hidden_states = out.transpose(1, 2).reshape(batch, -1, out.shape[1] * out.shape[-1]).to(query.dtype)
+        hidden_states = attn.to_out[0](hidden_states)
+        hidden_states = attn.to_out[1](hidden_states)
+        if input_ndim == 4:
+            hidden_states = hidden_states.transpose(-1, -2).reshape(batch, channels, height, width)
+        if attn.residual_connection:
+            hidden_states = hidden_states + residual
+        return hidden_states / attn.rescale_output_factor
+
+
+def text_attention(attn, query: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    context = attn.norm_encoder_hidden_states(text) if attn.norm_cross else text
+    key, value = split_heads(attn.to_k(context), attn.heads), split_heads(attn.to_v(context), attn.heads)
+    return F.scaled_dot_product_attention(query, key, value)
+
+
+class GlobalReferenceAttnProcessor(CrossAttentionProcessor):
     """Cross-attention processor: text attention plus one softmax over all reference tokens.
 
     Holds the IP-Adapter's `to_k_ip`/`to_v_ip` projections for its layer. The batch is laid out as
@@ -49,46 +92,19 @@ class GlobalReferenceAttnProcessor(nn.Module):
             self._ref = None
             return
         self._ref = tuple(
-            _heads(proj(tokens), heads)
+            split_heads(proj(tokens), heads)
             for tokens in (cond_tokens, uncond_tokens)
             for proj in (self.to_k_ip, self.to_v_ip)
         )
 
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **_):
-        residual = hidden_states
-        if attn.spatial_norm is not None:
-            hidden_states = attn.spatial_norm(hidden_states, temb)
-        input_ndim = hidden_states.ndim
-        if input_ndim == 4:
-            batch, channels, height, width = hidden_states.shape
-            hidden_states = hidden_states.view(batch, channels, height * width).transpose(1, 2)
-        batch = hidden_states.shape[0]
-        if attention_mask is not None:
-            raise NotImplementedError("attention masks are not used by SDXL cross-attention")
-        if attn.group_norm is not None:
-            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
-
-        query = attn.to_q(hidden_states)
-        context = attn.norm_encoder_hidden_states(encoder_hidden_states) if attn.norm_cross else encoder_hidden_states
-        key = attn.to_k(context)
-        value = attn.to_v(context)
-        query, key, value = (_heads(t, attn.heads) for t in (query, key, value))
-
-        out = F.scaled_dot_product_attention(query, key, value)
+    def attend(self, attn, query, context):
+        out = text_attention(attn, query, context)
         if self.scale != 0.0 and self._ref is not None:  # scale 0 stays bitwise equal to text-only SDXL
             k_cond, v_cond, k_uncond, v_uncond = self._ref
-            half = batch // 2
+            half = query.shape[0] // 2
             ref = torch.cat([_attend(query[:half], k_uncond, v_uncond), _attend(query[half:], k_cond, v_cond)])
             out = out + self.scale * ref
-
-        hidden_states = out.transpose(1, 2).reshape(batch, -1, out.shape[1] * out.shape[-1]).to(query.dtype)
-        hidden_states = attn.to_out[0](hidden_states)
-        hidden_states = attn.to_out[1](hidden_states)
-        if input_ndim == 4:
-            hidden_states = hidden_states.transpose(-1, -2).reshape(batch, channels, height, width)
-        if attn.residual_connection:
-            hidden_states = hidden_states + residual
-        return hidden_states / attn.rescale_output_factor
+        return out
 
 
 def install(unet) -> tuple[nn.Module, dict[str, GlobalReferenceAttnProcessor]]:

@@ -84,19 +84,21 @@ class StoryRenderer:
     @torch.no_grad()
     def render(self, embeddings: list[text.TextEmbedding], seeds: list[int]) -> list[Image.Image]:
         pipe, s = self.pipe, self.settings
+        # Read once: diffusers' ModelMixin.device/.dtype walk every UNet module (~2000 in SDXL) on each access.
+        device, dtype = self.device, self.dtype
         batch = len(embeddings)
         scheduler = pipe.scheduler
-        scheduler.set_timesteps(s.steps, device=self.device)
+        scheduler.set_timesteps(s.steps, device=device)
 
         latent_shape = (1, pipe.unet.config.in_channels, s.height // pipe.vae_scale_factor, s.width // pipe.vae_scale_factor)
-        latents = torch.cat([initial_noise(seed, latent_shape) for seed in seeds]).to(self.device, self.dtype)
+        latents = torch.cat([initial_noise(seed, latent_shape) for seed in seeds]).to(device, dtype)
         latents = latents * scheduler.init_noise_sigma
 
         # Classifier-free guidance layout: unconditional half first, as diffusers does.
-        tokens = torch.cat([e.negative_tokens for e in embeddings] + [e.tokens for e in embeddings]).to(self.device, self.dtype)
-        pooled = torch.cat([e.negative_pooled for e in embeddings] + [e.pooled for e in embeddings]).to(self.device, self.dtype)
+        tokens = torch.cat([e.negative_tokens for e in embeddings] + [e.tokens for e in embeddings]).to(device, dtype)
+        pooled = torch.cat([e.negative_pooled for e in embeddings] + [e.pooled for e in embeddings]).to(device, dtype)
         size = (s.height, s.width)
-        time_ids = torch.tensor([list(size + (0, 0) + size)], dtype=self.dtype, device=self.device).repeat(2 * batch, 1)
+        time_ids = torch.tensor([list(size + (0, 0) + size)], dtype=dtype, device=device).repeat(2 * batch, 1)
         added = {"text_embeds": pooled, "time_ids": time_ids}
 
         for t in scheduler.timesteps:

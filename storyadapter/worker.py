@@ -55,7 +55,9 @@ class BatchResult:
 
 def write_png_atomically(image, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    image.save(tmp, format="PNG")
+    # Lossless like the default level 6, but ~7x faster on a 1024² frame (90 vs 610 ms here) for ~20% more bytes;
+    # the encode runs on the worker between two frames, with the GPU idle.
+    image.save(tmp, format="PNG", compress_level=1)
     os.replace(tmp, path)
 
 

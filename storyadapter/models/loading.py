@@ -76,16 +76,24 @@ def load_pipeline(source: ModelSource, device: torch.device, dtype: torch.dtype)
     """StableDiffusionXLPipeline + IP-Adapter + DDIM scheduler, on `device`."""
     from diffusers import DDIMScheduler, StableDiffusionXLPipeline
 
-    try:
-        pipe = StableDiffusionXLPipeline.from_pretrained(source.pretrained, dtype=dtype, variant=source.variant)
-        pipe.load_ip_adapter(
-            source.ip_adapter,
-            subfolder=source.ip_adapter_subfolder,
-            weight_name=source.ip_adapter_weight,
-            image_encoder_folder=source.image_encoder_folder,
-        )
-    except (OSError, EnvironmentError) as exc:
-        raise UserError(f"model.pretrained={source.pretrained}: could not load weights ({exc}); {_fetch_hint(source)}") from None
+    from ..logs import quiet_libraries
+
+    quiet_libraries()  # now that diffusers is imported, silence its per-component loading bars
+    if source.pretrained == "random:sdxl":  # model=sdxl-random: full-size SDXL, random weights, built in memory
+        from .sdxl_random import build_pipeline
+
+        pipe = build_pipeline(device, dtype)
+    else:
+        try:
+            pipe = StableDiffusionXLPipeline.from_pretrained(source.pretrained, dtype=dtype, variant=source.variant)
+            pipe.load_ip_adapter(
+                source.ip_adapter,
+                subfolder=source.ip_adapter_subfolder,
+                weight_name=source.ip_adapter_weight,
+                image_encoder_folder=source.image_encoder_folder,
+            )
+        except (OSError, EnvironmentError) as exc:
+            raise UserError(f"model.pretrained={source.pretrained}: could not load weights ({exc}); {_fetch_hint(source)}") from None
     # Story-Adapter samples with DDIM; keep the checkpoint's noise schedule.
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)

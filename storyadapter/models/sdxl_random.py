@@ -1,0 +1,168 @@
+"""Full-size SDXL + IP-Adapter SDXL with random weights, built in memory on the target device.
+
+Same architecture and sizes as stabilityai/stable-diffusion-xl-base-1.0 (UNet 2.57 B parameters, CLIP
+ViT-L + OpenCLIP bigG text encoders, the SDXL VAE) and h94/IP-Adapter `sdxl_models` (ViT-bigG image
+encoder, 4-token image projection, to_k_ip/to_v_ip for every cross-attention layer). For honest GPU
+timings with no download: the arithmetic is exactly that of the real model, the images are noise.
+
+Modules are constructed directly on `device` in `dtype` (no fp32 copy on the host), so building takes
+seconds on a GPU. `device="meta"` builds the shapes only (for parameter counts, no memory). The
+IP-Adapter goes in through `pipe.load_ip_adapter(state_dict, ...)`, the path real weights take.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+from pathlib import Path
+
+import torch
+
+from .clip_vocab import VOCAB_SIZE, write_tokenizer_files
+from .loading import ModelSource
+
+MARKER = "random:sdxl"  # ModelSource.pretrained / ip_adapter for this model; see loading.load_pipeline
+
+# stabilityai/stable-diffusion-xl-base-1.0 unet/config.json
+UNET_CONFIG = dict(
+    sample_size=128,
+    in_channels=4,
+    out_channels=4,
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    block_out_channels=(320, 640, 1280),
+    layers_per_block=2,
+    transformer_layers_per_block=(1, 2, 10),
+    attention_head_dim=(5, 10, 20),
+    cross_attention_dim=2048,
+    use_linear_projection=True,
+    addition_embed_type="text_time",
+    addition_time_embed_dim=256,
+    projection_class_embeddings_input_dim=2816,
+    norm_num_groups=32,
+)
+# text_encoder (CLIP ViT-L/14) and text_encoder_2 (OpenCLIP ViT-bigG/14) text towers
+TEXT_CONFIG = dict(vocab_size=VOCAB_SIZE, max_position_embeddings=77, bos_token_id=49406, eos_token_id=49407, pad_token_id=1)
+TEXT_1 = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+              projection_dim=768, hidden_act="quick_gelu")
+TEXT_2 = dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20,
+              projection_dim=1280, hidden_act="gelu")
+# vae/config.json
+VAE_CONFIG = dict(
+    in_channels=3,
+    out_channels=3,
+    down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4,
+    block_out_channels=(128, 256, 512, 512),
+    layers_per_block=2,
+    latent_channels=4,
+    norm_num_groups=32,
+    sample_size=1024,
+    scaling_factor=0.13025,
+    force_upcast=True,
+)
+# h94/IP-Adapter sdxl_models/image_encoder/config.json (OpenCLIP ViT-bigG/14 vision tower)
+IMAGE_CONFIG = dict(hidden_size=1664, intermediate_size=8192, num_hidden_layers=48, num_attention_heads=16,
+                    patch_size=14, image_size=224, projection_dim=1280, hidden_act="gelu", layer_norm_eps=1e-5)
+IP_TOKENS = 4
+# scheduler/scheduler_config.json, as DDIM (what Story-Adapter samples with)
+SCHEDULER_CONFIG = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                        clip_sample=False, set_alpha_to_one=False, steps_offset=1, timestep_spacing="leading",
+                        prediction_type="epsilon")
+
+
+def source() -> ModelSource:
+    """What `model=sdxl-random` resolves to: no files, the marker tells `load_pipeline` to build."""
+    return ModelSource(MARKER, MARKER)
+
+
+@contextlib.contextmanager
+def _building_on(device: torch.device | str, dtype: torch.dtype):
+    """Create parameters directly on `device` in `dtype` (floating point only; integer buffers keep theirs)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def build_components(device: torch.device | str = "meta", dtype: torch.dtype = torch.bfloat16) -> dict:
+    """UNet, VAE, both text encoders and the image encoder, random weights, on `device` in `dtype`."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPVisionConfig
+    from transformers import CLIPVisionModelWithProjection
+
+    with _building_on(device, dtype), torch.no_grad():
+        parts = dict(
+            unet=UNet2DConditionModel(**UNET_CONFIG),
+            vae=AutoencoderKL(**VAE_CONFIG),
+            text_encoder=CLIPTextModel(CLIPTextConfig(**TEXT_CONFIG, **TEXT_1)),
+            text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(**TEXT_CONFIG, **TEXT_2)),
+            image_encoder=CLIPVisionModelWithProjection(CLIPVisionConfig(**IMAGE_CONFIG)),
+        )
+    for module in parts.values():
+        module.eval().requires_grad_(False)
+    return parts
+
+
+def ip_adapter_state_dict(unet, image_embed_dim: int, device, dtype, std: float = 0.02) -> dict[str, dict[str, torch.Tensor]]:
+    """IP-Adapter SDXL weights in the layout `load_ip_adapter` takes as a dict: {"image_proj": ..., "ip_adapter": ...}.
+
+    The checkpoint numbers all attention processors in `unet.attn_processors` order; cross-attention
+    (attn2) ones get the odd ids 1, 3, 5, ...
+    """
+    cross = unet.config.cross_attention_dim
+
+    def normal(*shape):
+        return torch.randn(*shape, device=device, dtype=dtype) * std
+
+    image_proj = {
+        "proj.weight": normal(IP_TOKENS * cross, image_embed_dim),
+        "proj.bias": torch.zeros(IP_TOKENS * cross, device=device, dtype=dtype),
+        "norm.weight": torch.ones(cross, device=device, dtype=dtype),
+        "norm.bias": torch.zeros(cross, device=device, dtype=dtype),
+    }
+    ip_adapter = {}
+    key_id = 1
+    for name in unet.attn_processors:
+        if name.endswith("attn1.processor"):
+            continue
+        hidden = unet.get_submodule(name.removesuffix(".processor")).to_k.out_features
+        ip_adapter[f"{key_id}.to_k_ip.weight"] = normal(hidden, cross)
+        ip_adapter[f"{key_id}.to_v_ip.weight"] = normal(hidden, cross)
+        key_id += 2
+    return {"image_proj": image_proj, "ip_adapter": ip_adapter}
+
+
+def _tokenizers():
+    from transformers import CLIPTokenizer
+
+    with tempfile.TemporaryDirectory(prefix="sdxl-random-tok-") as tmp:
+        files = write_tokenizer_files(Path(tmp))
+        tokenizer = CLIPTokenizer.from_pretrained(files)
+        tokenizer_2 = CLIPTokenizer.from_pretrained(files, pad_token="!")  # SDXL's second tokenizer pads with "!"
+    return tokenizer, tokenizer_2
+
+
+def build_pipeline(device: torch.device | str, dtype: torch.dtype, seed: int = 0):
+    """StableDiffusionXLPipeline with full-size random weights and the IP-Adapter loaded, on `device`."""
+    from diffusers import DDIMScheduler, StableDiffusionXLPipeline
+
+    device = torch.device(device)
+    torch.manual_seed(seed)
+    if device.type == "cuda":
+        torch.cuda.manual_seed_all(seed)
+    parts = build_components(device, dtype)
+    tokenizer, tokenizer_2 = _tokenizers()
+    pipe = StableDiffusionXLPipeline(
+        vae=parts["vae"], text_encoder=parts["text_encoder"], text_encoder_2=parts["text_encoder_2"],
+        tokenizer=tokenizer, tokenizer_2=tokenizer_2, unet=parts["unet"],
+        scheduler=DDIMScheduler(**SCHEDULER_CONFIG), force_zeros_for_empty_prompt=True, add_watermarker=False,
+    )
+    # Registered first, so load_ip_adapter keeps it instead of looking for an image_encoder folder.
+    pipe.register_modules(image_encoder=parts["image_encoder"])
+    state = ip_adapter_state_dict(pipe.unet, IMAGE_CONFIG["projection_dim"], device, dtype)
+    pipe.load_ip_adapter(state, subfolder="", weight_name="")
+    return pipe
