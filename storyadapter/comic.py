@@ -383,7 +383,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .outputs import write_all
 
         write_all(
-            args.dir, args.clip_model, layout=args.layout, caption_position=args.caption_position, clip_key="--clip-model"
+            args.dir, args.clip_model, layout=args.layout, caption_position=args.caption_position, clip_key="--clip-model",
+            metrics=bool(args.clip_model),  # without a CLIP, keep the run's metrics rather than recompute fewer
         )
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -65,7 +65,13 @@ class OutputsConfig:
     enabled: bool = True
     comic_layout: str = "classic"  # classic | four | single
     caption_position: str = "below"  # below | above
-    clip_model: Optional[str] = None  # CLIP used for metrics; tiny models bring their own
+
+
+@dataclass
+class EvalConfig:
+    # CLIP (local path or hub id) for metrics. Without one, consistency comes from the pipeline's own
+    # image embeddings and CLIP-T is left out; model=tiny brings a tiny CLIP.
+    clip_model: Optional[str] = None
 
 
 @dataclass
@@ -75,6 +81,7 @@ class Config:
     render: RenderConfig = field(default_factory=RenderConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     outputs: OutputsConfig = field(default_factory=OutputsConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     output_dir: str = MISSING
     resume: bool = False
     log_level: str = "INFO"

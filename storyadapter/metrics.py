@@ -46,7 +46,7 @@ def _image_processor_class():
 class ClipScorer:
     """A CLIP model that embeds images and texts into one L2-normalised space."""
 
-    def __init__(self, model_path_or_id: str, device: str = "cpu", key: str = "outputs.clip_model"):
+    def __init__(self, model_path_or_id: str, device: str = "cpu", key: str = "eval.clip_model"):
         import torch
         from transformers import CLIPModel, CLIPTokenizer
 
@@ -65,7 +65,7 @@ class ClipScorer:
                 where = "not in the local Hugging Face cache and HF_HUB_OFFLINE is set"
             else:
                 where = "not in the local Hugging Face cache and the hub is unreachable"
-            # `key` names the setting at fault: outputs.clip_model for a run, --clip-model for the CLIs.
+            # `key` names the setting at fault: eval.clip_model for a run, --clip-model for the CLIs.
             raise UserError(
                 f"{key}={self.name}: cannot load CLIP ({where}); fetch it with "
                 f"`huggingface-cli download {self.name if _looks_like_repo_id(self.name) else DEFAULT_CLIP}` "
@@ -203,10 +203,27 @@ def evaluate_render(out_dir: Path, scorer: ClipScorer) -> list[dict[str, Any]]:
     return results
 
 
-def run_metrics(out_dir: Path, scorer: ClipScorer) -> list[dict[str, Any]]:
-    """Evaluate every finished iteration and write DIR/metrics.json and DIR/metrics.png."""
+def evaluate_render_from_manifest(out_dir: Path) -> list[dict[str, Any]]:
+    """Consistency from the embeddings the run already stored (the pipeline's own CLIP image encoder).
+
+    Used when no separate CLIP model is configured: no text tower, so clip_t is None.
+    """
+    results = []
+    for it in finished_iterations_or_fail(out_dir):
+        records = manifest.read_records(out_dir, it)
+        emb = _normalise(np.stack([r.embedding for r in records]))
+        row = metrics_from_embeddings(emb, emb, [r.characters for r in records])
+        results.append({"iteration": it, **row, "clip_t": None})
+    return results
+
+
+def run_metrics(out_dir: Path, scorer: ClipScorer | None) -> list[dict[str, Any]]:
+    """Evaluate every finished iteration and write DIR/metrics.json and DIR/metrics.png.
+
+    With no scorer, consistency comes from the manifest's embeddings and clip_t is None.
+    """
     out_dir = Path(out_dir)
-    results = evaluate_render(out_dir, scorer)
+    results = evaluate_render(out_dir, scorer) if scorer is not None else evaluate_render_from_manifest(out_dir)
     write_json(out_dir / METRICS_JSON, results)
     plot_metrics(results, out_dir / METRICS_PNG)
     return results

@@ -22,9 +22,10 @@ def write_all(
     layout: str = "classic",
     caption_position: str = "below",
     device: str = "cpu",
-    clip_key: str = "outputs.clip_model",
+    clip_key: str = "eval.clip_model",
+    metrics: bool = True,
 ) -> dict[str, Any]:
-    """Write metrics (when `clip_model` is given), comic pages, story.gif, iterations.png, index.html.
+    """Write metrics (CLIP-T too when `clip_model` is given), comic pages, story.gif, iterations.png, index.html.
 
     If the CLIP model cannot be loaded, the other outputs are still written (a finished render should
     not lose its comic to a missing evaluation model) and the UserError is raised at the end.
@@ -34,22 +35,12 @@ def write_all(
     log.info("outputs: %s (iterations %d..%d)", out_dir, iterations[0], iterations[-1])
     result: dict[str, Any] = {"metrics": None}
     deferred: UserError | None = None
-    if clip_model:
+    if metrics:
         try:
-            log.info("metrics: scoring %d iterations with CLIP %s", len(iterations), clip_model)
-            result["metrics"] = run_metrics(out_dir, ClipScorer(clip_model, device=device, key=clip_key))
-            last = result["metrics"][-1]
-            log.info(
-                "metrics: wrote %s (final clip_t=%s consistency=%s)",
-                out_dir / "metrics.json",
-                _fmt(last["clip_t"]),
-                _fmt(last["consistency"]),
-            )
+            result["metrics"] = _write_metrics(out_dir, clip_model, device, clip_key, len(iterations))
         except UserError as exc:
             log.error("metrics: skipped: %s", exc)
             deferred = exc
-    else:
-        log.info("metrics: skipped (no eval CLIP model given)")
 
     result["comic"] = write_comic(out_dir, layout=layout, caption_position=caption_position)
     log.info("comic: wrote %d %s pages to %s", len(result["comic"]), layout, out_dir / "comic")
@@ -62,6 +53,16 @@ def write_all(
     if deferred is not None:
         raise deferred
     return result
+
+
+def _write_metrics(out_dir: Path, clip_model: str | None, device: str, clip_key: str, n_iterations: int):
+    scorer = ClipScorer(clip_model, device=device, key=clip_key) if clip_model else None
+    source = f"CLIP {clip_model}" if clip_model else "the run's own image embeddings (no eval.clip_model: no clip_t)"
+    log.info("metrics: scoring %d iterations with %s", n_iterations, source)
+    results = run_metrics(out_dir, scorer)
+    log.info("metrics: wrote %s (final clip_t=%s consistency=%s)", out_dir / "metrics.json",
+             _fmt(results[-1]["clip_t"]), _fmt(results[-1]["consistency"]))
+    return results
 
 
 def _fmt(v: float | None) -> str:

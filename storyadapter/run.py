@@ -131,7 +131,7 @@ def execute(cfg: DictConfig, out_dir: Path) -> Path:
         if started:
             ray.shutdown()
     if cfg.outputs.enabled:
-        outputs.write_all(out_dir, clip_model=cfg.outputs.clip_model or eval_clip,
+        outputs.write_all(out_dir, clip_model=cfg.eval.clip_model or eval_clip,
                           layout=cfg.outputs.comic_layout, caption_position=cfg.outputs.caption_position)
     log.info("done: %s", out_dir)
     return out_dir

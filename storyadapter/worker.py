@@ -69,6 +69,10 @@ class FrameWorker:
 
         quiet_libraries()
         device = pick_device(spec.device)
+        if device.type == "cuda":
+            # Same frame, same pixels on any worker: no autotuned (run-dependent) convolution algorithms.
+            torch.backends.cudnn.benchmark = False
+            torch.backends.cudnn.deterministic = True
         pipe = load_pipeline(spec.source, device, pick_dtype(spec.dtype, device))
         if spec.compile:
             pipe.unet = torch.compile(pipe.unet)

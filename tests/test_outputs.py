@@ -355,3 +355,17 @@ def test_comic_cli_regenerates_outputs(tmp_path):
     for name in ("story.gif", "iterations.png", "index.html"):
         assert (out / name).is_file()
     assert not (out / "metrics.json").exists()  # no CLIP given: no metrics
+
+
+def test_without_eval_clip_consistency_comes_from_the_runs_own_embeddings(tmp_path):
+    out = make_render_dir(tmp_path / "run", n_frames=6, iterations=2)
+    write_all(out, None)
+    results = json.loads((out / "metrics.json").read_text())
+    assert [r["iteration"] for r in results] == [0, 1]
+    for row in results:
+        emb = manifest.read_bank(out, row["iteration"])
+        emb = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+        sims = emb @ emb.T
+        assert row["clip_t"] is None
+        assert row["consistency_all"] == pytest.approx(sims[np.triu_indices(6, k=1)].mean(), abs=1e-6)
+    assert (out / "metrics.png").is_file() and (out / "index.html").is_file()
