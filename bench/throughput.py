@@ -608,7 +608,7 @@ def markdown(result: dict) -> str:
         f"iteration(s); {cfg['rounds']} interleaved round(s) per loop after a warm-up. Ratios use each loop's best "
         f"round (load from other processes only adds time); medians and ranges are in the throughput table"
         + (f"; {cfg['threads']} torch thread(s) per worker" if cfg["device"] == "cpu" else "")
-        + (f"; torch.compile" if cfg["compile"] else "") + ".",
+        + ("; torch.compile" if cfg["compile"] else "") + ".",
         f"torch {env['torch']}, diffusers {env['diffusers']}, transformers {env['transformers']}, ray {env['ray']}; {env['date']}; "
         f"load average (1/5/15 min) at start {'/'.join(f'{x:.1f}' for x in env['loadavg_start'])}, at end "
         f"{'/'.join(f'{x:.1f}' for x in env.get('loadavg_end', ()))} on {env['cpu_count']} cores (other processes share this machine).",

@@ -25,7 +25,7 @@ from typing import Sequence
 from PIL import Image, ImageDraw, ImageFont
 
 from . import manifest
-from .errors import UserError
+from .errors import UserError, report
 
 log = logging.getLogger(__name__)
 
@@ -367,7 +367,6 @@ def write_comic(
 
 def main(argv: Sequence[str] | None = None) -> int:
     import argparse
-    import sys
 
     parser = argparse.ArgumentParser(
         prog="python -m storyadapter.comic",
@@ -387,8 +386,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             metrics=bool(args.clip_model),  # without a CLIP, keep the run's metrics rather than recompute fewer
         )
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return UserError.exit_code
+        report(exc)
+        return exc.exit_code
     return 0
 
 

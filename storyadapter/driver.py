@@ -79,7 +79,7 @@ def first_unfinished(out_dir: Path, iterations: int) -> int:
 
 
 def run(plan: RunPlan, executor: Executor) -> list[IterationStats]:
-    story, n = plan.story, len(plan.story.frames)
+    n = len(plan.story.frames)
     start = first_unfinished(plan.out_dir, plan.iterations)
     if start > 0:
         log.info("resuming after finished iteration %d", start - 1)

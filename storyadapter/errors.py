@@ -1,5 +1,7 @@
 """User-facing errors: one line, no traceback, non-zero exit."""
 
+import sys
+
 
 class UserError(Exception):
     """A problem with the user's input or environment, reported as a single line.
@@ -12,3 +14,8 @@ class UserError(Exception):
     def __init__(self, message: str):
         # Users see exactly one line, so fold any newlines an underlying library put in.
         super().__init__(" ".join(str(message).split()))
+
+
+def report(message: object) -> None:
+    """Print the one-line `error: ...` every command-line tool uses, on stderr."""
+    print(f"error: {' '.join(str(message).split())}", file=sys.stderr)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from . import manifest
-from .errors import UserError
+from .errors import UserError, report
 from .metrics import (
     METRICS_JSON,
     METRICS_PNG,
@@ -93,8 +93,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(format_table(results, first=first))
         print(f"wrote {out}", file=sys.stderr)
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return UserError.exit_code
+        report(exc)
+        return exc.exit_code
     return 0
 
 

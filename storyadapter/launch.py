@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .errors import UserError
+from .errors import UserError, report
 
 
 def conf_dir() -> str:
@@ -21,7 +21,7 @@ def conf_dir() -> str:
 
 
 def fail(message: str, code: int = 2) -> None:
-    print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
+    report(message)
     sys.exit(code)
 
 

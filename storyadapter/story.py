@@ -42,7 +42,7 @@ from typing import NamedTuple
 import yaml
 
 from storyadapter.errors import UserError
-from storyadapter.styles import DEFAULT_STYLE, get_style
+from storyadapter.styles import get_style
 
 MAX_FILE_BYTES = 8 * 1024 * 1024
 MAX_LINE_CHARS = 4000  # per .txt line, and per string value in YAML/JSON

@@ -22,7 +22,7 @@ import pytest
 from storyadapter import manifest
 from storyadapter.errors import UserError
 
-from .conftest import REPO, write_story
+from .conftest import write_story
 
 pytestmark = pytest.mark.slow
 N_FRAMES = 12
