@@ -16,7 +16,6 @@ CLI: python -m storyadapter.comic DIR [--layout classic|four|single] [--caption-
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Sequence
 
 from PIL import Image, ImageDraw, ImageFont
 
+from .atomic import replacing
 from . import manifest
 from .errors import UserError, report
 
@@ -321,9 +321,8 @@ def page_filename(page: int, n_pages: int) -> str:
 
 
 def _save_atomic(image: Image.Image, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
-    image.save(tmp, optimize=False)
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        image.save(tmp, optimize=False)
 
 
 def resolve_iteration(out_dir: Path, iteration: int | None) -> int:

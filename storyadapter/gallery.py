@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import html
 import json
-import os
 from pathlib import Path
 from urllib.parse import quote
 
 import numpy as np
 from PIL import Image, ImageDraw
 
+from .atomic import replacing
 from . import manifest
 from .comic import COMIC_DIR, Box, fit_image, load_font, resolve_iteration
 from .manifest import FrameRecord
@@ -45,9 +45,8 @@ def write_gif(out_dir: Path, iteration: int | None = None) -> Path:
     w, h = _gif_size(frames[0].size)
     frames = [fit_image(f, Box(0, 0, w, h)) for f in frames]
     path = out_dir / GIF_NAME
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.gif")
-    frames[0].save(tmp, save_all=True, append_images=frames[1:], duration=int(GIF_SECONDS * 1000), loop=0)
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        frames[0].save(tmp, save_all=True, append_images=frames[1:], duration=int(GIF_SECONDS * 1000), loop=0)
     return path
 
 
@@ -91,9 +90,8 @@ def write_contact_sheet(out_dir: Path, max_columns: int = 8) -> Path:
             thumb = fit_image(load_image(out_dir / records[frame].image_path), Box(0, 0, THUMB, th))
             sheet.paste(thumb, (LABEL_W + GAP + c * (THUMB + GAP), y))
     path = out_dir / SHEET_NAME
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
-    sheet.save(tmp)
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        sheet.save(tmp)
     return path
 
 
@@ -209,8 +207,7 @@ def write_index(out_dir: Path) -> Path:
     parts.append("</body></html>\n")
 
     path = out_dir / INDEX_NAME
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text("\n".join(parts), encoding="utf-8")
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        tmp.write_text("\n".join(parts), encoding="utf-8")
     return path
 

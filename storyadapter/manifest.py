@@ -11,6 +11,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .atomic import replacing
+
 MANIFEST_DIR = "manifest"
 _PART = re.compile(r"^iter_(\d+)\.parquet$")
 
@@ -82,11 +84,10 @@ def write_part(out_dir: Path, records: list[FrameRecord]) -> Path:
     )
     final = part_path(out_dir, records[0].iteration)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
-    pq.write_table(table, tmp)
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, final)
+    with replacing(final) as tmp:
+        pq.write_table(table, tmp)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())  # the resume point must survive a crash of the whole node
     return final
 
 

@@ -16,6 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
+from .atomic import replacing
 from . import manifest
 from .errors import UserError
 
@@ -233,9 +234,8 @@ def write_json(path: Path, payload: Any) -> Path:
     """Atomic: readers (the gallery, a user's notebook) never see half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, allow_nan=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        tmp.write_text(json.dumps(payload, indent=2, allow_nan=False) + "\n", encoding="utf-8")
     return path
 
 
@@ -263,10 +263,9 @@ def plot_metrics(results: Sequence[dict[str, Any]], path: Path) -> Path:
     ax.set_title("Story-Adapter refinement")
     fig.tight_layout()
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp)
+    with replacing(path) as tmp:
+        fig.savefig(tmp)
     plt.close(fig)
-    os.replace(tmp, path)
     return path
 
 

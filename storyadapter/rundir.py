@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
+from .atomic import replacing
 from .errors import UserError
 from .story import Story
 
@@ -67,6 +67,5 @@ def write_config(out_dir: Path, cfg: DictConfig, story: Story) -> None:
     config_path = out_dir / CONFIG_FILE
     out_dir.mkdir(parents=True, exist_ok=True)
     document = {**OmegaConf.to_container(cfg, resolve=True), "fingerprint": fingerprint(cfg, story)}
-    tmp = config_path.with_name(f".{CONFIG_FILE}.tmp")
-    tmp.write_text(yaml.safe_dump(document, sort_keys=False, allow_unicode=True), encoding="utf-8")
-    os.replace(tmp, config_path)
+    with replacing(config_path) as tmp:
+        tmp.write_text(yaml.safe_dump(document, sort_keys=False, allow_unicode=True), encoding="utf-8")
