@@ -67,9 +67,16 @@ class BenchConfig:
     workers: int = 0  # "all workers" engine run: 0 = one per GPU, or one per core on CPU
     compile: bool = False  # torch.compile the UNet in the plain loop and the engine
     upstream_all_cores: bool = False  # also time the upstream loop with torch using every core (CPU)
+    long_frames: int = 0  # > 0: also measure driver overhead of the all-workers engine on a story this long
+    long_iterations: int = 1
+    long_rounds: int = 3
+    full_size_flops: bool = True  # FLOPs per frame of the full-size model at full_size_px, counted on the meta device
+    full_size_px: int = 1024
+    full_size_steps: int = 50
     growth_frames: list[int] = field(default_factory=lambda: [25, 100, 400])
     growth_sample: int = 8  # frames rendered per bank size
     growth_reps: int = 3  # measurements per bank size (alternating order); the fastest counts
+    upstream_growth_reps: int = 2  # the same for the upstream loop (slow at N=400: N image encodes per frame)
     flops: bool = True
     peak_tflops: Optional[float] = None  # the device's dense peak for `dtype` (H100 SXM bf16: 989)
     seed: int = 2024
@@ -81,9 +88,9 @@ class BenchConfig:
 
 PRESETS = {
     "cpu": dict(name="cpu", model="tiny", device="cpu", dtype="float32", frames=24, iterations=2, steps=4, size=64,
-                rounds=4, threads=1, growth_sample=8, growth_reps=3, peak_tflops=None),
+                rounds=4, threads=1, growth_sample=8, growth_reps=3, peak_tflops=None, long_frames=100, long_rounds=2),
     "gpu": dict(name="gpu", model="sdxl-random", device="cuda", dtype="bfloat16", frames=8, iterations=1, steps=50,
-                size=1024, rounds=1, threads=1, growth_sample=2, growth_reps=1, peak_tflops=989.0),
+                size=1024, rounds=1, threads=1, growth_sample=2, growth_reps=1, upstream_growth_reps=1, peak_tflops=989.0),
 }
 TARGETS = {
     "engine_1_vs_plain": (">=", 0.95),
@@ -92,6 +99,8 @@ TARGETS = {
     "engine_1_vs_upstream_refinement": (">=", 1.10),
     "growth_400_over_25": ("<=", 1.30),
     "driver_overhead": ("<", 0.05),
+    "driver_overhead_no_actor_rendering": ("<", 0.05),
+    "driver_overhead_long_story": ("<", 0.05),
 }
 
 
@@ -227,13 +236,16 @@ def _round_summary(iters: list[dict], workers: int) -> dict:
     if all("busy_s" in i for i in iters):
         busy = sum(i["busy_s"] for i in iters)
         driver_s = sum(i["driver_s"] for i in iters)
-        out.update(busy_s=busy, driver_s=driver_s, idle_fraction=1 - busy / (workers * wall),
-                   driver_fraction=driver_s / wall)
+        barrier_s = sum(i.get("barrier_s", 0.0) for i in iters)
+        none_s = sum(i.get("none_rendering_s", 0.0) for i in iters)
+        out.update(busy_s=busy, driver_s=driver_s, barrier_s=barrier_s, none_rendering_s=none_s,
+                   idle_fraction=1 - busy / (workers * wall), driver_fraction=driver_s / wall,
+                   barrier_fraction=barrier_s / (workers * wall), none_rendering_fraction=none_s / wall)
     return out
 
 
-def _median_round(rounds: list[dict]) -> dict:
-    return sorted(rounds, key=lambda r: r["fps"])[len(rounds) // 2]
+def _median_round(rounds: list[dict], field: str = "fps") -> dict:
+    return sorted(rounds, key=lambda r: r[field])[len(rounds) // 2]
 
 
 def _best_round(rounds: list[dict]) -> dict:
@@ -245,8 +257,9 @@ def _best_round(rounds: list[dict]) -> dict:
 class DriverLoop:
     """driver.run over an executor: the plain in-process loop (LocalExecutor) or the engine (RayExecutor)."""
 
-    def __init__(self, name: str, cfg: BenchConfig, story, out_dir: Path, workers: int):
+    def __init__(self, name: str, cfg: BenchConfig, story, out_dir: Path, workers: int, iterations: int | None = None):
         self.name, self.cfg, self.story, self.out_dir, self.workers = name, cfg, story, out_dir, workers
+        self.iterations = cfg.iterations if iterations is None else iterations
         self.executor = None
         self.info: dict = {}
 
@@ -272,10 +285,10 @@ class DriverLoop:
         self._run(dataclasses.replace(self.story, frames=self.story.frames[:frames]), 1)
 
     def round(self) -> dict:
-        return _round_summary(self._run(self.story, self.cfg.iterations), self.workers)
+        return _round_summary(self._run(self.story, self.iterations), self.workers)
 
     def frames_rendered(self, rounds: int) -> int:
-        return 2 * self._warm_frames + rounds * len(self.story.frames) * (self.cfg.iterations + 1)
+        return 2 * self._warm_frames + rounds * len(self.story.frames) * (self.iterations + 1)
 
 
 class PlainLoop(DriverLoop):
@@ -460,7 +473,7 @@ def growth_child(kind: str, cfg_dict: dict, work: str) -> list[dict]:
             return upstream_frame_flops(adapter, prompts[0], inputs[n], cfg)
 
     reps: dict[int, list[dict]] = {n: [] for n in cfg.growth_frames}
-    for rep in range(max(1, cfg.growth_reps)):
+    for rep in range(max(1, cfg.growth_reps if kind == "engine" else cfg.upstream_growth_reps)):
         for n in (cfg.growth_frames if rep % 2 == 0 else cfg.growth_frames[::-1]):
             reps[n].append(once(n))
     rows = []
@@ -556,13 +569,26 @@ def environment(cfg: BenchConfig) -> dict:
     return env
 
 
-def ratios(result: dict) -> dict:
-    """Headline ratios from each loop's best round (see _best_round); `*_refinement` use refinement iterations only."""
+def _paired(per_round: list[float], best: float) -> dict:
+    return {"min": min(per_round), "max": max(per_round), "best_rounds": best, "rounds": per_round}
+
+
+def ratios(result: dict) -> tuple[dict, dict]:
+    """Headline values and their spread over rounds.
+
+    A throughput ratio is the median over rounds of the two loops' ratio within one round: the rounds are
+    interleaved, so a change in the machine's load hits both loops of a round alike, which the ratio of
+    each loop's separately chosen best round does not (that one is kept as `best_rounds`).
+    `*_refinement` use refinement iterations only. Driver overhead is the median round's.
+    """
     loops = result["loops"]
     all_name = f"engine-{result['workers_all']}"
+    out, spread = {}, {}
 
-    def ratio(a: str, b: str, key: str = "fps") -> float:
-        return loops[a]["best"][key] / loops[b]["best"][key]
+    def paired(key: str, a: str, b: str, field: str = "fps") -> None:
+        per_round = [ra[field] / rb[field] for ra, rb in zip(loops[a]["rounds"], loops[b]["rounds"])]
+        out[key] = statistics.median(per_round)
+        spread[key] = _paired(per_round, loops[a]["best"][field] / loops[b]["best"][field])
 
     pairs = {"engine_1_vs_plain": ("engine-1", "plain"), "engine_1_vs_upstream": ("engine-1", "upstream"),
              "engine_all_vs_upstream": (all_name, "upstream")}
@@ -570,23 +596,38 @@ def ratios(result: dict) -> dict:
         pairs = {"plain_vs_upstream": ("plain", "upstream")}
     if "upstream-all-cores" in loops:
         pairs["engine_all_vs_upstream_all_cores"] = (all_name, "upstream-all-cores")
-    out = {}
     for key, (a, b) in pairs.items():
-        out[key] = ratio(a, b)
+        paired(key, a, b)
         if "refine_fps" in loops[a]["best"]:
-            out[f"{key}_refinement"] = ratio(a, b, "refine_fps")
+            paired(f"{key}_refinement", a, b, "refine_fps")
     growth = result.get("growth") or {}
     for kind in ("engine", "upstream"):
         rows = {r["n"]: r for r in growth.get(kind, [])}
         if rows:
             lo, hi = min(rows), max(rows)
-            out[f"growth_{hi}_over_{lo}" if kind == "engine" else f"upstream_growth_{hi}_over_{lo}"] = (
-                rows[hi]["per_frame_s"] / rows[lo]["per_frame_s"])
-    if all_name in loops:
-        out["driver_overhead"] = loops[all_name]["best"]["idle_fraction"]
-        out["driver_overhead_median_round"] = statistics.median(r["idle_fraction"] for r in loops[all_name]["rounds"])
-        out["driver_overhead_engine_1"] = loops["engine-1"]["best"]["idle_fraction"]
-    return out
+            key = f"growth_{hi}_over_{lo}" if kind == "engine" else f"upstream_growth_{hi}_over_{lo}"
+            # Paired by repetition (N=lo and N=hi measured seconds apart), like the throughput rounds.
+            per_rep = [h["per_frame_s"] / l["per_frame_s"] for h, l in zip(rows[hi]["reps"], rows[lo]["reps"])]
+            out[key] = statistics.median(per_rep)
+            spread[key] = _paired(per_rep, rows[hi]["per_frame_s"] / rows[lo]["per_frame_s"])
+    full = result.get("full_size_flops")
+    if full:
+        for kind in ("engine", "upstream"):
+            rows = {int(n): v for n, v in full[kind].items()}
+            lo, hi = min(rows), max(rows)
+            out[f"full_size_flops_{kind}_{hi}_over_{lo}"] = rows[hi] / rows[lo]
+    long = result.get("long_story")
+    overheads = (("driver_overhead_no_actor_rendering", loops.get(all_name), "none_rendering_fraction"),
+                 ("driver_overhead", loops.get(all_name), "idle_fraction"),
+                 ("barrier_wait", loops.get(all_name), "barrier_fraction"),
+                 ("driver_overhead_long_story", long, "idle_fraction"),
+                 ("driver_overhead_engine_1", loops.get("engine-1") if all_name != "engine-1" else None, "idle_fraction"))
+    for key, loop, field in overheads:
+        if loop is not None and field in loop["best"]:
+            per_round = [r[field] for r in loop["rounds"]]
+            out[key] = statistics.median(per_round)
+            spread[key] = _paired(per_round, min(per_round))
+    return out, spread
 
 
 def _met(key: str, value: float) -> str:
@@ -605,8 +646,9 @@ def markdown(result: dict) -> str:
         "",
         f"{device}; model `{cfg['model']}` {cfg['dtype']}, {cfg['size']}x{cfg['size']}, {cfg['steps']} steps, "
         f"CFG {cfg['guidance_scale']}; story of {cfg['frames']} frames, iteration 0 + {cfg['iterations']} refinement "
-        f"iteration(s); {cfg['rounds']} interleaved round(s) per loop after a warm-up. Ratios use each loop's best "
-        f"round (load from other processes only adds time); medians and ranges are in the throughput table"
+        f"iteration(s); {cfg['rounds']} interleaved round(s) per loop after a warm-up. A throughput ratio is the median "
+        f"over rounds of the two loops' ratio within a round (run back to back, so under nearly the same load); "
+        f"the range over rounds and the ratio of each loop's best round are beside it"
         + (f"; {cfg['threads']} torch thread(s) per worker" if cfg["device"] == "cpu" else "")
         + ("; torch.compile" if cfg["compile"] else "") + ".",
         f"torch {env['torch']}, diffusers {env['diffusers']}, transformers {env['transformers']}, ray {env['ray']}; {env['date']}; "
@@ -617,8 +659,8 @@ def markdown(result: dict) -> str:
         "",
         *(["Ray was not importable here: the engine loops were skipped (the plain loop is the engine's worker "
            "in process).", ""] if result.get("engine_skipped") else []),
-        "| ratio | value | target | met |",
-        "|---|---:|---|---|",
+        "| ratio | value | range over rounds | best round(s) | target | met |",
+        "|---|---:|---:|---:|---|---|",
     ]
     w = result["workers_all"]
     label = {
@@ -626,9 +668,12 @@ def markdown(result: dict) -> str:
         "engine_1_vs_upstream": "frames/s: engine 1 worker / upstream-style loop",
         "engine_all_vs_upstream": f"frames/s: engine all workers ({w}) / upstream-style loop",
         "engine_all_vs_upstream_all_cores": f"frames/s: engine all workers ({w}) / upstream-style loop on all cores",
-        "driver_overhead": f"driver overhead, engine {w} worker(s): 1 - busy/(workers x wall)",
-        "driver_overhead_median_round": f"driver overhead, engine {w} worker(s), median round",
-        "driver_overhead_engine_1": "driver overhead, engine 1 worker",
+        "driver_overhead_no_actor_rendering": f"driver overhead, engine {w} worker(s): share of wall time with no actor rendering, median round",
+        "driver_overhead": f"driver overhead, engine {w} worker(s), stricter: 1 - busy/(workers x wall), median round",
+        "driver_overhead_long_story": f"same, stricter, on a {cfg.get('long_frames')}-frame story "
+                                      f"({cfg.get('long_iterations')} refinement iteration(s))",
+        "driver_overhead_engine_1": "driver overhead, engine 1 worker, median round",
+        "barrier_wait": f"of which waiting at the iteration barrier for the last frames, engine {w} worker(s)",
         "plain_vs_upstream": "frames/s: plain in-process loop (the engine's worker, no Ray) / upstream-style loop",
     }
     for key, value in r.items():
@@ -638,13 +683,23 @@ def markdown(result: dict) -> str:
             text = f"engine per-frame time, N={key.split('_')[1]} / N={key.split('_')[3]}"
         elif key.startswith("upstream_growth_"):
             text = f"upstream per-frame time, N={key.split('_')[2]} / N={key.split('_')[4]}"
+        elif key.startswith("full_size_flops_"):
+            kind, hi, _, lo = key.removeprefix("full_size_flops_").split("_")
+            text = (f"{kind} FLOPs per frame, full-size model at {result['full_size_flops']['size']} px, N={hi} / N={lo} "
+                    f"(counted, not timed)")
         else:
             text = label.get(key, key)
         target_key = "growth_400_over_25" if key.startswith("growth_") else key
         target = TARGETS.get(target_key)
-        shown = f"{value:.1%}" if "overhead" in key else f"{value:.2f}x"
-        tgt = "" if target is None else f"{target[0]} {target[1]:.0%}" if "overhead" in key else f"{target[0]} {target[1]:.2f}x"
-        lines.append(f"| {text} | {shown} | {tgt} | {_met(target_key, value)} |")
+        share = "overhead" in key or key == "barrier_wait"
+
+        def fmt(v: float) -> str:
+            return f"{v:.1%}" if share else f"{v:.2f}x"
+
+        tgt = "" if target is None else f"{target[0]} {target[1]:.0%}" if share else f"{target[0]} {target[1]:.2f}x"
+        sp = result.get("ratio_spread", {}).get(key)
+        rng, best = (f"{fmt(sp['min'])} - {fmt(sp['max'])}", fmt(sp["best_rounds"])) if sp else ("", "")
+        lines.append(f"| {text} | {fmt(value)} | {rng} | {best} | {tgt} | {_met(target_key, value)} |")
 
     lines += ["", "## Throughput", "",
               "| loop | workers | frames/s whole run: best | median (min) | frames/s refinement iterations: best | s/frame (best) | image-encoder passes | load/startup s |",
@@ -674,13 +729,18 @@ def markdown(result: dict) -> str:
             lines.append(f"| {row['n']} | {row['per_frame_s']:.4f} | {row['set_references_s']:.4f} | {row['peak_mb']:.0f} | "
                          f"{u.get('per_frame_s', float('nan')):.4f} | {u.get('peak_mb', float('nan')):.0f} | {ratio:.2f}x |")
 
-    lines += ["", "## Driver overhead (engine runs, best round)", "",
-              "| engine | wall s | busy s (sum over workers) | idle: 1 - busy/(workers x wall) | driver bank+manifest s | driver share of wall |",
-              "|---|---:|---:|---:|---:|---:|"]
-    for name, loop in result["loops"].items():
-        m = loop["best"]
-        if name.startswith("engine") and "busy_s" in m:
-            lines.append(f"| {name} | {m['wall_s']:.2f} | {m['busy_s']:.2f} | {m['idle_fraction']:.1%} | {m['driver_s']:.3f} | "
+    lines += ["", "## Driver overhead (engine runs, median round by idle share)", "",
+              "| engine | frames rendered | wall s | busy s (sum over workers) | no actor rendering | idle: 1 - busy/(workers x wall) | "
+              "of which barrier wait | driver bank+manifest s | driver share of wall |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    engine_runs = [(name, loop) for name, loop in result["loops"].items() if name.startswith("engine")]
+    if result.get("long_story"):
+        engine_runs.append((result["long_story"]["loop"], result["long_story"]))
+    for name, loop in engine_runs:
+        if "busy_s" in loop["best"]:
+            m = _median_round(loop["rounds"], "idle_fraction")
+            lines.append(f"| {name} | {m['frames']} | {m['wall_s']:.2f} | {m['busy_s']:.2f} | {m.get('none_rendering_fraction', 0.0):.1%} | "
+                         f"{m['idle_fraction']:.1%} | {m.get('barrier_fraction', 0.0):.1%} | {m['driver_s']:.3f} | "
                          f"{m['driver_fraction']:.1%} |")
 
     flops = result.get("flops")
@@ -699,6 +759,16 @@ def markdown(result: dict) -> str:
                          f"per iteration) GFLOP.")
         if flops.get("peak_tflops"):
             lines.append(f"\nPeak: {flops['peak_tflops']:g} TFLOP/s per device (`peak_tflops=`).")
+    full = result.get("full_size_flops")
+    if full:
+        lines += ["", f"## Full-size model (SDXL + IP-Adapter SDXL shapes), {full['size']}x{full['size']}, {full['steps']} steps: "
+                  "TFLOP per refinement frame", "",
+                  "Counted with torch's FlopCounterMode on the meta device (shapes only, no weights): how the work per "
+                  "frame grows with the bank, where this machine cannot time the full-size model.", "",
+                  "| N | engine TFLOP/frame | upstream TFLOP/frame | upstream / engine |", "|---:|---:|---:|---:|"]
+        for n, e in full["engine"].items():
+            u = full["upstream"][n]
+            lines.append(f"| {n} | {e / 1e12:.1f} | {u / 1e12:.1f} | {u / e:.2f}x |")
     lines += ["", "Notes:", "",
               "- upstream: bench/upstream_loop.py (one pipeline call per frame; N reference images re-encoded per frame; "
               "to_k_ip/to_v_ip over 4N tokens at every step; text re-encoded every call). SDPA kernels, same model, "
@@ -706,9 +776,13 @@ def markdown(result: dict) -> str:
               "- plain: FrameWorker + LocalExecutor + driver.run in one process (no Ray).",
               "- per-frame time at N: median over the sampled frames (the engine's after the first, which also sets the "
               "references), fastest of the repetitions, plus set_references / N for the engine (it runs once per "
-              "iteration for all N frames).",
+              "iteration for all N frames). The N=400 / N=25 ratio is the median over repetitions of the ratio within "
+              "one repetition (measured back to back), its range beside it; the tables show each N's fastest repetition.",
               "- driver overhead counts every moment a worker is not inside render_batch: Ray dispatch, result "
-              "transfer, barrier waits at the end of an iteration, and the driver's manifest write + bank build.",
+              "transfer, barrier waits at the end of an iteration, and the driver's manifest write + bank build. "
+              "The barrier wait is each worker's time from its last batch to the iteration's last batch: with "
+              "frames as the unit of work it is about half a frame per worker per iteration even with perfect "
+              "balancing, so its share falls as stories get longer.",
               ""]
     return "\n".join(lines)
 
@@ -756,17 +830,22 @@ def plot(result: dict, path: Path) -> None:
     engines = [n for n in names if n.startswith("engine")]
     if not engines:
         ax.text(0.5, 0.5, "engine not measured (Ray not installed)", ha="center", va="center")
-    busy = [1 - result["loops"][n]["best"]["idle_fraction"] for n in engines]
-    drv = [result["loops"][n]["best"]["driver_fraction"] for n in engines]
-    other = [1 - b - d for b, d in zip(busy, drv)]
+    median = {n: _median_round(result["loops"][n]["rounds"], "idle_fraction") for n in engines}
+    busy = [1 - median[n]["idle_fraction"] for n in engines]
+    drv = [median[n]["driver_fraction"] for n in engines]
+    barrier = [median[n].get("barrier_fraction", 0.0) for n in engines]
+    other = [1 - b - d - w for b, d, w in zip(busy, drv, barrier)]
+    bottom = busy
     ax.bar(engines, busy, label="workers rendering", color="tab:green")
-    ax.bar(engines, drv, bottom=busy, label="driver bank+manifest", color="tab:orange")
-    ax.bar(engines, other, bottom=[b + d for b, d in zip(busy, drv)], label="dispatch / barrier waits", color="tab:red")
+    for part, label, color in ((barrier, "barrier wait (last frames)", "tab:purple"), (drv, "driver bank+manifest", "tab:orange"),
+                               (other, "dispatch / transfer", "tab:red")):
+        ax.bar(engines, part, bottom=bottom, label=label, color=color)
+        bottom = [x + y for x, y in zip(bottom, part)]
     for i, b in enumerate(busy):
-        ax.text(i, b / 2, f"idle {1 - b:.1%}", ha="center", va="center", fontsize=9, color="white")
-    ax.set_ylim(0, 1)
+        ax.text(i, b - 0.02, f"idle {1 - b:.1%}", ha="center", va="center", fontsize=9, color="white")
     ax.set_ylabel("share of worker time")
-    ax.set_title("Engine: where worker time goes")
+    ax.set_ylim(min(busy + [1.0]) - 0.1, 1)
+    ax.set_title("Engine: where worker time goes (median round)")
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -847,13 +926,25 @@ def main(argv: list[str] | None = None) -> dict:
                 if w not in together:
                     result["loops"].update(measure([EngineLoop(f"engine-{w}", cfg, story, work / f"engine-{w}", w)],
                                                    source, cfg.rounds))
+            if cfg.long_frames and engine is not None:
+                log.info("driver overhead on a %d-frame story", cfg.long_frames)
+                long_story = make_story(cfg, cfg.long_frames, work)
+                name = f"engine-{workers_all}-{cfg.long_frames}-frames"
+                result["long_story"] = measure([EngineLoop(name, cfg, long_story, work / name, workers_all, cfg.long_iterations)],
+                                               source, cfg.long_rounds)[name]
         finally:
             if started_ray:
                 ray.shutdown()
     finally:
         if not cfg.work_dir:
             shutil.rmtree(work, ignore_errors=True)
-    result["ratios"] = ratios(result)
+    if cfg.full_size_flops:
+        from bench.model_flops import full_size_flops
+
+        log.info("full-size model FLOPs per frame at %d px (meta device)", cfg.full_size_px)
+        prompt, negative = story.styled(story.frames[0])
+        result["full_size_flops"] = full_size_flops(cfg.growth_frames, cfg.full_size_steps, cfg.full_size_px, prompt, negative)
+    result["ratios"], result["ratio_spread"] = ratios(result)
     result["flops"] = flops_section(cfg, result) if cfg.flops else None
     result["bench_wall_s"] = time.perf_counter() - started
     result["environment"]["loadavg_end"] = os.getloadavg()

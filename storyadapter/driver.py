@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from . import manifest, schedule
 from .story import Story
+from .timeline import BatchTimeline
 from .worker import BatchResult, FrameResult, FrameWorker
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,8 @@ class IterationStats:
     wall_s: float
     busy_s: float  # summed over workers
     driver_s: float  # bank build + manifest write
+    barrier_s: float = 0.0  # summed over workers: time from a worker's last batch to the iteration's last batch
+    none_rendering_s: float = 0.0  # wall time in which no worker was rendering
 
 
 class LocalExecutor:
@@ -88,24 +91,25 @@ def run(plan: RunPlan, executor: Executor) -> list[IterationStats]:
     stats = []
     for it in range(start, plan.iterations + 1):
         scale = plan.scale(it)
-        t0 = time.perf_counter()
-        busy = 0.0
+        t0, wall0 = time.perf_counter(), time.time()
+        timeline = BatchTimeline()
         with tqdm(total=n, desc=f"iteration {it}/{plan.iterations}", unit="frame", dynamic_ncols=True,
                   mininterval=0.2 if sys.stderr.isatty() else 15.0) as bar:  # batch logs get a line per 15 s
             def on_batch(batch: BatchResult) -> None:
-                nonlocal busy
-                busy += batch.busy_s
+                timeline.add(batch)
                 bar.update(len(batch.frames))
 
             results = executor.render_iteration(it, groups, bank if it > 0 else None, scale, on_batch)
         t1 = time.perf_counter()
         bank = _finish_iteration(plan, it, scale, results)
-        t2 = time.perf_counter()
-        st = IterationStats(it, n, t2 - t0, busy, t2 - t1)
+        t2, wall2 = time.perf_counter(), time.time()
+        st = IterationStats(it, n, t2 - t0, timeline.busy_s, t2 - t1, timeline.barrier_s,
+                            max(0.0, (t2 - t0) - timeline.rendering_s(wall0, wall2)))
         stats.append(st)
         log.info(
-            "iteration %d/%d done: %d frames in %.1f s (%.2f frames/s), scale %.3f, workers busy %.1f s, driver %.2f s",
-            it, plan.iterations, n, st.wall_s, n / st.wall_s, scale, st.busy_s, st.driver_s,
+            "iteration %d/%d done: %d frames in %.1f s (%.2f frames/s), scale %.3f, workers busy %.1f s, "
+            "waiting at the barrier %.2f s, driver %.2f s",
+            it, plan.iterations, n, st.wall_s, n / st.wall_s, scale, st.busy_s, st.barrier_s, st.driver_s,
         )
     return stats
 

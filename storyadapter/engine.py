@@ -2,7 +2,8 @@
 
 A thin driver-side executor: it reserves the actors' resources with a placement group, lets each
 actor load the pipeline once, then per iteration `ray.put`s the bank once and hands out fixed
-batches round-robin (the same actor gets the same frames every iteration, so its text cache holds).
+batches: each actor's round-robin share first (its text cache holds those frames), then whatever the
+slowest actor has left (dispatch.py), so no actor sits at the barrier while work remains.
 Ray restarts an actor that dies and retries its unfinished batches; frames are deterministic, so the
 result is the same as an uninterrupted run.
 """
@@ -18,6 +19,7 @@ import ray
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from .dispatch import BatchQueues
 from .errors import UserError
 from .worker import FrameWorker, WorkerSpec
 
@@ -32,7 +34,12 @@ class RenderActor:
     def ready(self) -> int:
         return os.getpid()
 
-    def render_batch(self, iteration, frames, bank, scale):
+    def render_batch(self, iteration, frames, bank_box, scale):
+        # The bank's ref comes boxed in a tuple so Ray does not fetch it for every batch (about 0.7 ms each
+        # here): only the first batch of an iteration on this actor needs it.
+        bank = None
+        if bank_box is not None and self.worker.needs_references(iteration):
+            bank = ray.get(bank_box[0])
         return self.worker.render_batch(iteration, frames, bank, scale)
 
     def image_encodes(self) -> int:
@@ -75,6 +82,8 @@ def _unwrap(exc: BaseException) -> BaseException:
 
 
 class RayExecutor:
+    queue_depth = 2
+
     def __init__(self, spec: WorkerSpec, res: ActorResources):
         use_gpu = wants_gpu(spec.device)
         check_capacity(res, use_gpu)
@@ -104,24 +113,48 @@ class RayExecutor:
             raise
         log.info("%d render actors ready (pids %s), %g GPU each", len(pids), pids, gpus)
         self.bank_puts = 0
+        self.batches_moved = 0  # batches an idle actor took over from a busier one (see dispatch.py)
 
     def render_iteration(self, iteration, batches, bank, scale, on_batch):
-        bank_ref = None
+        bank_box = None
         if bank is not None:
-            bank_ref = ray.put(np.ascontiguousarray(bank, dtype=np.float32))  # once per iteration, shared by all
+            bank_box = (ray.put(np.ascontiguousarray(bank, dtype=np.float32)),)  # once per iteration, shared by all
             self.bank_puts += 1
-        pending = {
-            self.actors[i % len(self.actors)].render_batch.remote(iteration, frames, bank_ref, scale): frames
-            for i, frames in enumerate(batches)
-        }
+        queues = BatchQueues(batches, len(self.actors))
+        pending: dict = {}
+
+        in_flight = [0] * len(self.actors)
+
+        def submit(actor: int) -> None:
+            frames = queues.next_for(actor)
+            if frames is not None:
+                pending[self.actors[actor].render_batch.remote(iteration, frames, bank_box, scale)] = actor
+                in_flight[actor] += 1
+
+        def top_up(actor: int) -> None:
+            # A second batch queued on the actor hides the dispatch round trip; near the end of the iteration
+            # batches stay with the driver instead, so whichever actor frees up first takes them.
+            while in_flight[actor] < self.queue_depth and (in_flight[actor] == 0 or queues.remaining() >= len(self.actors)):
+                before = len(pending)
+                submit(actor)
+                if len(pending) == before:
+                    return
+
+        for actor in range(len(self.actors)):
+            top_up(actor)
         results = []
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             for ref in done:
-                pending.pop(ref)
+                actor = pending.pop(ref)
+                in_flight[actor] -= 1
+                top_up(actor)
                 batch = ray.get(ref)
                 on_batch(batch)
                 results.extend(batch.frames)
+        self.batches_moved += queues.taken_from_others
+        if queues.taken_from_others:
+            log.debug("iteration %d: %d batch(es) rendered by an actor other than their owner", iteration, queues.taken_from_others)
         return results
 
     def image_encodes(self) -> int:

@@ -5,6 +5,7 @@ Runs in-process (tests, notebooks) or inside a Ray actor (the engine); it knows 
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +52,8 @@ class FrameResult:
 class BatchResult:
     frames: list[FrameResult]
     busy_s: float  # time spent rendering, for the driver's overhead accounting
+    started_at: float = 0.0  # time.time() at the start, comparable across processes on one machine
+    worker_pid: int = 0
 
 
 def write_png_atomically(image, path: Path) -> None:
@@ -95,9 +98,13 @@ class FrameWorker:
             self._text[frame] = self.renderer.encode_text(fp.prompt, fp.negative, self._windows)
         return self._text[frame]
 
+    def needs_references(self, iteration: int) -> bool:
+        """Whether the next batch of `iteration` will read the bank (the first one of each iteration)."""
+        return self._bank_iteration != iteration
+
     def render_batch(self, iteration: int, frames: list[int], bank: np.ndarray | None, scale: float) -> BatchResult:
-        start = time.perf_counter()
-        if self._bank_iteration != iteration:  # reference K/V once per iteration, shared by all batches
+        started_at, start = time.time(), time.perf_counter()
+        if self.needs_references(iteration):  # reference K/V once per iteration, shared by all batches
             self.renderer.set_references(bank, scale)
             self._bank_iteration = iteration
         seeds = [schedule.frame_seed(self.spec.seed, self.spec.seed_policy, f) for f in frames]
@@ -113,4 +120,4 @@ class FrameWorker:
         embeddings = self.renderer.embed_images(images)
         self.image_encodes += len(images)
         results = [FrameResult(f, p, e) for f, p, e in zip(frames, paths, embeddings)]
-        return BatchResult(results, time.perf_counter() - start)
+        return BatchResult(results, time.perf_counter() - start, started_at, os.getpid())

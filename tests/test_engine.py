@@ -7,6 +7,7 @@ the failures differ, so every output must be bitwise identical to the uninterrup
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -155,6 +156,56 @@ def test_actor_killed_mid_iteration_is_restarted_with_identical_output(reference
     assert killed is not None, "no render actor was caught mid-iteration"
     assert not errors, errors
     assert not psutil.pid_exists(killed) or psutil.Process(killed).status() == psutil.STATUS_ZOMBIE
+    assert_same_render(reference, out)
+
+
+def _frames_on_disk(out: Path, iteration: int) -> int:
+    d = out / manifest.iteration_dirname(iteration)
+    return len(list(d.glob("frame_*.png"))) if d.is_dir() else 0
+
+
+def test_a_stalled_actor_s_batches_go_to_the_free_one_with_identical_output(reference, story_file, tiny_cache, tmp_path, caplog):
+    """SIGSTOP one actor early in iteration 0 (a straggler: a busy node, a throttled GPU): the other actor
+    renders the batches the stalled one had not started, and the pixels do not change."""
+    out = tmp_path / "out"
+    errors: list[BaseException] = []
+    caplog.set_level(logging.DEBUG, logger="storyadapter.engine")
+
+    def run():
+        try:
+            render(story_file, tiny_cache, out, 2)
+        except BaseException as exc:  # noqa: BLE001 - surfaced by the assertion below
+            errors.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    stalled = None
+    deadline = time.monotonic() + 240
+    try:
+        while stalled is None and thread.is_alive() and time.monotonic() < deadline:
+            busy = [p for p in _render_actors() if "render_batch" in " ".join(p.cmdline())]
+            if busy and _frames_on_disk(out, 0) == 0:
+                stalled = busy[0]
+                stalled.suspend()
+            time.sleep(0.002)
+        assert stalled is not None, "no render actor was caught in iteration 0"
+        # Hold it until the free actor has nothing left to take: the frame count stops growing.
+        seen, steady_since = -1, time.monotonic()
+        while time.monotonic() - steady_since < 2.0 and time.monotonic() < deadline:
+            now = _frames_on_disk(out, 0)
+            if now != seen:
+                seen, steady_since = now, time.monotonic()
+            time.sleep(0.05)
+        held_back = N_FRAMES - seen
+    finally:
+        if stalled is not None:
+            stalled.resume()
+    thread.join(timeout=300)
+    assert not errors, errors
+    # The stalled actor kept only what it had already been sent: the batch it was in and one queued behind it.
+    assert held_back <= 2 * 2, f"{held_back} frames waited for the stalled actor"
+    assert any("rendered by an actor other than their owner" in r.getMessage() and r.getMessage().startswith("iteration 0:")
+               for r in caplog.records), [r.getMessage() for r in caplog.records]
     assert_same_render(reference, out)
 
 
