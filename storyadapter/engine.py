@@ -121,23 +121,22 @@ class RayExecutor:
             bank_box = (ray.put(np.ascontiguousarray(bank, dtype=np.float32)),)  # once per iteration, shared by all
             self.bank_puts += 1
         queues = BatchQueues(batches, len(self.actors))
-        pending: dict = {}
-
+        pending: dict = {}  # ref -> actor index
         in_flight = [0] * len(self.actors)
 
-        def submit(actor: int) -> None:
+        def submit(actor: int) -> bool:
             frames = queues.next_for(actor)
-            if frames is not None:
-                pending[self.actors[actor].render_batch.remote(iteration, frames, bank_box, scale)] = actor
-                in_flight[actor] += 1
+            if frames is None:
+                return False
+            pending[self.actors[actor].render_batch.remote(iteration, frames, bank_box, scale)] = actor
+            in_flight[actor] += 1
+            return True
 
         def top_up(actor: int) -> None:
             # A second batch queued on the actor hides the dispatch round trip; near the end of the iteration
             # batches stay with the driver instead, so whichever actor frees up first takes them.
             while in_flight[actor] < self.queue_depth and (in_flight[actor] == 0 or queues.remaining() >= len(self.actors)):
-                before = len(pending)
-                submit(actor)
-                if len(pending) == before:
+                if not submit(actor):
                     return
 
         for actor in range(len(self.actors)):

@@ -129,24 +129,34 @@ def _render_actors() -> list[psutil.Process]:
     return found
 
 
-def test_actor_killed_mid_iteration_is_restarted_with_identical_output(reference, story_file, tiny_cache, tmp_path):
-    out = tmp_path / "out"
+def _actors_rendering() -> list[psutil.Process]:
+    return [p for p in _render_actors() if "render_batch" in " ".join(p.cmdline())]
+
+
+def render_in_background(story_file, tiny_cache, out, workers) -> tuple[threading.Thread, list[BaseException]]:
+    """Start a render in a thread; what it raised ends up in the returned list."""
     errors: list[BaseException] = []
 
     def run():
         try:
-            render(story_file, tiny_cache, out, 2)
-        except BaseException as exc:  # noqa: BLE001 - surfaced by the assertion below
+            render(story_file, tiny_cache, out, workers)
+        except BaseException as exc:  # noqa: BLE001 - surfaced by the caller's assertion
             errors.append(exc)
 
     thread = threading.Thread(target=run)
     thread.start()
+    return thread, errors
+
+
+def test_actor_killed_mid_iteration_is_restarted_with_identical_output(reference, story_file, tiny_cache, tmp_path):
+    out = tmp_path / "out"
+    thread, errors = render_in_background(story_file, tiny_cache, out, 2)
     killed = None
     deadline = time.monotonic() + 240
     while killed is None and thread.is_alive() and time.monotonic() < deadline:
         started = any((out / "iter_01").glob("frame_*.png")) if (out / "iter_01").is_dir() else False
         if started and not manifest.part_path(out, 1).exists():
-            busy = [p for p in _render_actors() if "render_batch" in " ".join(p.cmdline())]
+            busy = _actors_rendering()
             if busy:
                 killed = busy[0].pid
                 os.kill(killed, signal.SIGKILL)
@@ -168,22 +178,13 @@ def test_a_stalled_actor_s_batches_go_to_the_free_one_with_identical_output(refe
     """SIGSTOP one actor early in iteration 0 (a straggler: a busy node, a throttled GPU): the other actor
     renders the batches the stalled one had not started, and the pixels do not change."""
     out = tmp_path / "out"
-    errors: list[BaseException] = []
     caplog.set_level(logging.DEBUG, logger="storyadapter.engine")
-
-    def run():
-        try:
-            render(story_file, tiny_cache, out, 2)
-        except BaseException as exc:  # noqa: BLE001 - surfaced by the assertion below
-            errors.append(exc)
-
-    thread = threading.Thread(target=run)
-    thread.start()
+    thread, errors = render_in_background(story_file, tiny_cache, out, 2)
     stalled = None
     deadline = time.monotonic() + 240
     try:
         while stalled is None and thread.is_alive() and time.monotonic() < deadline:
-            busy = [p for p in _render_actors() if "render_batch" in " ".join(p.cmdline())]
+            busy = _actors_rendering()
             if busy and _frames_on_disk(out, 0) == 0:
                 stalled = busy[0]
                 stalled.suspend()
