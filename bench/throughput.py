@@ -729,7 +729,8 @@ def markdown(result: dict) -> str:
             lines.append(f"| {row['n']} | {row['per_frame_s']:.4f} | {row['set_references_s']:.4f} | {row['peak_mb']:.0f} | "
                          f"{u.get('per_frame_s', float('nan')):.4f} | {u.get('peak_mb', float('nan')):.0f} | {ratio:.2f}x |")
 
-    lines += ["", "## Driver overhead (engine runs, median round by idle share)", "",
+    lines += ["", "## Driver overhead (engine runs: the round at the median idle share, the upper of the middle two "
+              "for an even count)", "",
               "| engine | frames rendered | wall s | busy s (sum over workers) | no actor rendering | idle: 1 - busy/(workers x wall) | "
               "of which barrier wait | driver bank+manifest s | driver share of wall |",
               "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]

@@ -34,12 +34,7 @@ class RenderActor:
     def ready(self) -> int:
         return os.getpid()
 
-    def render_batch(self, iteration, frames, bank_box, scale):
-        # The bank's ref comes boxed in a tuple so Ray does not fetch it for every batch (about 0.7 ms each
-        # here): only the first batch of an iteration on this actor needs it.
-        bank = None
-        if bank_box is not None and self.worker.needs_references(iteration):
-            bank = ray.get(bank_box[0])
+    def render_batch(self, iteration, frames, bank, scale):
         return self.worker.render_batch(iteration, frames, bank, scale)
 
     def image_encodes(self) -> int:
@@ -116,9 +111,9 @@ class RayExecutor:
         self.batches_moved = 0  # batches an idle actor took over from a busier one (see dispatch.py)
 
     def render_iteration(self, iteration, batches, bank, scale, on_batch):
-        bank_box = None
+        bank_ref = None
         if bank is not None:
-            bank_box = (ray.put(np.ascontiguousarray(bank, dtype=np.float32)),)  # once per iteration, shared by all
+            bank_ref = ray.put(np.ascontiguousarray(bank, dtype=np.float32))  # once per iteration, shared by all
             self.bank_puts += 1
         queues = BatchQueues(batches, len(self.actors))
         pending: dict = {}  # ref -> actor index
@@ -128,7 +123,7 @@ class RayExecutor:
             frames = queues.next_for(actor)
             if frames is None:
                 return False
-            pending[self.actors[actor].render_batch.remote(iteration, frames, bank_box, scale)] = actor
+            pending[self.actors[actor].render_batch.remote(iteration, frames, bank_ref, scale)] = actor
             in_flight[actor] += 1
             return True
 
