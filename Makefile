@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= outputs/demo
 
-.PHONY: install test demo bench bench-gpu slurm-demo clean
+.PHONY: install test demo ui bench bench-gpu slurm-demo clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ demo: install
 	HF_HUB_OFFLINE=1 $(PY) -m storyadapter.launch story=office model=tiny render=tiny \
 		cluster.workers=2 output_dir=$(DEMO_DIR) resume=true
 	@echo "open $(DEMO_DIR)/index.html (comic pages in $(DEMO_DIR)/comic/)"
+
+# Web UI on http://127.0.0.1:7860/ (renders go to outputs/webui/).
+ui: install
+	HF_HUB_OFFLINE=1 $(PY) -m storyadapter.webui
 
 clean:
 	rm -rf $(VENV) outputs multirun

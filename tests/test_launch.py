@@ -145,7 +145,7 @@ def test_multirun_sweep_renders_each_point_in_its_own_folder(tmp_path, tiny_cach
     assert ends == [0.5, 0.6]
 
 
-def test_wheel_ships_the_config_tree_and_launch_composes_from_it(tmp_path):
+def test_wheel_ships_the_config_tree_and_web_page_and_launch_composes_from_it(tmp_path):
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(REPO)],
                    check=True, capture_output=True, timeout=300)
     wheel = next(tmp_path.glob("storyadapter-*.whl"))
@@ -155,6 +155,7 @@ def test_wheel_ships_the_config_tree_and_launch_composes_from_it(tmp_path):
     shipped = {p.relative_to(site / "storyadapter" / "conf").as_posix() for p in (site / "storyadapter" / "conf").rglob("*.yaml")}
     assert conf <= shipped
     assert (site / "storyadapter" / "examples" / "explorer_24.txt").is_file()
+    assert (site / "storyadapter" / "webui.html").is_file()  # the web UI's page
     # From an empty directory, with only the unpacked wheel on the path: the shipped tree is used.
     env = {**ENV, "PYTHONPATH": str(site)}
     where = subprocess.run([sys.executable, "-c", "import storyadapter.launch as l; print(l.conf_dir())"], cwd=tmp_path,
