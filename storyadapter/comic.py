@@ -25,7 +25,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from .atomic import replacing
 from . import manifest
-from .errors import UserError, report
+from .errors import ArgumentParser, UserError, report
 
 log = logging.getLogger(__name__)
 
@@ -365,9 +365,7 @@ def write_comic(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    import argparse
-
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m storyadapter.comic",
         description="Regenerate comic pages, GIF, contact sheet and index (and metrics) of a render directory.",
     )

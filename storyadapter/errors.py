@@ -1,6 +1,8 @@
 """User-facing errors: one line, no traceback, non-zero exit."""
 
+import argparse
 import sys
+from typing import NoReturn
 
 
 class UserError(Exception):
@@ -19,3 +21,11 @@ class UserError(Exception):
 def report(message: object) -> None:
     """Print the one-line `error: ...` every command-line tool uses, on stderr."""
     print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse that reports a bad command line as the one `error: ...` line (argparse prints the usage too)."""
+
+    def error(self, message: str) -> NoReturn:
+        report(f"{self.prog}: {message} (see --help)")
+        sys.exit(UserError.exit_code)

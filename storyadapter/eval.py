@@ -6,14 +6,13 @@ python -m storyadapter.eval DIR_OR_FOLDER [--story FILE] --clip-model PATH [--js
 
 from __future__ import annotations
 
-import argparse
 import re
 import sys
 from pathlib import Path
 from typing import Any, Sequence
 
 from . import manifest
-from .errors import UserError, report
+from .errors import ArgumentParser, UserError, report
 from .metrics import (
     METRICS_JSON,
     METRICS_PNG,
@@ -64,7 +63,7 @@ def evaluate_folder(folder: Path, story_path: Path, scorer: ClipScorer | None = 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m storyadapter.eval", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="python -m storyadapter.eval", description=__doc__.split("\n\n")[0])
     parser.add_argument("path", type=Path, help="render directory (has manifest/) or a folder of images")
     parser.add_argument("--story", type=Path, default=None, help="story file; required for a plain image folder")
     parser.add_argument("--clip-model", required=True, help="CLIP hub id or local directory")

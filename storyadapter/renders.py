@@ -149,8 +149,7 @@ class RenderQueue:
     """Jobs under `root`, rendered one at a time by a background thread (local Ray takes the whole machine)."""
 
     def __init__(self, root: Path, extra_overrides: tuple[str, ...] = ()):
-        self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.root = Path(root)  # created with the first render
         self.extra_overrides = tuple(extra_overrides)
         self.jobs: dict[str, RenderJob] = {}
         self._lock = threading.Lock()
@@ -161,7 +160,7 @@ class RenderQueue:
     def submit(self, request: RenderRequest) -> RenderJob:
         job_id = time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
         folder = self.root / job_id
-        folder.mkdir()
+        folder.mkdir(parents=True)
         story_path = folder / f"story{STORY_FORMATS[request.story_format]}"
         story_path.write_text(request.story, encoding="utf-8")
         try:

@@ -12,8 +12,8 @@ GET /api/renders/<id>, GET /api/renders/<id>/log, POST /api/renders/<id>/cancel,
 
 from __future__ import annotations
 
-import argparse
 import json
+import logging
 import mimetypes
 import sys
 from http import HTTPStatus
@@ -22,10 +22,11 @@ from importlib import resources
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from .errors import UserError, report
+from .errors import ArgumentParser, UserError, report
 from .renders import MAX_STORY_BYTES, MODELS, RenderQueue, RenderRequest
 from .styles import style_names
 
+log = logging.getLogger(__name__)
 SERVED_SUFFIXES = {".png", ".gif", ".html", ".json", ".yaml", ".parquet", ".log", ".txt"}
 TEXT_SUFFIXES = {".yaml": "text/plain", ".log": "text/plain", ".txt": "text/plain"}
 
@@ -60,6 +61,21 @@ class Handler(BaseHTTPRequestHandler):
 
     # --- routes -------------------------------------------------------------------------------------
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        self._guarded(self._get)
+
+    def do_POST(self) -> None:  # noqa: N802
+        self._guarded(self._post)
+
+    def _guarded(self, route) -> None:
+        try:
+            route()
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the browser went away
+        except Exception:  # noqa: BLE001 - a bug in one request must not end the server; the log keeps the trace
+            log.exception("request %s %s failed", self.command, self.path)
+            self._error(HTTPStatus.INTERNAL_SERVER_ERROR, "internal error (see the server log)")
+
+    def _get(self) -> None:
         path = unquote(urlsplit(self.path).path)
         parts = [p for p in path.split("/") if p]
         if not parts:
@@ -83,7 +99,7 @@ class Handler(BaseHTTPRequestHandler):
         else:
             self._error(HTTPStatus.NOT_FOUND, f"no page {path!r}")
 
-    def do_POST(self) -> None:  # noqa: N802
+    def _post(self) -> None:
         parts = [p for p in unquote(urlsplit(self.path).path).split("/") if p]
         if parts == ["api", "renders"]:
             self._submit()
@@ -138,9 +154,9 @@ class WebUIServer(ThreadingHTTPServer):
     daemon_threads = True
 
     def __init__(self, address: tuple[str, int], renders: RenderQueue, verbose: bool = False):
-        super().__init__(address, Handler)
-        self.renders = renders
+        self.renders = renders  # before binding: a failed bind calls server_close
         self.verbose = verbose
+        super().__init__(address, Handler)
 
     def server_close(self) -> None:
         super().server_close()
@@ -148,7 +164,7 @@ class WebUIServer(ThreadingHTTPServer):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m storyadapter.webui", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m storyadapter.webui", description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--runs-dir", default="outputs/webui", help="one folder per render under here")

@@ -338,6 +338,8 @@ def test_cli_bad_inputs_are_one_line(tmp_path, tiny_clip):
         ("storyadapter.eval", str(two), "--story", str(story_two), "--clip-model", "openai/clip-not-downloaded"),
         ("storyadapter.comic", str(tmp_path / "missing")),
         ("storyadapter.comic", str(no_parts)),
+        ("storyadapter.eval", str(two)),  # bad command lines too: one line, not argparse's usage block
+        ("storyadapter.comic", str(no_parts), "--layout", "diagonal"),
     ]
     for args in cases:
         proc = run_cli(*args)

@@ -75,7 +75,7 @@ def test_bad_requests_get_one_line_naming_what_is_wrong_and_leave_nothing(ui, tm
     assert status == 400
     error = json.loads(body)["error"]
     assert message in error and "\n" not in error and "Traceback" not in error
-    assert not any((tmp_path / "runs").iterdir())  # no job folder for a refused request
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())  # nothing for a refused request
 
 
 def test_a_render_runs_to_the_end_and_its_outputs_are_served(ui):
@@ -110,3 +110,20 @@ def test_a_failed_render_reports_the_launcher_s_error_line_and_a_queued_one_can_
     time.sleep(1.0)
     assert wait(ui, queued["id"])["state"] == "cancelled"
     assert wait(ui, queued["id"])["progress"]["frames_done"] == 0
+
+
+def test_a_port_in_use_or_a_bad_argument_is_one_line_and_writes_nothing(tmp_path, capsys):
+    import socket
+
+    from storyadapter.webui import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["--port", str(port), "--runs-dir", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: --port {port}: cannot listen") and "\n" not in err
+    assert main(["--runs-dir", str(tmp_path / "runs"), "cluster"]) == 2
+    assert capsys.readouterr().err.strip() == "error: cluster: expected KEY=VALUE"
+    assert not (tmp_path / "runs").exists()
