@@ -17,7 +17,7 @@ class BatchQueues:
         if actors < 1:
             raise ValueError("need at least one actor")
         self._shares = [deque(batches[a::actors]) for a in range(actors)]
-        self.taken_from_others = 0  # batches rendered outside their owner's share, for logs and the benchmark
+        self.taken_from_others = 0  # batches rendered outside their owner's share, for the log
 
     def next_for(self, actor: int) -> list[int] | None:
         own = self._shares[actor]

@@ -108,7 +108,6 @@ class RayExecutor:
             raise
         log.info("%d render actors ready (pids %s), %g GPU each", len(pids), pids, gpus)
         self.bank_puts = 0
-        self.batches_moved = 0  # batches an idle actor took over from a busier one (see dispatch.py)
 
     def render_iteration(self, iteration, batches, bank, scale, on_batch):
         bank_ref = None
@@ -146,7 +145,6 @@ class RayExecutor:
                 batch = ray.get(ref)
                 on_batch(batch)
                 results.extend(batch.frames)
-        self.batches_moved += queues.taken_from_others
         if queues.taken_from_others:
             log.debug("iteration %d: %d batch(es) rendered by an actor other than their owner", iteration, queues.taken_from_others)
         return results

@@ -91,7 +91,7 @@ class RenderJob:
     id: str
     folder: Path
     request: RenderRequest
-    frames: int  # per iteration
+    frames: int  # per iteration, from the story
     state: str = "queued"  # queued | running | done | failed | cancelled
     error: str | None = None
     returncode: int | None = None
@@ -107,30 +107,30 @@ class RenderJob:
     def log_path(self) -> Path:
         return self.folder / "render.log"
 
-    def progress(self) -> dict:
-        """Frames on disk per iteration: the PNGs are written atomically, so a counted frame is complete."""
-        total = self.frames * (self.request.iterations + 1)
-        per_iteration = []
+    @property
+    def story_path(self) -> Path:
+        return self.folder / f"story{STORY_FORMATS[self.request.story_format]}"
+
+    def _frames_on_disk(self) -> list[list[str]]:
+        """Per iteration, the frames written so far (relative to the output folder). PNGs are written
+        atomically, so a listed frame is complete."""
+        found = []
         for it in range(self.request.iterations + 1):
             d = self.out_dir / manifest.iteration_dirname(it)
-            per_iteration.append(len(list(d.glob("frame_*.png"))) if d.is_dir() else 0)
-        return {"frames_done": sum(per_iteration), "frames_total": total, "per_iteration": per_iteration}
-
-    def latest_frames(self) -> list[str]:
-        """Paths (relative to the output folder) of the newest iteration that has frames."""
-        for it in range(self.request.iterations, -1, -1):
-            d = self.out_dir / manifest.iteration_dirname(it)
-            files = sorted(d.glob("frame_*.png")) if d.is_dir() else []
-            if files:
-                return [f"{d.name}/{f.name}" for f in files]
-        return []
+            found.append([f"{d.name}/{f.name}" for f in sorted(d.glob("frame_*.png"))] if d.is_dir() else [])
+        return found
 
     def status(self) -> dict:
         outputs = {name: (self.out_dir / name).is_file() for name in ("index.html", "story.gif", "iterations.png", "metrics.json")}
         comic = sorted(p.name for p in (self.out_dir / "comic").glob("page_*.png")) if (self.out_dir / "comic").is_dir() else []
+        frames = self._frames_on_disk()
+        per_iteration = [len(f) for f in frames]
+        progress = {"frames_done": sum(per_iteration), "frames_total": self.frames * (self.request.iterations + 1),
+                    "per_iteration": per_iteration}
+        latest = next((f for f in reversed(frames) if f), [])  # the newest iteration that has frames
         return {"id": self.id, "state": self.state, "error": self.error, "returncode": self.returncode,
                 "model": self.request.model, "frames": self.frames, "iterations": self.request.iterations,
-                "progress": self.progress(), "latest_frames": self.latest_frames(), "outputs": outputs,
+                "progress": progress, "latest_frames": latest, "outputs": outputs,
                 "comic_pages": [f"comic/{name}" for name in comic],
                 "elapsed_s": round((self.finished or time.time()) - self.started, 1) if self.started else None}
 
@@ -159,17 +159,14 @@ class RenderQueue:
 
     def submit(self, request: RenderRequest) -> RenderJob:
         job_id = time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
-        folder = self.root / job_id
-        folder.mkdir(parents=True)
-        story_path = folder / f"story{STORY_FORMATS[request.story_format]}"
-        story_path.write_text(request.story, encoding="utf-8")
+        job = RenderJob(job_id, self.root / job_id, request, frames=0)
+        job.folder.mkdir(parents=True)
+        job.story_path.write_text(request.story, encoding="utf-8")
         try:
-            story = load_story(story_path, request.style)
+            job.frames = len(load_story(job.story_path, request.style).frames)
         except (StoryError, UserError) as exc:
-            shutil.rmtree(folder)  # nothing of a refused request stays behind
-            message = str(exc).replace(str(story_path), f"story{STORY_FORMATS[request.story_format]}")
-            raise UserError(message) from None
-        job = RenderJob(job_id, folder, request, frames=len(story.frames))
+            shutil.rmtree(job.folder)  # nothing of a refused request stays behind
+            raise UserError(str(exc).replace(str(job.story_path), job.story_path.name)) from None
         with self._lock:
             self.jobs[job_id] = job
         self._pending.put(job_id)
@@ -229,8 +226,7 @@ class RenderQueue:
                     job.error = _last_error_line(job.log_path)
 
     def _start(self, job: RenderJob) -> subprocess.Popen:
-        story_path = next(job.folder.glob("story.*"))
-        cmd = [sys.executable, "-m", "storyadapter.launch", *job.request.overrides(story_path, job.out_dir),
+        cmd = [sys.executable, "-m", "storyadapter.launch", *job.request.overrides(job.story_path, job.out_dir),
                *self.extra_overrides]
         with open(job.log_path, "wb") as log:  # the child keeps its own descriptor
             # A session of its own, so a cancel reaches the launcher and the Ray processes it started.

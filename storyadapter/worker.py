@@ -98,13 +98,9 @@ class FrameWorker:
             self._text[frame] = self.renderer.encode_text(fp.prompt, fp.negative, self._windows)
         return self._text[frame]
 
-    def needs_references(self, iteration: int) -> bool:
-        """Whether the next batch of `iteration` will read the bank (the first one of each iteration)."""
-        return self._bank_iteration != iteration
-
     def render_batch(self, iteration: int, frames: list[int], bank: np.ndarray | None, scale: float) -> BatchResult:
         started_at, start = time.time(), time.perf_counter()
-        if self.needs_references(iteration):  # reference K/V once per iteration, shared by all batches
+        if self._bank_iteration != iteration:  # reference K/V once per iteration, shared by all batches
             self.renderer.set_references(bank, scale)
             self._bank_iteration = iteration
         seeds = [schedule.frame_seed(self.spec.seed, self.spec.seed_policy, f) for f in frames]
