@@ -423,21 +423,22 @@ def growth_child(kind: str, cfg_dict: dict, work: str) -> list[dict]:
         worker = FrameWorker(worker_spec(cfg, story, source, work_dir))
         r = worker.renderer
         inputs = {n: rng.normal(size=(n, r.embedding_dim)).astype(np.float32) for n in cfg.growth_frames}
-        worker.render_batch(0, [0], None, 0.0)  # warm-up
+        worker.begin_iteration(0, None, 0.0)
+        worker.render_batch(0, [0])  # warm-up
 
         def once(n: int) -> dict:
             bank = inputs[n]
             with PeakMemory(cfg.device) as mem:
                 sync(cfg.device)
                 t = time.perf_counter()
-                r.set_references(bank, 0.4)
+                it = next(iteration)
+                worker.begin_iteration(it, bank, 0.4)
                 sync(cfg.device)
                 set_refs_s = time.perf_counter() - t
                 times = []
-                it = next(iteration)
-                for f in range(cfg.growth_sample):  # the first call of an iteration sets the references (again)
+                for f in range(cfg.growth_sample):
                     t = time.perf_counter()
-                    worker.render_batch(it, [f], bank, 0.4)
+                    worker.render_batch(it, [f])
                     sync(cfg.device)
                     times.append(time.perf_counter() - t)
             render_s = statistics.median(times[1:] or times)

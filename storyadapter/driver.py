@@ -19,7 +19,7 @@ from tqdm import tqdm
 from . import manifest, schedule
 from .story import Story
 from .timeline import BatchTimeline
-from .worker import BatchResult, FrameResult, FrameWorker
+from .results import BatchResult, FrameResult, Worker
 
 log = logging.getLogger(__name__)
 
@@ -60,13 +60,14 @@ class IterationStats:
 class LocalExecutor:
     """Renders in this process with one worker: for tests, notebooks and debugging."""
 
-    def __init__(self, worker: FrameWorker):
+    def __init__(self, worker: Worker):
         self.worker = worker
 
     def render_iteration(self, iteration, batches, bank, scale, on_batch):
+        self.worker.begin_iteration(iteration, bank, scale)
         results = []
         for frames in batches:
-            batch = self.worker.render_batch(iteration, frames, bank, scale)
+            batch = self.worker.render_batch(iteration, frames)
             on_batch(batch)
             results.extend(batch.frames)
         return results

@@ -21,21 +21,23 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from .dispatch import BatchQueues
 from .errors import UserError
-from .worker import FrameWorker, WorkerSpec
 
 log = logging.getLogger(__name__)
 
 
 @ray.remote
 class RenderActor:
-    def __init__(self, spec: WorkerSpec):
-        self.worker = FrameWorker(spec)
+    def __init__(self, spec):
+        self.worker = spec.build()  # a FrameWorker, or a simulated one: torch is imported only by the former
 
     def ready(self) -> int:
         return os.getpid()
 
-    def render_batch(self, iteration, frames, bank, scale):
-        return self.worker.render_batch(iteration, frames, bank, scale)
+    def begin_iteration(self, iteration, bank, scale):
+        return self.worker.begin_iteration(iteration, bank, scale)
+
+    def render_batch(self, iteration, frames):
+        return self.worker.render_batch(iteration, frames)
 
     def image_encodes(self) -> int:
         return self.worker.image_encodes
@@ -79,7 +81,7 @@ def _unwrap(exc: BaseException) -> BaseException:
 class RayExecutor:
     queue_depth = 2
 
-    def __init__(self, spec: WorkerSpec, res: ActorResources):
+    def __init__(self, spec, res: ActorResources):
         use_gpu = wants_gpu(spec.device)
         check_capacity(res, use_gpu)
         gpus = res.gpus_per_worker if use_gpu else 0
@@ -114,6 +116,8 @@ class RayExecutor:
         if bank is not None:
             bank_ref = ray.put(np.ascontiguousarray(bank, dtype=np.float32))  # once per iteration, shared by all
             self.bank_puts += 1
+        for actor in self.actors:  # actor tasks from one caller run in order: every batch below sees this bank
+            actor.begin_iteration.remote(iteration, bank_ref, scale)
         queues = BatchQueues(batches, len(self.actors))
         pending: dict = {}  # ref -> actor index
         in_flight = [0] * len(self.actors)
@@ -122,7 +126,7 @@ class RayExecutor:
             frames = queues.next_for(actor)
             if frames is None:
                 return False
-            pending[self.actors[actor].render_batch.remote(iteration, frames, bank_ref, scale)] = actor
+            pending[self.actors[actor].render_batch.remote(iteration, frames)] = actor
             in_flight[actor] += 1
             return True
 
