@@ -56,8 +56,11 @@ class ClusterConfig:
     gpus_per_worker: float = 1.0  # used when GPUs are present; fractions share a GPU
     cpus_per_worker: float = 1.0
     threads_per_worker: int = 1  # torch intra-op threads on CPU workers
-    max_restarts: int = 3  # a dead worker is restarted and its frames re-rendered
-    ready_timeout_s: float = 600.0
+    max_restarts: int = 3  # Ray may restart a dead worker; its batches go to other workers meanwhile
+    ready_timeout_s: float = 600.0  # placing the workers (an autoscaling cluster grows meanwhile) and loading the model
+    batch_timeout_s: float = 120.0  # a worker that finishes no batch for max(this, factor x median batch time) loses its batches
+    batch_timeout_factor: float = 5.0
+    capacity_timeout_s: float = 300.0  # no live worker for this long (lost nodes, no capacity): stop, keeping every finished frame
 
 
 @dataclass
@@ -95,7 +98,8 @@ CHOICES = {
     "outputs.caption_position": ("below", "above"),
 }
 POSITIVE = ("render.steps", "render.height", "render.width", "render.batch_size", "render.reference_size",
-            "cluster.workers", "cluster.threads_per_worker")
+            "cluster.workers", "cluster.threads_per_worker", "cluster.ready_timeout_s", "cluster.batch_timeout_s",
+            "cluster.batch_timeout_factor", "cluster.capacity_timeout_s")
 
 
 def register() -> None:

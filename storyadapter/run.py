@@ -97,12 +97,35 @@ def worker_spec(cfg: DictConfig, story: Story, source, out_dir: Path):
     )
 
 
-def plan_for(cfg: DictConfig, story: Story, out_dir: Path):
+def plan_for(cfg: DictConfig, story: Story, out_dir: Path, ramp_iterations: int | None = None):
     from . import driver
 
     r = cfg.render
     return driver.RunPlan(story=story, out_dir=out_dir, iterations=r.iterations, batch_size=r.batch_size,
-                          scale_start=r.scale_start, scale_end=r.scale_end, seed=r.seed, seed_policy=r.seed_policy)
+                          scale_start=r.scale_start, scale_end=r.scale_end, seed=r.seed, seed_policy=r.seed_policy,
+                          ramp_iterations=ramp_iterations)
+
+
+def needs_gpu(cfg: DictConfig) -> bool:
+    """Real and full-size models run on GPUs; they go to CPU only when the user says model.device=cpu."""
+    if cfg.model.device == "auto":
+        return cfg.model.kind in ("hub", "sdxl-random")
+    return cfg.model.device.startswith("cuda")
+
+
+def actor_devices(cfg: DictConfig) -> bool:
+    """Whether the render actors reserve GPUs. Refuses CPU actors for a GPU model on a fixed cluster without GPUs."""
+    import ray
+
+    has_gpus = ray.cluster_resources().get("GPU", 0) > 0
+    if cfg.model.device == "cpu":
+        return False
+    if needs_gpu(cfg):
+        if not has_gpus and cfg.cluster.mode == "local":
+            raise UserError(f"model={cfg.model.name} needs a GPU and this machine has none; pass model.device=cpu "
+                            "to render on CPU (hours per frame at full size)")
+        return True  # a Ray cluster without GPUs yet may be autoscaling: the placement waits for them
+    return has_gpus
 
 
 def execute(cfg: DictConfig, out_dir: Path) -> Path:
@@ -110,28 +133,60 @@ def execute(cfg: DictConfig, out_dir: Path) -> Path:
     validate(cfg)
     story = load_story(resolve_story_path(cfg.story.path), cfg.story.style)
     log.info("story %s", describe(story))
-    source, eval_clip = resolve_model(cfg)
-    fresh = rundir.check(out_dir, cfg, story, cfg.resume)
+    state = rundir.check(out_dir, cfg, story, cfg.resume)
+    from . import outputs
+
+    scored, deferred = False, None
+    if state.finished:  # nothing to render: no cluster, no model
+        log.info("all %d iterations of %s are finished; writing the outputs only", cfg.render.iterations + 1, out_dir)
+    else:
+        scored, deferred = _render(cfg, story, out_dir, state)
+    if cfg.outputs.enabled:
+        outputs.write_all(out_dir, clip_model=cfg.eval.clip_model, metrics=not scored and deferred is None,
+                          layout=cfg.outputs.comic_layout, caption_position=cfg.outputs.caption_position)
+    if deferred is not None:  # the comic and gallery are written even when the evaluation CLIP is missing
+        raise deferred
+    log.info("done: %s", out_dir)
+    return out_dir
+
+
+def _render(cfg: DictConfig, story: Story, out_dir: Path, state: rundir.RunDir) -> tuple[bool, UserError | None]:
+    """Start the cluster and the actors, render every unfinished iteration, then score the metrics that need
+    CLIP on the actors (their GPUs) before releasing them. Returns whether metrics were written, and the
+    error to raise once the other outputs are written."""
     import ray
 
-    from . import driver, engine, outputs
+    from . import driver, engine
 
+    source, eval_clip = resolve_model(cfg)
     c = cfg.cluster
     started = engine.connect(c.mode, c.address, c.workers, c.cpus_per_worker)
     executor = None
     try:
-        res = engine.ActorResources(c.workers, c.gpus_per_worker, c.cpus_per_worker, c.max_restarts, c.ready_timeout_s)
-        executor = engine.RayExecutor(worker_spec(cfg, story, source, out_dir), res)
-        if fresh:  # only once the cluster and the workers are up, so a failed start leaves nothing behind
-            rundir.write_config(out_dir, cfg, story)
-        driver.run(plan_for(cfg, story, out_dir), executor)
+        res = engine.ActorResources(c.workers, c.gpus_per_worker, c.cpus_per_worker, c.max_restarts, c.ready_timeout_s,
+                                    c.batch_timeout_s, c.batch_timeout_factor, c.capacity_timeout_s)
+        executor = engine.RayExecutor(worker_spec(cfg, story, source, out_dir), res, use_gpu=actor_devices(cfg),
+                                      fixed_cluster=c.mode == "local")
+        if state.fresh or state.extends:  # only once the workers are up, so a failed start leaves nothing behind
+            rundir.write_config(out_dir, cfg, story, state.ramp_iterations)
+        if state.extends:
+            log.info("extending to %d iterations: the new ones run at scale_end=%g (the ramp was %d iterations)",
+                     cfg.render.iterations, cfg.render.scale_end, state.ramp_iterations)
+        driver.run(plan_for(cfg, story, out_dir, state.ramp_iterations), executor)
+        clip = cfg.eval.clip_model or eval_clip
+        if cfg.outputs.enabled and clip:
+            from . import metrics
+
+            log.info("metrics: scoring every iteration with CLIP %s on the render actors", clip)
+            try:
+                metrics.run_metrics(out_dir, engine.ActorClipScorer(executor, clip))
+            except UserError as exc:
+                log.error("metrics: skipped: %s", exc)
+                return False, exc
+            return True, None
+        return False, None
     finally:
         if executor is not None:
             executor.shutdown()
         if started:
             ray.shutdown()
-    if cfg.outputs.enabled:
-        outputs.write_all(out_dir, clip_model=cfg.eval.clip_model or eval_clip,
-                          layout=cfg.outputs.comic_layout, caption_position=cfg.outputs.caption_position)
-    log.info("done: %s", out_dir)
-    return out_dir

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
+from . import manifest
 from .atomic import replacing
 from .errors import UserError
 from .story import Story
@@ -15,12 +17,23 @@ CONFIG_FILE = "config.yaml"
 # Settings that change pixels. Everything else (cluster layout, outputs, resume, logging) may differ on resume.
 _PIXEL_KEYS = ("model", "render")
 _IGNORED_MODEL_KEYS = ("device", "compile", "cache_dir")
+# How many iterations to render is checked on its own: a finished render may be extended.
+_IGNORED_RENDER_KEYS = ("iterations",)
+
+
+@dataclass(frozen=True)
+class RunDir:
+    fresh: bool  # nothing there yet: `write_config` starts it
+    ramp_iterations: int  # the scale ramp's length (the first render's render.iterations)
+    finished: bool  # every requested iteration is on disk: nothing to render
+    extends: bool  # resume=true with more iterations than the finished render had
 
 
 def fingerprint(cfg: DictConfig, story: Story) -> dict:
     resolved = OmegaConf.to_container(cfg, resolve=True)
     fp = {k: resolved[k] for k in _PIXEL_KEYS}
     fp["model"] = {k: v for k, v in fp["model"].items() if k not in _IGNORED_MODEL_KEYS}
+    fp["render"] = {k: v for k, v in fp["render"].items() if k not in _IGNORED_RENDER_KEYS}
     fp["story"] = {"digest": story.digest, "style": story.style}
     return fp
 
@@ -37,10 +50,11 @@ def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
     return diffs
 
 
-def check(out_dir: Path, cfg: DictConfig, story: Story, resume: bool) -> bool:
+def check(out_dir: Path, cfg: DictConfig, story: Story, resume: bool) -> RunDir:
     """Refuse to touch an existing render unless resuming it with the same pixel settings.
 
-    Writes nothing. Returns True when the directory is fresh and `write_config` should start it.
+    `render.iterations` may grow on resume once every iteration of the render is finished: the new
+    iterations continue at the end of the scale ramp. Writes nothing.
     """
     config_path = out_dir / CONFIG_FILE
     new = fingerprint(cfg, story)
@@ -56,16 +70,34 @@ def check(out_dir: Path, cfg: DictConfig, story: Story, resume: bool) -> bool:
             saved = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
         except (yaml.YAMLError, UnicodeDecodeError) as exc:
             raise UserError(f"{config_path}: unreadable ({type(exc).__name__})") from None
-        diffs = _differences(saved.get("fingerprint", {}), new)
+        old_fp = saved.get("fingerprint", {})
+        old_fp["render"] = {k: v for k, v in old_fp.get("render", {}).items() if k not in _IGNORED_RENDER_KEYS}
+        diffs = _differences(old_fp, new)
         if diffs:
             raise UserError(f"resume=true refused: {config_path} was rendered with different settings: {'; '.join(diffs[:4])}")
-        return False
-    return True
+        return _iterations_on_resume(out_dir, saved, int(cfg.render.iterations))
+    return RunDir(fresh=True, ramp_iterations=int(cfg.render.iterations), finished=False, extends=False)
 
 
-def write_config(out_dir: Path, cfg: DictConfig, story: Story) -> None:
+def _iterations_on_resume(out_dir: Path, saved: dict, wanted: int) -> RunDir:
+    had = int(saved.get("render", {}).get("iterations", wanted))
+    ramp = int(saved.get("schedule", {}).get("ramp_iterations", had))
+    done = manifest.finished_iterations(out_dir)
+    finished_had = done[: had + 1] == list(range(had + 1))
+    if wanted < had:
+        raise UserError(f"render.iterations={wanted}: resume=true cannot drop iterations from a render of {had} "
+                        f"(its output_dir keeps them); pass render.iterations={had}")
+    if wanted > had and not finished_had:
+        raise UserError(f"render.iterations={wanted}: this render of {had} iterations is not finished; "
+                        f"finish it first with render.iterations={had} resume=true, then extend it")
+    finished = done[: wanted + 1] == list(range(wanted + 1))
+    return RunDir(fresh=False, ramp_iterations=ramp, finished=finished, extends=wanted > had)
+
+
+def write_config(out_dir: Path, cfg: DictConfig, story: Story, ramp_iterations: int) -> None:
     config_path = out_dir / CONFIG_FILE
     out_dir.mkdir(parents=True, exist_ok=True)
-    document = {**OmegaConf.to_container(cfg, resolve=True), "fingerprint": fingerprint(cfg, story)}
+    document = {**OmegaConf.to_container(cfg, resolve=True), "fingerprint": fingerprint(cfg, story),
+                "schedule": {"ramp_iterations": ramp_iterations}}
     with replacing(config_path) as tmp:
         tmp.write_text(yaml.safe_dump(document, sort_keys=False, allow_unicode=True), encoding="utf-8")
