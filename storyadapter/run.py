@@ -108,7 +108,7 @@ def plan_for(cfg: DictConfig, story: Story, out_dir: Path):
 def execute(cfg: DictConfig, out_dir: Path) -> Path:
     """Render a story end to end with the Ray engine. Raises UserError for anything the user can fix."""
     validate(cfg)
-    story = load_story(resolve_story_path(cfg.story.path), cfg.story.style)
+    story = load_story(resolve_story_path(cfg.story.path), cfg.story.style, cfg.story.get("title"))
     log.info("story %s", describe(story))
     source, eval_clip = resolve_model(cfg)
     fresh = rundir.check(out_dir, cfg, story, cfg.resume)

@@ -66,6 +66,6 @@ def check(out_dir: Path, cfg: DictConfig, story: Story, resume: bool) -> bool:
 def write_config(out_dir: Path, cfg: DictConfig, story: Story) -> None:
     config_path = out_dir / CONFIG_FILE
     out_dir.mkdir(parents=True, exist_ok=True)
-    document = {**OmegaConf.to_container(cfg, resolve=True), "fingerprint": fingerprint(cfg, story)}
+    document = {**OmegaConf.to_container(cfg, resolve=True), "title": story.title, "fingerprint": fingerprint(cfg, story)}
     with replacing(config_path) as tmp:
         tmp.write_text(yaml.safe_dump(document, sort_keys=False, allow_unicode=True), encoding="utf-8")
