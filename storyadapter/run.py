@@ -110,8 +110,9 @@ def execute(cfg: DictConfig, out_dir: Path) -> Path:
     validate(cfg)
     story = load_story(resolve_story_path(cfg.story.path), cfg.story.style, cfg.story.get("title"))
     log.info("story %s", describe(story))
-    source, eval_clip = resolve_model(cfg)
     fresh = rundir.check(out_dir, cfg, story, cfg.resume)
+    rundir.probe_writable(out_dir)  # before the model and Ray start: a bad output_dir is found in a second
+    source, eval_clip = resolve_model(cfg)
     import ray
 
     from . import driver, engine, outputs

@@ -306,3 +306,14 @@ def test_sigterm_stops_the_running_render_its_ray_processes_and_the_server(tmp_p
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_the_error_shown_for_a_failed_render_is_the_launcher_s_line_never_hydra_s_advice(tmp_path):
+    from storyadapter.webui_jobs import last_error_line
+
+    log = tmp_path / "render.log"
+    log.write_text("12:00:00 INFO storyadapter.run: story s\nerror: output_dir=/x: No space left on device\n")
+    assert last_error_line(log) == "error: output_dir=/x: No space left on device"
+    log.write_text("Traceback (most recent call last):\n  File \"x.py\"\nValueError: a bug\n\n"
+                   "Set the environment variable HYDRA_FULL_ERROR=1 for a complete stack trace.\n")
+    assert last_error_line(log) == "ValueError: a bug"
