@@ -15,6 +15,7 @@ from omegaconf import MISSING
 class StoryConfig:
     path: str = MISSING  # .txt (plain or StoryDiffusion form), .yaml/.yml or .json
     style: Optional[str] = None  # overrides the story file's style
+    title: Optional[str] = None  # overrides the story file's title (a .txt story's is its file name)
 
 
 @dataclass

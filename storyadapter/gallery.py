@@ -9,6 +9,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 import numpy as np
+import yaml
 from PIL import Image, ImageDraw
 
 from .atomic import replacing
@@ -155,6 +156,15 @@ def _metrics_table(out_dir: Path) -> str:
     return f'<h2 id="metrics">Metrics</h2><table><tr>{head}</tr>{body}</table>{plot}'
 
 
+def _story_title(out_dir: Path) -> str:
+    """The story's title as the run recorded it in config.yaml; the folder's name for runs that did not."""
+    try:
+        title = (yaml.safe_load((out_dir / "config.yaml").read_text(encoding="utf-8")) or {}).get("title")
+    except (OSError, yaml.YAMLError, UnicodeDecodeError, AttributeError):
+        title = None
+    return title if isinstance(title, str) and title.strip() else out_dir.resolve().name
+
+
 def write_index(out_dir: Path) -> Path:
     """DIR/index.html: final frames with captions, per-iteration tabs (CSS only), metrics, and links
     to the comic pages, GIF and contact sheet. No scripts, no external URLs."""
@@ -162,7 +172,7 @@ def write_index(out_dir: Path) -> Path:
     iterations = finished_iterations_or_fail(out_dir)
     last = iterations[-1]
     by_iter = {it: manifest.read_records(out_dir, it) for it in iterations}
-    title = out_dir.resolve().name
+    title = _story_title(out_dir)
 
     nav = []
     pages = sorted((out_dir / COMIC_DIR).glob("page_*.png")) if (out_dir / COMIC_DIR).is_dir() else []

@@ -131,9 +131,10 @@ def actor_devices(cfg: DictConfig) -> bool:
 def execute(cfg: DictConfig, out_dir: Path) -> Path:
     """Render a story end to end with the Ray engine. Raises UserError for anything the user can fix."""
     validate(cfg)
-    story = load_story(resolve_story_path(cfg.story.path), cfg.story.style)
+    story = load_story(resolve_story_path(cfg.story.path), cfg.story.style, cfg.story.get("title"))
     log.info("story %s", describe(story))
     state = rundir.check(out_dir, cfg, story, cfg.resume)
+    rundir.probe_writable(out_dir)  # before the model and Ray start: a bad output_dir is found in a second
     from . import outputs
 
     scored, deferred = False, None

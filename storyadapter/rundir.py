@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,7 +99,27 @@ def _iterations_on_resume(out_dir: Path, saved: dict, wanted: int) -> RunDir:
 def write_config(out_dir: Path, cfg: DictConfig, story: Story, ramp_iterations: int) -> None:
     config_path = out_dir / CONFIG_FILE
     out_dir.mkdir(parents=True, exist_ok=True)
-    document = {**OmegaConf.to_container(cfg, resolve=True), "fingerprint": fingerprint(cfg, story),
+    document = {**OmegaConf.to_container(cfg, resolve=True), "title": story.title, "fingerprint": fingerprint(cfg, story),
                 "schedule": {"ramp_iterations": ramp_iterations}}
     with replacing(config_path) as tmp:
         tmp.write_text(yaml.safe_dump(document, sort_keys=False, allow_unicode=True), encoding="utf-8")
+
+
+PROBE_BYTES = 4096
+
+
+def probe_writable(out_dir: Path) -> None:
+    """Fail in a second, not after Ray and the model have started, when `out_dir` cannot take files:
+    a file in the way, a read-only file system, no permission, a full disk. Leaves nothing behind."""
+    folder = Path(out_dir)
+    try:
+        while not folder.exists() and folder.parent != folder:  # the nearest existing folder: where mkdir would start
+            folder = folder.parent
+        if not folder.is_dir():
+            raise UserError(f"output_dir={out_dir}: {folder} is a file, not a folder")
+        with tempfile.TemporaryFile(dir=folder, prefix=".storyadapter-probe-") as probe:
+            probe.write(b"\0" * PROBE_BYTES)
+            probe.flush()
+            os.fsync(probe.fileno())  # a full disk may only say so once the blocks are allocated
+    except OSError as exc:
+        raise UserError(f"output_dir={out_dir}: {exc.strerror or exc}") from None
