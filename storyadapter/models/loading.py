@@ -13,6 +13,9 @@ from ..errors import UserError
 
 log = logging.getLogger(__name__)
 
+# Upstream Story-Adapter's DDIMScheduler arguments beyond the beta schedule.
+UPSTREAM_DDIM = dict(clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+
 
 @dataclass(frozen=True)
 class ModelSource:
@@ -94,8 +97,10 @@ def load_pipeline(source: ModelSource, device: torch.device, dtype: torch.dtype)
             )
         except (OSError, EnvironmentError) as exc:
             raise UserError(f"model.pretrained={source.pretrained}: could not load weights ({exc}); {_fetch_hint(source)}") from None
-    # Story-Adapter samples with DDIM; keep the checkpoint's noise schedule.
-    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    # Story-Adapter samples with DDIM: the checkpoint's noise schedule (betas, prediction type), but these three
+    # pinned as upstream passes them. A checkpoint whose scheduler config lacks them would otherwise get
+    # DDIM's defaults, which clip every predicted latent to [-1, 1] and end on alpha 1.
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, **UPSTREAM_DDIM)
     pipe.set_progress_bar_config(disable=True)
     pipe.image_encoder.to(dtype)
     return pipe.to(device)
