@@ -18,6 +18,7 @@ def render_pixels(source, scale: float = 0.5) -> np.ndarray:
     """Frames of PROMPTS from a fresh pipeline, iteration-style (a fixed bank of references at `scale`)."""
     from storyadapter.models.loading import load_pipeline
 
+    torch.set_num_threads(1)  # as the tiny_pipe fixture: fixed arithmetic, and no oversubscribed cores
     renderer = StoryRenderer(load_pipeline(source, torch.device("cpu"), torch.float32), SETTINGS)
     bank = np.random.default_rng(0).normal(size=(3, renderer.embedding_dim)).astype(np.float32)
     renderer.set_references(bank, scale)

@@ -292,3 +292,24 @@ def test_single_file_with_lora_renders_the_same_pixels_on_one_and_two_ray_worker
     from storyadapter.models.lora import digest
 
     assert digest(str(tiny_lora)) in saved
+
+
+def test_launch_reports_a_bad_checkpoint_in_one_line_and_writes_nothing(tiny_source, tmp_path):
+    import subprocess
+    import sys
+
+    from .conftest import write_story
+
+    story = write_story(tmp_path / "story.txt", ["a boat"])
+    bad = tmp_path / "model.safetensors"
+    bad.write_bytes(b"\0" * 64)
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "storyadapter.launch", f"story.path={story}", "model=tiny", "model.kind=hub",
+         f"model.pretrained={bad}", f"model.single_file_config={tiny_source.pretrained}",
+         f"model.ip_adapter={tiny_source.ip_adapter}", f"output_dir={out}"],
+        capture_output=True, text=True, timeout=300, env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith(f"error: model.pretrained={bad}: not a readable .safetensors"), proc.stderr
+    assert "Traceback" not in proc.stderr and not out.exists()
