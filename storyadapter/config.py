@@ -6,7 +6,7 @@ The `conf/` tree picks values; these classes define which keys exist and their t
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import List, Optional
 
 from omegaconf import MISSING
 
@@ -19,10 +19,21 @@ class StoryConfig:
 
 
 @dataclass
+class LoraConfig:
+    path: str = MISSING  # a LoRA .safetensors file (diffusers/peft or Kohya layout)
+    scale: float = 1.0
+
+
+@dataclass
 class ModelConfig:
     name: str = "realvisxl"
     kind: str = "hub"  # hub (ids or local folders) | tiny (built offline) | sdxl-random (full size, random)
-    pretrained: str = "SG161222/RealVisXL_V4.0"
+    pretrained: str = "SG161222/RealVisXL_V4.0"  # hub id, diffusers folder, or one SDXL .safetensors checkpoint
+    # For a .safetensors `pretrained`: a diffusers SDXL folder whose component configs and tokenizers the file is
+    # built into (its weights are not read). Default: SDXL base 1.0's configs, written offline.
+    single_file_config: Optional[str] = None
+    vae: Optional[str] = None  # replaces the checkpoint's VAE: hub id, folder or .safetensors (e.g. an fp16-safe SDXL VAE)
+    loras: List[LoraConfig] = field(default_factory=list)  # [{path: ..., scale: 0.8}, ...], fused once per worker
     ip_adapter: str = "h94/IP-Adapter"
     ip_adapter_subfolder: str = "sdxl_models"
     ip_adapter_weight: str = "ip-adapter_sdxl.safetensors"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from . import config as schema
 from . import rundir
@@ -37,6 +37,9 @@ def validate(cfg: DictConfig) -> None:
         raise UserError(f"render.guidance_scale={cfg.render.guidance_scale}: must be at least 1 (classifier-free guidance)")
     if cfg.cluster.gpus_per_worker < 0 or cfg.cluster.cpus_per_worker <= 0:
         raise UserError("cluster.gpus_per_worker must be >= 0 and cluster.cpus_per_worker > 0")
+    for index, lora in enumerate(cfg.model.loras):
+        if OmegaConf.is_missing(lora, "path") or not lora.path:
+            raise UserError(f"model.loras[{index}].path: missing; give each LoRA as {{path: FILE.safetensors, scale: 0.8}}")
 
 
 def _get(cfg: DictConfig, dotted: str):
@@ -59,22 +62,44 @@ def resolve_story_path(path: str) -> Path:
 
 def resolve_model(cfg: DictConfig):
     """Where the weights are (a ModelSource), building the offline tiny model first if asked; plus the CLIP for metrics."""
+    from dataclasses import replace
+
+    from .models.lora import LoraWeights
     from .models.loading import ModelSource, check_available
 
     m = cfg.model
+    # Files the user names become absolute here: workers (and Ray Jobs' copied working dir) have another cwd.
+    extras = dict(
+        single_file_config=_absolute(m.single_file_config),
+        vae=_absolute(m.vae) if m.vae and _names_local(m.vae) else m.vae,
+        loras=tuple(LoraWeights(_absolute(lw.path), float(lw.scale)) for lw in m.loras),
+        cache_dir=_absolute(m.cache_dir),
+    )
+    eval_clip = None
     if m.kind == "tiny":
         from .models import tiny
 
         root = tiny.build(tiny.tiny_dir(Path(m.cache_dir) if m.cache_dir else None))
-        return ModelSource(str(root / "sdxl"), str(root / "ip-adapter")), str(root / "eval_clip")
-    if m.kind == "sdxl-random":
+        source = ModelSource(str(root / "sdxl"), str(root / "ip-adapter"), **extras)
+        eval_clip = str(root / "eval_clip")
+    elif m.kind == "sdxl-random":
         from .models import sdxl_random
 
-        return sdxl_random.source(), None
-    source = ModelSource(m.pretrained, m.ip_adapter, m.ip_adapter_subfolder, m.ip_adapter_weight,
-                         m.image_encoder_folder, m.variant)
+        return replace(sdxl_random.source(), **extras), None
+    else:
+        pretrained = _absolute(m.pretrained) if _names_local(m.pretrained) else m.pretrained
+        source = ModelSource(pretrained, m.ip_adapter, m.ip_adapter_subfolder, m.ip_adapter_weight,
+                             m.image_encoder_folder, m.variant, **extras)
     check_available(source)
-    return source, None
+    return source, eval_clip
+
+
+def _names_local(ref: str) -> bool:
+    return ref.startswith((".", "/", "~")) or ref.lower().endswith(".safetensors") or Path(ref).expanduser().exists()
+
+
+def _absolute(path: str | None) -> str | None:
+    return str(Path(path).expanduser().absolute()) if path else None
 
 
 def worker_spec(cfg: DictConfig, story: Story, source, out_dir: Path):

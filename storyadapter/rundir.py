@@ -36,6 +36,13 @@ def fingerprint(cfg: DictConfig, story: Story) -> dict:
     fp = {k: resolved[k] for k in _PIXEL_KEYS}
     fp["model"] = {k: v for k, v in fp["model"].items() if k not in _IGNORED_MODEL_KEYS}
     fp["render"] = {k: v for k, v in fp["render"].items() if k not in _IGNORED_RENDER_KEYS}
+    if not fp["model"].get("loras"):
+        fp["model"].pop("loras", None)  # no LoRA: the same fingerprint as renders made before the key existed
+    else:
+        from .models.lora import digest
+
+        # A LoRA is its bytes: the same file moved elsewhere resumes, another file under the same name does not.
+        fp["model"]["loras"] = [{"sha256": digest(lw["path"]), "scale": lw["scale"]} for lw in fp["model"]["loras"]]
     fp["story"] = {"digest": story.digest, "style": story.style}
     return fp
 
