@@ -18,9 +18,22 @@ class StoryConfig:
 
 
 @dataclass
+class SimConfig:
+    """model=sim: how long a simulated frame takes and what it yields (storyadapter/sim.py)."""
+
+    frame_s: float = 0.05  # mean seconds per frame
+    jitter: float = 0.1  # each frame's time varies by up to +-this share, the same every run
+    straggler_share: float = 0.0  # share of the GPU nodes that are slow (rounded to whole nodes)
+    slowdown: float = 1.5  # frame time factor on a slow node
+    embedding_dim: int = 16
+    image_size: int = 32  # PNG side in pixels
+    trace_dir: Optional[str] = None  # one file per batch started (the benchmark counts repeated work)
+
+
+@dataclass
 class ModelConfig:
     name: str = "realvisxl"
-    kind: str = "hub"  # hub (ids or local folders) | tiny (built offline) | sdxl-random (full size, random)
+    kind: str = "hub"  # hub (ids or local folders) | tiny (built offline) | sdxl-random (full size, random) | sim
     pretrained: str = "SG161222/RealVisXL_V4.0"
     ip_adapter: str = "h94/IP-Adapter"
     ip_adapter_subfolder: str = "sdxl_models"
@@ -31,6 +44,7 @@ class ModelConfig:
     device: str = "auto"
     compile: bool = False  # torch.compile the UNet (GPU)
     cache_dir: Optional[str] = None  # where model=tiny is built; default $STORYADAPTER_CACHE or ~/.cache/storyadapter
+    sim: SimConfig = field(default_factory=SimConfig)
 
 
 @dataclass
@@ -88,14 +102,15 @@ class Config:
 
 
 CHOICES = {
-    "model.kind": ("hub", "tiny", "sdxl-random"),
+    "model.kind": ("hub", "tiny", "sdxl-random", "sim"),
     "render.seed_policy": ("shared", "per_frame"),
     "cluster.mode": ("local", "ray"),
     "outputs.comic_layout": ("classic", "four", "single"),
     "outputs.caption_position": ("below", "above"),
 }
 POSITIVE = ("render.steps", "render.height", "render.width", "render.batch_size", "render.reference_size",
-            "cluster.workers", "cluster.threads_per_worker")
+            "cluster.workers", "cluster.threads_per_worker", "model.sim.embedding_dim", "model.sim.image_size",
+            "model.sim.slowdown")
 
 
 def register() -> None:

@@ -37,6 +37,10 @@ def validate(cfg: DictConfig) -> None:
         raise UserError(f"render.guidance_scale={cfg.render.guidance_scale}: must be at least 1 (classifier-free guidance)")
     if cfg.cluster.gpus_per_worker < 0 or cfg.cluster.cpus_per_worker <= 0:
         raise UserError("cluster.gpus_per_worker must be >= 0 and cluster.cpus_per_worker > 0")
+    if cfg.model.kind == "sim":
+        from .sim import validate_config
+
+        validate_config(cfg.model.sim)
 
 
 def _get(cfg: DictConfig, dotted: str):
@@ -59,9 +63,11 @@ def resolve_story_path(path: str) -> Path:
 
 def resolve_model(cfg: DictConfig):
     """Where the weights are (a ModelSource), building the offline tiny model first if asked; plus the CLIP for metrics."""
+    m = cfg.model
+    if m.kind == "sim":
+        return None, None  # no weights, and no torch import: sim.py documents what it renders instead
     from .models.loading import ModelSource, check_available
 
-    m = cfg.model
     if m.kind == "tiny":
         from .models import tiny
 
@@ -78,6 +84,10 @@ def resolve_model(cfg: DictConfig):
 
 
 def worker_spec(cfg: DictConfig, story: Story, source, out_dir: Path):
+    if cfg.model.kind == "sim":
+        from .sim import spec_from_config
+
+        return spec_from_config(cfg, out_dir)
     from .renderer import RenderSettings
     from .worker import FramePrompt, WorkerSpec
 

@@ -14,13 +14,16 @@ from .story import Story
 CONFIG_FILE = "config.yaml"
 # Settings that change pixels. Everything else (cluster layout, outputs, resume, logging) may differ on resume.
 _PIXEL_KEYS = ("model", "render")
-_IGNORED_MODEL_KEYS = ("device", "compile", "cache_dir")
+_IGNORED_MODEL_KEYS = ("device", "compile", "cache_dir", "sim")
+_SIM_PIXEL_KEYS = ("embedding_dim", "image_size")  # model=sim: timings may differ on resume, outputs may not
 
 
 def fingerprint(cfg: DictConfig, story: Story) -> dict:
     resolved = OmegaConf.to_container(cfg, resolve=True)
     fp = {k: resolved[k] for k in _PIXEL_KEYS}
     fp["model"] = {k: v for k, v in fp["model"].items() if k not in _IGNORED_MODEL_KEYS}
+    if fp["model"].get("kind") == "sim":
+        fp["model"]["sim"] = {k: resolved["model"]["sim"][k] for k in _SIM_PIXEL_KEYS}
     fp["story"] = {"digest": story.digest, "style": story.style}
     return fp
 
