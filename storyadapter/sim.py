@@ -54,18 +54,25 @@ def _digest(*parts: object) -> bytes:
     return h.digest()
 
 
+def node_id() -> str:
+    """This process's Ray node, or "local" outside Ray."""
+    import ray  # torch-free
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
+
+
 def on_straggler_node(share: float) -> bool:
     """Whether this process runs on one of the first round(share x nodes) GPU nodes (all nodes if none has GPUs)."""
     if share <= 0:
         return False
-    import ray  # torch-free; only asked when stragglers are wanted
+    import ray
 
     if not ray.is_initialized():
         return round(share) >= 1  # one process is one node
     alive = [n for n in ray.nodes() if n.get("Alive")]
     gpu_nodes = [n for n in alive if n.get("Resources", {}).get("GPU", 0) > 0]
     ids = sorted(n["NodeID"] for n in (gpu_nodes or alive))
-    return ray.get_runtime_context().get_node_id() in ids[: round(share * len(ids))]
+    return node_id() in ids[: round(share * len(ids))]
 
 
 class SimWorker:
@@ -74,6 +81,7 @@ class SimWorker:
     def __init__(self, spec: SimSpec):
         self.spec = spec
         self.slow = on_straggler_node(spec.straggler_share)
+        self.node = node_id() if spec.trace_dir else ""
         self.embedding_dim = spec.embedding_dim
         self._iteration: int | None = None
         self._bank_digest = b""
@@ -131,7 +139,7 @@ class SimWorker:
         name = f"it{iteration:02d}_f{frames[0]:06d}_{os.getpid()}_{time.time_ns()}.json"
         with replacing(trace / name) as tmp:
             tmp.write_text(json.dumps({"iteration": iteration, "frames": frames, "pid": os.getpid(),
-                                       "started_at": started_at, "slow": self.slow}))
+                                       "started_at": started_at, "slow": self.slow, "node": self.node}))
 
 
 def validate_config(sim) -> None:
