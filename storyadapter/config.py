@@ -25,9 +25,22 @@ class LoraConfig:
 
 
 @dataclass
+class SimConfig:
+    """model=sim: how long a simulated frame takes and what it yields (storyadapter/sim.py)."""
+
+    frame_s: float = 0.05  # mean seconds per frame
+    jitter: float = 0.1  # each frame's time varies by up to +-this share, the same every run
+    straggler_share: float = 0.0  # share of the GPU nodes that are slow (rounded to whole nodes)
+    slowdown: float = 1.5  # frame time factor on a slow node
+    embedding_dim: int = 16
+    image_size: int = 32  # PNG side in pixels
+    trace_dir: Optional[str] = None  # one file per batch started (the benchmark counts repeated work)
+
+
+@dataclass
 class ModelConfig:
     name: str = "realvisxl"
-    kind: str = "hub"  # hub (ids or local folders) | tiny (built offline) | sdxl-random (full size, random)
+    kind: str = "hub"  # hub (ids or local folders) | tiny (built offline) | sdxl-random (full size, random) | sim
     pretrained: str = "SG161222/RealVisXL_V4.0"  # hub id, diffusers folder, or one SDXL .safetensors checkpoint
     # For a .safetensors `pretrained`: a diffusers SDXL folder whose component configs and tokenizers the file is
     # built into (its weights are not read). Default: SDXL base 1.0's configs, written offline.
@@ -43,6 +56,7 @@ class ModelConfig:
     device: str = "auto"
     compile: bool = False  # torch.compile the UNet (GPU)
     cache_dir: Optional[str] = None  # where model=tiny is built; default $STORYADAPTER_CACHE or ~/.cache/storyadapter
+    sim: SimConfig = field(default_factory=SimConfig)
 
 
 @dataclass
@@ -103,7 +117,7 @@ class Config:
 
 
 CHOICES = {
-    "model.kind": ("hub", "tiny", "sdxl-random"),
+    "model.kind": ("hub", "tiny", "sdxl-random", "sim"),
     "render.seed_policy": ("shared", "per_frame"),
     "cluster.mode": ("local", "ray"),
     "outputs.comic_layout": ("classic", "four", "single"),
@@ -111,7 +125,8 @@ CHOICES = {
 }
 POSITIVE = ("render.steps", "render.height", "render.width", "render.batch_size", "render.reference_size",
             "cluster.workers", "cluster.threads_per_worker", "cluster.ready_timeout_s", "cluster.batch_timeout_s",
-            "cluster.batch_timeout_factor", "cluster.capacity_timeout_s")
+            "cluster.batch_timeout_factor", "cluster.capacity_timeout_s", "model.sim.embedding_dim",
+            "model.sim.image_size", "model.sim.slowdown")
 
 
 def register() -> None:

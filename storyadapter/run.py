@@ -40,6 +40,10 @@ def validate(cfg: DictConfig) -> None:
     for index, lora in enumerate(cfg.model.loras):
         if OmegaConf.is_missing(lora, "path") or not lora.path:
             raise UserError(f"model.loras[{index}].path: missing; give each LoRA as {{path: FILE.safetensors, scale: 0.8}}")
+    if cfg.model.kind == "sim":
+        from .sim import validate_config
+
+        validate_config(cfg.model.sim)
 
 
 def _get(cfg: DictConfig, dotted: str):
@@ -62,12 +66,14 @@ def resolve_story_path(path: str) -> Path:
 
 def resolve_model(cfg: DictConfig):
     """Where the weights are (a ModelSource), building the offline tiny model first if asked; plus the CLIP for metrics."""
+    m = cfg.model
+    if m.kind == "sim":
+        return None, None  # no weights, and no torch import: sim.py documents what it renders instead
     from dataclasses import replace
 
     from .models.lora import LoraWeights
     from .models.loading import ModelSource, check_available
 
-    m = cfg.model
     # Files the user names become absolute here: workers (and Ray Jobs' copied working dir) have another cwd.
     extras = dict(
         single_file_config=_absolute(m.single_file_config),
@@ -103,6 +109,10 @@ def _absolute(path: str | None) -> str | None:
 
 
 def worker_spec(cfg: DictConfig, story: Story, source, out_dir: Path):
+    if cfg.model.kind == "sim":
+        from .sim import spec_from_config
+
+        return spec_from_config(cfg, out_dir)
     from .renderer import RenderSettings
     from .worker import FramePrompt, WorkerSpec
 

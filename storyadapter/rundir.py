@@ -18,7 +18,8 @@ from .story import Story
 CONFIG_FILE = "config.yaml"
 # Settings that change pixels. Everything else (cluster layout, outputs, resume, logging) may differ on resume.
 _PIXEL_KEYS = ("model", "render")
-_IGNORED_MODEL_KEYS = ("device", "compile", "cache_dir")
+_IGNORED_MODEL_KEYS = ("device", "compile", "cache_dir", "sim")
+_SIM_PIXEL_KEYS = ("embedding_dim", "image_size")  # model=sim: timings may differ on resume, outputs may not
 # How many iterations to render is checked on its own: a finished render may be extended.
 _IGNORED_RENDER_KEYS = ("iterations",)
 
@@ -43,6 +44,8 @@ def fingerprint(cfg: DictConfig, story: Story) -> dict:
 
         # A LoRA is its bytes: the same file moved elsewhere resumes, another file under the same name does not.
         fp["model"]["loras"] = [{"sha256": digest(lw["path"]), "scale": lw["scale"]} for lw in fp["model"]["loras"]]
+    if fp["model"].get("kind") == "sim":
+        fp["model"]["sim"] = {k: resolved["model"]["sim"][k] for k in _SIM_PIXEL_KEYS}
     fp["story"] = {"digest": story.digest, "style": story.style}
     return fp
 
