@@ -162,3 +162,37 @@ def test_encoder_passes_per_iteration_and_text_encoded_once(tiny_source, tmp_pat
     assert image_calls == [1] * 5 * 3  # N single-image passes per iteration, never N^2
     assert len(text_calls) == 5  # once per frame for the whole run (empty negative -> zeros)
     assert worker.image_encodes == 15
+
+
+def test_fp16_vae_is_upcast_once_and_pixels_match_diffusers(tiny_source):
+    """An fp16 pipeline decodes with an fp32 VAE converted once at start-up, never per batch, and its frames
+    equal diffusers' pipeline, which converts the VAE fp16 -> fp32 -> fp16 on every call."""
+    from diffusers import DDIMScheduler, StableDiffusionXLPipeline
+
+    from storyadapter.models.loading import load_pipeline
+
+    r = StoryRenderer(load_pipeline(tiny_source, torch.device("cpu"), torch.float16), SETTINGS)
+    vae = r.pipe.vae
+    assert r.dtype == torch.float16 and vae.config.force_upcast
+    weights = {name: (p.dtype, p.data_ptr()) for name, p in vae.named_parameters()}
+    assert {dtype for dtype, _ in weights.values()} == {torch.float32}
+    conversions = []
+    for module in vae.modules():  # any nn.Module.to/half/float goes through _apply
+        original = module._apply
+        module._apply = lambda fn, *a, _orig=original, **k: (conversions.append(fn), _orig(fn, *a, **k))[1]
+
+    prompt = "a lighthouse keeper climbs the stairs"
+    text = r.encode_text(prompt, "")
+    r.set_references(None, 0.0)
+    ours = [r.render([text, text], [11, 12]) for _ in range(2)]
+    assert conversions == []
+    assert {name: (p.dtype, p.data_ptr()) for name, p in vae.named_parameters()} == weights
+    assert all(np.array_equal(pixels(a), pixels(b)) for a, b in zip(*ours))
+
+    plain = StableDiffusionXLPipeline.from_pretrained(tiny_source.pretrained, torch_dtype=torch.float16)
+    plain.scheduler = DDIMScheduler.from_config(plain.scheduler.config)
+    plain.set_progress_bar_config(disable=True)
+    assert plain.vae.dtype == torch.float16  # diffusers upcasts it inside each call
+    theirs = plain(prompt=prompt, num_inference_steps=2, guidance_scale=7.5, height=64, width=64,
+                   latents=initial_noise(11, (1, 4, 8, 8)).half()).images[0]
+    assert np.array_equal(pixels(ours[0][0]), pixels(theirs))
