@@ -30,6 +30,9 @@ class ModelConfig:
     dtype: str = "auto"  # auto: float16 on GPU, float32 on CPU
     device: str = "auto"
     compile: bool = False  # torch.compile the UNet (GPU)
+    # GPU: true pins cuDNN to deterministic kernels (same pixels on every run and worker); false lets it
+    # autotune (cudnn.benchmark), which may be faster and may change the last bits of a frame between runs.
+    deterministic: bool = True
     cache_dir: Optional[str] = None  # where model=tiny is built; default $STORYADAPTER_CACHE or ~/.cache/storyadapter
 
 

@@ -94,6 +94,7 @@ def worker_spec(cfg: DictConfig, story: Story, source, out_dir: Path):
         dtype=cfg.model.dtype,
         threads=cfg.cluster.threads_per_worker,
         compile=cfg.model.compile,
+        deterministic=cfg.model.deterministic,
     )
 
 

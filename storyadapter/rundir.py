@@ -14,7 +14,9 @@ from .story import Story
 CONFIG_FILE = "config.yaml"
 # Settings that change pixels. Everything else (cluster layout, outputs, resume, logging) may differ on resume.
 _PIXEL_KEYS = ("model", "render")
-_IGNORED_MODEL_KEYS = ("device", "compile", "cache_dir")
+# compile and deterministic pick kernels, not arithmetic: at most the last bits of a frame differ, so a render
+# may resume with them flipped (README, "Same pixels").
+_IGNORED_MODEL_KEYS = ("device", "compile", "deterministic", "cache_dir")
 
 
 def fingerprint(cfg: DictConfig, story: Story) -> dict:

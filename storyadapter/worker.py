@@ -39,6 +39,7 @@ class WorkerSpec:
     dtype: str = "auto"
     threads: int = 0  # 0: leave torch's default
     compile: bool = False
+    deterministic: bool = True  # cuDNN: deterministic kernels, no autotuning (see ModelConfig.deterministic)
 
     def build(self) -> "FrameWorker":
         return FrameWorker(self)
@@ -53,9 +54,10 @@ class FrameWorker:
         quiet_libraries()
         device = pick_device(spec.device)
         if device.type == "cuda":
-            # Same frame, same pixels on any worker: no autotuned (run-dependent) convolution algorithms.
-            torch.backends.cudnn.benchmark = False
-            torch.backends.cudnn.deterministic = True
+            # Same frame, same pixels on any worker: no autotuned (run-dependent) convolution algorithms,
+            # unless model.deterministic=false trades that for cuDNN's autotuner.
+            torch.backends.cudnn.benchmark = not spec.deterministic
+            torch.backends.cudnn.deterministic = spec.deterministic
         pipe = load_pipeline(spec.source, device, pick_dtype(spec.dtype, device))
         if spec.compile:
             pipe.unet = torch.compile(pipe.unet)
