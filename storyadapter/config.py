@@ -49,6 +49,9 @@ class RenderConfig:
     seed_policy: str = "shared"  # shared: same noise for every frame (upstream) | per_frame
     batch_size: int = 1
     reference_size: int = 256  # references are resized to this before CLIP
+    # split | joint: GRCA's reference attention as two SDPA calls per layer (one per CFG half) or one.
+    # Equal up to rounding (last bits of a frame), so it is a pixel setting.
+    reference_sdpa: str = "split"
 
 
 @dataclass
@@ -93,6 +96,7 @@ class Config:
 CHOICES = {
     "model.kind": ("hub", "tiny", "sdxl-random"),
     "render.seed_policy": ("shared", "per_frame"),
+    "render.reference_sdpa": ("split", "joint"),
     "cluster.mode": ("local", "ray"),
     "outputs.comic_layout": ("classic", "four", "single"),
     "outputs.caption_position": ("below", "above"),

@@ -25,6 +25,7 @@ class RenderSettings:
     width: int = 1024
     guidance_scale: float = 7.5
     reference_size: int = 256
+    reference_sdpa: str = "split"  # split | joint: reference attention as 2 SDPA calls per layer or 1 (grca.py)
 
 
 def initial_noise(seed: int, shape: tuple[int, ...]) -> torch.Tensor:
@@ -39,6 +40,8 @@ class StoryRenderer:
         self.pipe = pipe
         self.settings = settings
         self.projection, self.processors = grca.install(pipe.unet)
+        for proc in self.processors.values():
+            proc.joint = settings.reference_sdpa == "joint"
         self._heads = {name: self._attention_heads(name) for name in self.processors}
         self._cross_dim = int(pipe.unet.config.cross_attention_dim)
         if pipe.vae.dtype == torch.float16 and pipe.vae.config.force_upcast:

@@ -41,3 +41,18 @@ def test_deterministic_setting_reaches_the_worker(tmp_path):
     for value in (True, False):
         spec = worker_spec(_cfg(tmp_path, f"model.deterministic={str(value).lower()}"), story, None, tmp_path)
         assert spec.deterministic is value
+
+
+def test_reference_sdpa_is_a_checked_pixel_setting(tmp_path):
+    from storyadapter.run import validate
+
+    story = load_story(write_story(tmp_path / "s.txt", ["a fox in the snow"]))
+    spec = worker_spec(_cfg(tmp_path, "render.reference_sdpa=joint"), story, None, tmp_path)
+    assert spec.settings.reference_sdpa == "joint"
+    with pytest.raises(UserError, match=r"render\.reference_sdpa=fused"):
+        validate(_cfg(tmp_path, "render.reference_sdpa=fused"))
+    out = tmp_path / "out"
+    rundir.write_config(out, _cfg(out), story)
+    (out / "iter_00").mkdir()
+    with pytest.raises(UserError, match=r"render\.reference_sdpa"):  # last bits differ: not resumable across it
+        rundir.check(out, _cfg(out, "render.reference_sdpa=joint"), story, resume=True)
