@@ -55,6 +55,9 @@ class ModelConfig:
     dtype: str = "auto"  # auto: float16 on GPU, float32 on CPU
     device: str = "auto"
     compile: bool = False  # torch.compile the UNet (GPU)
+    # GPU: true pins cuDNN to deterministic kernels (same pixels on every run and worker); false lets it
+    # autotune (cudnn.benchmark), which may be faster and may change the last bits of a frame between runs.
+    deterministic: bool = True
     cache_dir: Optional[str] = None  # where model=tiny is built; default $STORYADAPTER_CACHE or ~/.cache/storyadapter
     sim: SimConfig = field(default_factory=SimConfig)
 
@@ -72,6 +75,9 @@ class RenderConfig:
     seed_policy: str = "shared"  # shared: same noise for every frame (upstream) | per_frame
     batch_size: int = 1
     reference_size: int = 256  # references are resized to this before CLIP
+    # split | joint: GRCA's reference attention as two SDPA calls per layer (one per CFG half) or one.
+    # Equal up to rounding (last bits of a frame), so it is a pixel setting.
+    reference_sdpa: str = "split"
 
 
 @dataclass
@@ -119,6 +125,7 @@ class Config:
 CHOICES = {
     "model.kind": ("hub", "tiny", "sdxl-random", "sim"),
     "render.seed_policy": ("shared", "per_frame"),
+    "render.reference_sdpa": ("split", "joint"),
     "cluster.mode": ("local", "ray"),
     "outputs.comic_layout": ("classic", "four", "single"),
     "outputs.caption_position": ("below", "above"),

@@ -120,7 +120,7 @@ def worker_spec(cfg: DictConfig, story: Story, source, out_dir: Path):
     return WorkerSpec(
         source=source,
         settings=RenderSettings(steps=r.steps, height=r.height, width=r.width, guidance_scale=r.guidance_scale,
-                                reference_size=r.reference_size),
+                                reference_size=r.reference_size, reference_sdpa=r.reference_sdpa),
         prompts=tuple(FramePrompt(*story.styled(f)) for f in story.frames),
         out_dir=str(out_dir.resolve()),
         seed=r.seed,
@@ -129,6 +129,7 @@ def worker_spec(cfg: DictConfig, story: Story, source, out_dir: Path):
         dtype=cfg.model.dtype,
         threads=cfg.cluster.threads_per_worker,
         compile=cfg.model.compile,
+        deterministic=cfg.model.deterministic,
     )
 
 

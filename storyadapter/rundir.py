@@ -18,7 +18,9 @@ from .story import Story
 CONFIG_FILE = "config.yaml"
 # Settings that change pixels. Everything else (cluster layout, outputs, resume, logging) may differ on resume.
 _PIXEL_KEYS = ("model", "render")
-_IGNORED_MODEL_KEYS = ("device", "compile", "cache_dir", "sim")
+# compile and deterministic pick kernels, not arithmetic: at most the last bits of a frame differ, so a render
+# may resume with them flipped (README, "Same pixels").
+_IGNORED_MODEL_KEYS = ("device", "compile", "deterministic", "cache_dir", "sim")
 _SIM_PIXEL_KEYS = ("embedding_dim", "image_size")  # model=sim: timings may differ on resume, outputs may not
 # How many iterations to render is checked on its own: a finished render may be extended.
 _IGNORED_RENDER_KEYS = ("iterations",)
