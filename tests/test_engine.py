@@ -303,17 +303,19 @@ def test_an_actor_that_stops_answering_loses_its_batches_at_the_deadline(referen
 
     thread = threading.Thread(target=run)
     thread.start()
+    from storyadapter import journal
+
     stopped = None
-    deadline = time.monotonic() + 240
+    deadline = time.monotonic() + 600
     try:
         while stopped is None and thread.is_alive() and time.monotonic() < deadline:
-            busy = _actors_rendering()
-            if busy and _frames_on_disk(out, 1) > 0:
-                stopped = busy[0]
+            actors = _render_actors()
+            if len(actors) == 2 and journal.journal_path(out, 1).exists():  # iteration 1 has begun
+                stopped = actors[0]
                 stopped.suspend()
             time.sleep(0.002)
         assert stopped is not None, "no render actor was caught in iteration 1"
-        thread.join(timeout=240)
+        thread.join(timeout=600)
     finally:
         try:
             stopped and stopped.resume()
