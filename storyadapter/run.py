@@ -35,6 +35,11 @@ def validate(cfg: DictConfig) -> None:
             raise UserError(f"{key}={_get(cfg, key)}: must be a multiple of 8 (the VAE downsamples by 8)")
     if cfg.render.guidance_scale < 1.0:
         raise UserError(f"render.guidance_scale={cfg.render.guidance_scale}: must be at least 1 (classifier-free guidance)")
+    for key in ("method.sa32", "method.sa64", "method.early_rate", "method.late_rate"):
+        if not 0.0 <= _get(cfg, key) <= 1.0:
+            raise UserError(f"{key}={_get(cfg, key)}: must be a probability, between 0 and 1")
+    if cfg.method.plain_steps < 0:
+        raise UserError(f"method.plain_steps={cfg.method.plain_steps}: must be 0 or more")
     if cfg.cluster.gpus_per_worker < 0 or cfg.cluster.cpus_per_worker <= 0:
         raise UserError("cluster.gpus_per_worker must be >= 0 and cluster.cpus_per_worker > 0")
 
@@ -94,14 +99,29 @@ def worker_spec(cfg: DictConfig, story: Story, source, out_dir: Path):
         dtype=cfg.model.dtype,
         threads=cfg.cluster.threads_per_worker,
         compile=cfg.model.compile,
+        consistent=consistent_pass(cfg, story),
     )
+
+
+def consistent_pass(cfg: DictConfig, story: Story):
+    """The CSA pass of method=storydiffusion|hybrid (iteration 0), or None for story_adapter."""
+    m = cfg.method
+    if m.name == "story_adapter":
+        return None
+    from .csa import CSASettings
+    from .identity import consistent_pass as plan
+
+    settings = CSASettings(id_length=m.id_length, sa32=m.sa32, sa64=m.sa64, plain_steps=m.plain_steps,
+                           early_steps=m.early_steps, early_rate=m.early_rate, late_rate=m.late_rate)
+    return plan(story, settings, cfg.render.seed, cfg.render.seed_policy)
 
 
 def plan_for(cfg: DictConfig, story: Story, out_dir: Path):
     from . import driver
 
     r = cfg.render
-    return driver.RunPlan(story=story, out_dir=out_dir, iterations=r.iterations, batch_size=r.batch_size,
+    iterations = 0 if cfg.method.name == "storydiffusion" else r.iterations  # one CSA pass, no refinements
+    return driver.RunPlan(story=story, out_dir=out_dir, iterations=iterations, batch_size=r.batch_size,
                           scale_start=r.scale_start, scale_end=r.scale_end, seed=r.seed, seed_policy=r.seed_policy)
 
 

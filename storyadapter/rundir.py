@@ -21,6 +21,8 @@ def fingerprint(cfg: DictConfig, story: Story) -> dict:
     resolved = OmegaConf.to_container(cfg, resolve=True)
     fp = {k: resolved[k] for k in _PIXEL_KEYS}
     fp["model"] = {k: v for k, v in fp["model"].items() if k not in _IGNORED_MODEL_KEYS}
+    if resolved.get("method", {}).get("name", "story_adapter") != "story_adapter":
+        fp["method"] = resolved["method"]  # absent for the default, so renders from before methods still resume
     fp["story"] = {"digest": story.digest, "style": story.style}
     return fp
 
