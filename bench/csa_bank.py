@@ -16,8 +16,9 @@ from storyadapter.csa import CSASettings
 from storyadapter.errors import ArgumentParser
 
 
-def up_block_self_attention_shapes(size: int) -> dict[str, tuple[int, int]]:
-    """Layer name -> (tokens, channels) of each up-block attn1 input, from a meta-device UNet step."""
+def up_block_self_attention_shapes(size: int) -> tuple[dict[str, tuple[int, int]], dict[str, int]]:
+    """Layer name -> (tokens, channels) of each up-block attn1 input, from a meta-device UNet step; and the
+    parameter count of each pipeline component (what the GPU holds besides activations and bank slices)."""
     from storyadapter.models import sdxl_random
 
     device, dtype = torch.device("meta"), torch.bfloat16
@@ -35,11 +36,14 @@ def up_block_self_attention_shapes(size: int) -> dict[str, tuple[int, int]]:
     with torch.no_grad():
         unet(latents, 10, encoder_hidden_states=tokens, added_cond_kwargs={**added, "image_embeds": image_embeds},
              return_dict=False)
-    return shapes
+    params = {name: sum(p.numel() for p in module.parameters())
+              for name in ("unet", "text_encoder", "text_encoder_2", "vae", "image_encoder")
+              if (module := getattr(pipe, name, None)) is not None}
+    return shapes, params
 
 
 def bank_bytes(size: int, steps: int, settings: CSASettings, bytes_per_value: int) -> dict:
-    shapes = up_block_self_attention_shapes(size)
+    shapes, params = up_block_self_attention_shapes(size)
     low = min(t for t, _ in shapes.values())  # the 1/32 resolution samples at sa32, the rest at sa64
     per_image_step = sum(2 * (settings.sa32 if t == low else settings.sa64) * t * c * bytes_per_value
                          for t, c in shapes.values())
@@ -52,6 +56,7 @@ def bank_bytes(size: int, steps: int, settings: CSASettings, bytes_per_value: in
         "bytes_per_identity_image_per_step": int(per_image_step),
         "bytes_per_character": int(per_character),
         "bytes_per_character_per_step": int(per_image_step * settings.id_length),  # what one read step moves
+        "weights_bytes": {name: n * bytes_per_value for name, n in params.items()},
     }
 
 

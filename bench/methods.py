@@ -3,7 +3,7 @@
     python -m bench.methods METHOD [--frames 8] [--size 128] [--steps 10] [--iterations 1]
 
 Renders a two-character story's iteration 0 (CSA for storydiffusion/hybrid, text only for story_adapter)
-and, unless storydiffusion, `--iterations` GRCA refinements. Prints one JSON line: seconds per frame for
+and, unless storydiffusion, `--iterations` GRCA refinements. Prints one JSON line: CPU seconds (process time, steadier than wall time on a shared machine) per frame for
 each iteration, the seconds spent rendering identity frames (a worker's local re-render of the ID banks),
 the banks' bytes, and the process's peak resident memory. Run one method per process: peak RSS is per process.
 """
@@ -47,9 +47,9 @@ def measure(method: str, frames: int, size: int, steps: int, iterations: int, ti
 
         def timed(*args, **kwargs):
             nonlocal identity_s
-            t = time.perf_counter()
+            t = time.process_time()
             out = real(*args, **kwargs)
-            identity_s += time.perf_counter() - t
+            identity_s += time.process_time() - t
             return out
 
         renderer.render_identity = timed
@@ -58,9 +58,9 @@ def measure(method: str, frames: int, size: int, steps: int, iterations: int, ti
     last = 0 if method == "storydiffusion" else iterations
     for it in range(last + 1):
         worker.begin_iteration(it, bank, 0.0 if it == 0 else 0.4)
-        t = time.perf_counter()
+        t = time.process_time()
         results = [r for f in range(frames) for r in worker.render_batch(it, [f]).frames]
-        per_frame.append((time.perf_counter() - t) / frames)
+        per_frame.append((time.process_time() - t) / frames)
         if it == 0 and renderer.csa is not None:
             bank_bytes = sum(b.nbytes() for b in renderer.csa.banks.values())
         bank = np.stack([r.embedding for r in results])
