@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= outputs/demo
 
-.PHONY: install test demo ui bench bench-gpu slurm-demo clean
+.PHONY: install test demo ui bench bench-gpu bench-methods slurm-demo clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -57,3 +57,9 @@ PEAK_TFLOPS ?= 989
 bench-gpu: install
 	HF_HUB_OFFLINE=1 $(PY) -m bench.throughput preset=gpu peak_tflops=$(PEAK_TFLOPS) \
 		compile=$(if $(filter 1 true yes,$(COMPILE)),true,false)
+
+# Per-method CPU cost on the tiny model (one process per method: peak RSS is per process) and the ID bank of
+# the full-size model counted on the meta device; see README, "Methods".
+bench-methods: install
+	for m in story_adapter storydiffusion hybrid; do HF_HUB_OFFLINE=1 $(PY) -m bench.methods $$m || exit 1; done
+	HF_HUB_OFFLINE=1 $(PY) -m bench.csa_bank
