@@ -104,9 +104,6 @@ class ConsistentSelfAttention:
         finally:
             self._phase = None
 
-    def bank_nbytes(self, character: str) -> int:
-        return self.banks[character].nbytes()
-
     def _mask(self, phase: _Write, resolution: str, tokens: int) -> torch.Tensor:
         key = (self.step, resolution)
         if key not in phase.masks:

@@ -61,18 +61,13 @@ def plan_identities(story: Story, id_length: int) -> dict[str, IdentityPlan]:
         description = story.characters.get(name, "").strip().rstrip(" .;,")
         if len(frames) < id_length:
             if not frames and not description:
-                raise UserError(f"story: character {name!r} has no frame of its own and no description, "
+                raise UserError(f"{story.source}: character {name!r} has no frame of its own and no description, "
                                 "so there is nothing to build its identity frames from (method=storydiffusion|hybrid)")
             about = f"{name}, {description}" if description else frames[0].prompt
             for k in range(id_length - len(frames)):
                 frames.append(IdentityFrame(f"{about}, {VIEWS[k % len(VIEWS)]}", None, f"identity:{name}:{k}"))
         plans[name] = IdentityPlan(name, tuple(frames))
     return plans
-
-
-def identity_frame_owner(plans: dict[str, IdentityPlan]) -> dict[int, str]:
-    """Story frame index -> the character whose identity batch renders it."""
-    return {f.frame: p.character for p in plans.values() for f in p.frames if f.frame is not None}
 
 
 @dataclass(frozen=True)

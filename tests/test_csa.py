@@ -148,7 +148,8 @@ def test_missing_identity_frames_are_synthesized_from_the_description(tmp_path):
     for f in lisa[1:]:
         assert f.prompt.startswith("Lisa, A girl with long black hair and a yellow raincoat, ")
     assert lisa[1].prompt != lisa[2].prompt
-    assert identity.identity_frame_owner(plans) == {0: "Tom", 4: "Tom", 5: "Tom", 1: "Lisa"}
+    shown = identity.consistent_pass(story, csa.CSASettings(id_length=3), seed=1, seed_policy="shared")
+    assert {f: b.character for f in range(6) if (b := shown.owner_of(f))} == {0: "Tom", 4: "Tom", 5: "Tom", 1: "Lisa"}
 
 
 def test_a_character_with_no_frame_of_its_own_and_no_description_is_one_error():
