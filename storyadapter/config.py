@@ -81,6 +81,21 @@ class RenderConfig:
 
 
 @dataclass
+class MethodConfig:
+    """How character consistency is made: Story-Adapter's GRCA iterations, StoryDiffusion's consistent
+    self-attention (CSA, one pass), or a hybrid whose iteration 0 is the CSA pass (storyadapter/csa.py)."""
+
+    name: str = "story_adapter"  # story_adapter | storydiffusion | hybrid
+    id_length: int = 4  # identity frames per character rendered together (the write phase)
+    sa32: float = 0.5  # share of each identity image's tokens kept in the ID bank at 1/32 resolution
+    sa64: float = 0.5  # ... and at 1/16 resolution
+    plain_steps: int = 1  # the first denoising steps use plain self-attention
+    early_steps: int = 20  # steps before this apply CSA with probability early_rate ...
+    early_rate: float = 0.7
+    late_rate: float = 0.9  # ... and from it on with late_rate
+
+
+@dataclass
 class ClusterConfig:
     mode: str = "local"  # local: Ray started in-process | ray: connect to an existing cluster
     address: Optional[str] = None  # for mode=ray; else RAY_ADDRESS
@@ -114,6 +129,7 @@ class Config:
     story: StoryConfig = field(default_factory=StoryConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     render: RenderConfig = field(default_factory=RenderConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     outputs: OutputsConfig = field(default_factory=OutputsConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -126,6 +142,7 @@ CHOICES = {
     "model.kind": ("hub", "tiny", "sdxl-random", "sim"),
     "render.seed_policy": ("shared", "per_frame"),
     "render.reference_sdpa": ("split", "joint"),
+    "method.name": ("story_adapter", "storydiffusion", "hybrid"),
     "cluster.mode": ("local", "ray"),
     "outputs.comic_layout": ("classic", "four", "single"),
     "outputs.caption_position": ("below", "above"),
@@ -133,7 +150,7 @@ CHOICES = {
 POSITIVE = ("render.steps", "render.height", "render.width", "render.batch_size", "render.reference_size",
             "cluster.workers", "cluster.threads_per_worker", "cluster.ready_timeout_s", "cluster.batch_timeout_s",
             "cluster.batch_timeout_factor", "cluster.capacity_timeout_s", "model.sim.embedding_dim",
-            "model.sim.image_size", "model.sim.slowdown")
+            "model.sim.image_size", "model.sim.slowdown", "method.id_length")
 
 
 def register() -> None:

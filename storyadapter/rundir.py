@@ -48,6 +48,8 @@ def fingerprint(cfg: DictConfig, story: Story) -> dict:
         fp["model"]["loras"] = [{"sha256": digest(lw["path"]), "scale": lw["scale"]} for lw in fp["model"]["loras"]]
     if fp["model"].get("kind") == "sim":
         fp["model"]["sim"] = {k: resolved["model"]["sim"][k] for k in _SIM_PIXEL_KEYS}
+    if resolved.get("method", {}).get("name", "story_adapter") != "story_adapter":
+        fp["method"] = resolved["method"]  # absent for the default, so renders from before methods still resume
     fp["story"] = {"digest": story.digest, "style": story.style}
     return fp
 
@@ -64,7 +66,7 @@ def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
     return diffs
 
 
-def check(out_dir: Path, cfg: DictConfig, story: Story, resume: bool) -> RunDir:
+def check(out_dir: Path, cfg: DictConfig, story: Story, resume: bool, iterations: int) -> RunDir:
     """Refuse to touch an existing render unless resuming it with the same pixel settings.
 
     `render.iterations` may grow on resume once every iteration of the render is finished: the new
@@ -89,12 +91,12 @@ def check(out_dir: Path, cfg: DictConfig, story: Story, resume: bool) -> RunDir:
         diffs = _differences(old_fp, new)
         if diffs:
             raise UserError(f"resume=true refused: {config_path} was rendered with different settings: {'; '.join(diffs[:4])}")
-        return _iterations_on_resume(out_dir, saved, int(cfg.render.iterations))
-    return RunDir(fresh=True, ramp_iterations=int(cfg.render.iterations), finished=False, extends=False)
+        return _iterations_on_resume(out_dir, saved, iterations)
+    return RunDir(fresh=True, ramp_iterations=iterations, finished=False, extends=False)
 
 
 def _iterations_on_resume(out_dir: Path, saved: dict, wanted: int) -> RunDir:
-    had = int(saved.get("render", {}).get("iterations", wanted))
+    had = int(saved.get("schedule", {}).get("iterations", saved.get("render", {}).get("iterations", wanted)))
     ramp = int(saved.get("schedule", {}).get("ramp_iterations", had))
     done = manifest.finished_iterations(out_dir)
     finished_had = done[: had + 1] == list(range(had + 1))
@@ -108,11 +110,11 @@ def _iterations_on_resume(out_dir: Path, saved: dict, wanted: int) -> RunDir:
     return RunDir(fresh=False, ramp_iterations=ramp, finished=finished, extends=wanted > had)
 
 
-def write_config(out_dir: Path, cfg: DictConfig, story: Story, ramp_iterations: int) -> None:
+def write_config(out_dir: Path, cfg: DictConfig, story: Story, iterations: int, ramp_iterations: int) -> None:
     config_path = out_dir / CONFIG_FILE
     out_dir.mkdir(parents=True, exist_ok=True)
     document = {**OmegaConf.to_container(cfg, resolve=True), "title": story.title, "fingerprint": fingerprint(cfg, story),
-                "schedule": {"ramp_iterations": ramp_iterations}}
+                "schedule": {"iterations": iterations, "ramp_iterations": ramp_iterations}}
     with replacing(config_path) as tmp:
         tmp.write_text(yaml.safe_dump(document, sort_keys=False, allow_unicode=True), encoding="utf-8")
 

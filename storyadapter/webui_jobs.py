@@ -33,6 +33,7 @@ from .styles import style_names
 MAX_STORY_BYTES = 256 * 1024
 MAX_TITLE_CHARS = 120
 MODELS = ("tiny", "sdxl-random", "realvisxl", "sdxl")
+METHODS = ("story_adapter", "storydiffusion", "hybrid")  # README, "Methods"
 STORY_FORMATS = {"txt": ".txt", "yaml": ".yaml", "json": ".json"}
 JOB_FILE = "job.json"
 CANCEL_GRACE_S = 20.0  # after SIGINT, how long the launcher gets to stop Ray before its process group is killed
@@ -69,6 +70,12 @@ class RenderRequest:
     size: int = 64
     workers: int = 1
     seed: int = 2024
+    method: str = "story_adapter"
+
+    @property
+    def iterations_run(self) -> int:
+        """Refinements the render writes: storydiffusion is one pass whatever `iterations` says."""
+        return 0 if self.method == "storydiffusion" else self.iterations
 
     @classmethod
     def from_json(cls, data: object, limits: Limits = Limits()) -> "RenderRequest":
@@ -96,6 +103,9 @@ class RenderRequest:
         model = data.get("model", "tiny")
         if model not in MODELS:
             raise UserError(f"request.model: {model!r} is not one of {', '.join(MODELS)}")
+        method = data.get("method", "story_adapter")
+        if method not in METHODS:
+            raise UserError(f"request.method: {method!r} is not one of {', '.join(METHODS)}")
         numbers = {}
         for name, low, high in (("iterations", 0, 50), ("steps", 1, limits.steps), ("size", 64, limits.size),
                                 ("workers", 1, limits.workers), ("seed", 0, 2**31 - 1)):
@@ -105,12 +115,14 @@ class RenderRequest:
             numbers[name] = value
         if numbers["size"] % 8:
             raise UserError(f"request.size: must be a multiple of 8, got {numbers['size']}")
-        return cls(story=story, story_format=fmt, title=title and title.strip(), style=style, model=model, **numbers)
+        return cls(story=story, story_format=fmt, title=title and title.strip(), style=style, model=model, method=method, **numbers)
 
     def overrides(self, story_file: str, out_dir: str) -> list[str]:
         out = [f"story.path={hydra_quote(story_file)}", f"model={self.model}", f"render.iterations={self.iterations}",
                f"render.steps={self.steps}", f"render.height={self.size}", f"render.width={self.size}",
                f"render.seed={self.seed}", f"cluster.workers={self.workers}", f"output_dir={hydra_quote(out_dir)}"]
+        if self.method != "story_adapter":
+            out.append(f"method={self.method}")
         if self.style:
             out.append(f"story.style={hydra_quote(self.style)}")
         if self.title:
@@ -162,7 +174,7 @@ class RenderJob:
         """Per iteration, the frames written so far (relative to the output folder). PNGs are written
         atomically, so a listed frame is complete."""
         found = []
-        for it in range(self.request.iterations + 1):
+        for it in range(self.request.iterations_run + 1):
             d = self.out_dir / manifest.iteration_dirname(it)
             found.append([f"{d.name}/{f.name}" for f in sorted(d.glob("frame_*.png"))] if d.is_dir() else [])
         return found
@@ -172,7 +184,7 @@ class RenderJob:
         comic = sorted(p.name for p in (self.out_dir / "comic").glob("page_*.png")) if (self.out_dir / "comic").is_dir() else []
         frames = self._frames_on_disk()
         per_iteration = [len(f) for f in frames]
-        progress = {"frames_done": sum(per_iteration), "frames_total": self.frames * (self.request.iterations + 1),
+        progress = {"frames_done": sum(per_iteration), "frames_total": self.frames * (self.request.iterations_run + 1),
                     "per_iteration": per_iteration}
         latest = next((f for f in reversed(frames) if f), [])  # the newest iteration that has frames
         return {"id": self.id, "state": self.state, "error": self.error, "returncode": self.returncode,
