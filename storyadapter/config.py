@@ -45,7 +45,14 @@ class RenderConfig:
     seed: int = 2024
     seed_policy: str = "shared"  # shared: same noise for every frame (upstream) | per_frame
     batch_size: int = 1
-    reference_size: int = 256  # references are resized to this before CLIP
+    reference_size: int = 256  # references are resized to this before CLIP (frames and character photos)
+    # uniform: every frame attends to all references alike (the paper) | characters: references that share one of
+    # the frame's named characters get their attention logits raised by log(character_weight)
+    reference_weighting: str = "uniform"
+    character_weight: float = 4.0
+    # Stop once the mean 1 - cosine between a frame's embedding and its previous iteration's falls below this
+    # (checked after each refinement); None: always run all iterations.
+    stop_when_stable: Optional[float] = None
 
 
 @dataclass
@@ -90,11 +97,12 @@ class Config:
 CHOICES = {
     "model.kind": ("hub", "tiny", "sdxl-random"),
     "render.seed_policy": ("shared", "per_frame"),
+    "render.reference_weighting": ("uniform", "characters"),
     "cluster.mode": ("local", "ray"),
     "outputs.comic_layout": ("classic", "four", "single"),
     "outputs.caption_position": ("below", "above"),
 }
-POSITIVE = ("render.steps", "render.height", "render.width", "render.batch_size", "render.reference_size",
+POSITIVE = ("render.steps", "render.height", "render.width", "render.batch_size", "render.reference_size", "render.character_weight",
             "cluster.workers", "cluster.threads_per_worker")
 
 

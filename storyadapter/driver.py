@@ -16,7 +16,7 @@ from typing import Callable, Protocol
 import numpy as np
 from tqdm import tqdm
 
-from . import manifest, schedule
+from . import manifest, references, schedule
 from .story import Story
 from .timeline import BatchTimeline
 from .results import BatchResult, FrameResult, Worker
@@ -91,7 +91,7 @@ def run(plan: RunPlan, executor: Executor) -> list[IterationStats]:
     bank = manifest.read_bank(plan.out_dir, start - 1) if start > 0 else None
     stats = []
     for it in range(start, plan.iterations + 1):
-        scale = plan.scale(it)
+        scale = references.iteration_scale(bool(plan.story.photos), it, plan.scale(it), plan.scale_start)
         t0, wall0 = time.perf_counter(), time.time()
         timeline = BatchTimeline()
         with tqdm(total=n, desc=f"iteration {it}/{plan.iterations}", unit="frame", dynamic_ncols=True,
@@ -127,7 +127,7 @@ def _finish_iteration(plan: RunPlan, iteration: int, scale: float, results: list
             caption=f.caption,
             characters=tuple(f.characters),
             seed=schedule.frame_seed(plan.seed, plan.seed_policy, f.index),
-            scale=scale,
+            scale=references.frame_scale(plan.story.photo_names(), f.characters, iteration, scale),
             image_path=by_frame[f.index].image_path,
             embedding=by_frame[f.index].embedding,
         )

@@ -155,6 +155,17 @@ def _metrics_table(out_dir: Path) -> str:
     return f'<h2 id="metrics">Metrics</h2><table><tr>{head}</tr>{body}</table>{plot}'
 
 
+def _photos_section(out_dir: Path) -> str:
+    from .photos import read_sidecar
+
+    figures = "".join(
+        f'<figure><a href="{_href(e["copy"])}"><img src="{_href(e["copy"])}" alt="photo of {_esc(str(e.get("character")))}"></a>'
+        f'<figcaption><b>{_esc(str(e.get("character")))}</b><span class="prompt">{_esc(str(e.get("image")))}</span></figcaption></figure>'
+        for e in read_sidecar(out_dir) if isinstance(e.get("copy"), str)
+    )
+    return f'<h2 id="photos">Character photos</h2><div class="grid">{figures}</div>' if figures else ""
+
+
 def write_index(out_dir: Path) -> Path:
     """DIR/index.html: final frames with captions, per-iteration tabs (CSS only), metrics, and links
     to the comic pages, GIF and contact sheet. No scripts, no external URLs."""
@@ -182,6 +193,7 @@ def write_index(out_dir: Path) -> Path:
         f"<h1>{_esc(title)}</h1>",
         f"<p>{len(by_iter[last])} frames, {len(iterations)} iterations (final: iteration {last}).</p>",
         f"<nav>{''.join(nav)}</nav>",
+        _photos_section(out_dir),
         f'<h2 id="final">Final frames</h2><div class="grid">{"".join(_figure(r, lazy=False) for r in by_iter[last])}</div>',
     ]
     if (out_dir / GIF_NAME).is_file():

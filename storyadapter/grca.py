@@ -7,6 +7,14 @@ Every frame attends to the image tokens of *all* reference frames in one joint s
 where K_ref/V_ref come from the 4*N IP-Adapter tokens of the N references. Those tokens are the
 same for every frame and every denoising step of one iteration, so their keys and values are
 computed once per iteration (`set_references`) and reused.
+
+Optional per-frame weights (references.py), set per batch and only on the conditional branch:
+
+    softmax(Q K_ref^T / sqrt(d) + bias_f) V_ref,   multiplied by scale * gate_f
+
+`bias_f` raises the logits of references that show frame f's characters; `gate_f` (0 or 1) switches the
+reference branch of a frame off. The unconditional branch needs no bias: its references are N identical
+copies of one all-zero embedding, and any weighting of identical copies gives the same average.
 """
 
 from __future__ import annotations
@@ -16,11 +24,16 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def _attend(query, key, value):
-    """Attention of a batch of queries to one shared set of keys/values (batch 1, broadcast)."""
+def _attend(query, key, value, bias=None):
+    """Attention of a batch of queries to one shared set of keys/values (batch 1, broadcast).
+
+    `bias`: None, or additive logits (batch, 1, 1, keys) broadcast over heads and queries.
+    """
     batch = query.shape[0]
     key, value = (t.to(query.dtype).expand(batch, -1, -1, -1) for t in (key, value))
-    return F.scaled_dot_product_attention(query, key, value)
+    if bias is None:
+        return F.scaled_dot_product_attention(query, key, value)
+    return F.scaled_dot_product_attention(query, key, value, attn_mask=bias.to(query.dtype))
 
 
 def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
@@ -84,6 +97,8 @@ class GlobalReferenceAttnProcessor(CrossAttentionProcessor):
         self.to_v_ip = to_v_ip
         self.scale = 0.0
         self._ref: tuple[torch.Tensor, ...] | None = None  # (k_cond, v_cond, k_uncond, v_uncond)
+        self.ref_bias: torch.Tensor | None = None  # (batch, 1, 1, 4N) logits added on the conditional branch
+        self.ref_gate: torch.Tensor | None = None  # (2 * batch, 1, 1, 1) per-frame multiplier of the branch
 
     @torch.no_grad()
     def set_references(self, cond_tokens: torch.Tensor | None, uncond_tokens: torch.Tensor | None, heads: int):
@@ -102,8 +117,8 @@ class GlobalReferenceAttnProcessor(CrossAttentionProcessor):
         if self.scale != 0.0 and self._ref is not None:  # scale 0 stays bitwise equal to text-only SDXL
             k_cond, v_cond, k_uncond, v_uncond = self._ref
             half = query.shape[0] // 2
-            ref = torch.cat([_attend(query[:half], k_uncond, v_uncond), _attend(query[half:], k_cond, v_cond)])
-            out = out + self.scale * ref
+            ref = torch.cat([_attend(query[:half], k_uncond, v_uncond), _attend(query[half:], k_cond, v_cond, self.ref_bias)])
+            out = out + (self.scale if self.ref_gate is None else self.scale * self.ref_gate.to(ref.dtype)) * ref
         return out
 
 

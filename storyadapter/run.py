@@ -35,6 +35,9 @@ def validate(cfg: DictConfig) -> None:
             raise UserError(f"{key}={_get(cfg, key)}: must be a multiple of 8 (the VAE downsamples by 8)")
     if cfg.render.guidance_scale < 1.0:
         raise UserError(f"render.guidance_scale={cfg.render.guidance_scale}: must be at least 1 (classifier-free guidance)")
+    stop = cfg.render.stop_when_stable
+    if stop is not None and stop <= 0:
+        raise UserError(f"render.stop_when_stable={stop}: must be positive (or null to run every iteration)")
     if cfg.cluster.gpus_per_worker < 0 or cfg.cluster.cpus_per_worker <= 0:
         raise UserError("cluster.gpus_per_worker must be >= 0 and cluster.cpus_per_worker > 0")
 
@@ -86,7 +89,7 @@ def worker_spec(cfg: DictConfig, story: Story, source, out_dir: Path):
         source=source,
         settings=RenderSettings(steps=r.steps, height=r.height, width=r.width, guidance_scale=r.guidance_scale,
                                 reference_size=r.reference_size),
-        prompts=tuple(FramePrompt(*story.styled(f)) for f in story.frames),
+        prompts=tuple(FramePrompt(*story.styled(f), characters=f.characters) for f in story.frames),
         out_dir=str(out_dir.resolve()),
         seed=r.seed,
         seed_policy=r.seed_policy,
@@ -94,6 +97,9 @@ def worker_spec(cfg: DictConfig, story: Story, source, out_dir: Path):
         dtype=cfg.model.dtype,
         threads=cfg.cluster.threads_per_worker,
         compile=cfg.model.compile,
+        reference_weighting=r.reference_weighting,
+        character_weight=r.character_weight,
+        photos=tuple(story.photos.values()),
     )
 
 
@@ -124,6 +130,9 @@ def execute(cfg: DictConfig, out_dir: Path) -> Path:
         executor = engine.RayExecutor(worker_spec(cfg, story, source, out_dir), res)
         if fresh:  # only once the cluster and the workers are up, so a failed start leaves nothing behind
             rundir.write_config(out_dir, cfg, story)
+        from .photos import write_sidecar
+
+        write_sidecar(out_dir, story.photos)
         driver.run(plan_for(cfg, story, out_dir), executor)
     finally:
         if executor is not None:

@@ -22,6 +22,8 @@ def fingerprint(cfg: DictConfig, story: Story) -> dict:
     fp = {k: resolved[k] for k in _PIXEL_KEYS}
     fp["model"] = {k: v for k, v in fp["model"].items() if k not in _IGNORED_MODEL_KEYS}
     fp["story"] = {"digest": story.digest, "style": story.style}
+    if story.photos:  # the story file names its photos; their pixels are fingerprinted here
+        fp["story"]["photos"] = {name: photo.sha256 for name, photo in story.photos.items()}
     return fp
 
 
