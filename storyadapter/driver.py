@@ -16,7 +16,7 @@ from typing import Callable, Protocol
 import numpy as np
 from tqdm import tqdm
 
-from . import manifest, references, schedule
+from . import convergence, manifest, references, schedule
 from .story import Story
 from .timeline import BatchTimeline
 from .results import BatchResult, FrameResult, Worker
@@ -41,6 +41,7 @@ class RunPlan:
     scale_end: float
     seed: int
     seed_policy: str
+    stop_when_stable: float | None = None  # convergence.py: stop once the frames' embeddings settle
 
     def scale(self, iteration: int) -> float:
         return schedule.adapter_scale(iteration, self.iterations, self.scale_start, self.scale_end)
@@ -90,6 +91,8 @@ def run(plan: RunPlan, executor: Executor) -> list[IterationStats]:
     groups = schedule.batches(n, plan.batch_size)
     bank = manifest.read_bank(plan.out_dir, start - 1) if start > 0 else None
     stats = []
+    if convergence.stable_before_resume(plan.out_dir, start, plan.stop_when_stable):
+        return stats
     for it in range(start, plan.iterations + 1):
         scale = references.iteration_scale(bool(plan.story.photos), it, plan.scale(it), plan.scale_start)
         t0, wall0 = time.perf_counter(), time.time()
@@ -102,7 +105,7 @@ def run(plan: RunPlan, executor: Executor) -> list[IterationStats]:
 
             results = executor.render_iteration(it, groups, bank if it > 0 else None, scale, on_batch)
         t1 = time.perf_counter()
-        bank = _finish_iteration(plan, it, scale, results)
+        previous, bank = bank, _finish_iteration(plan, it, scale, results)
         t2, wall2 = time.perf_counter(), time.time()
         st = IterationStats(it, n, t2 - t0, timeline.busy_s, t2 - t1, timeline.barrier_s,
                             max(0.0, (t2 - t0) - timeline.rendering_s(wall0, wall2)))
@@ -112,6 +115,8 @@ def run(plan: RunPlan, executor: Executor) -> list[IterationStats]:
             "waiting at the barrier %.2f s, driver %.2f s",
             it, plan.iterations, n, st.wall_s, n / st.wall_s, scale, st.busy_s, st.barrier_s, st.driver_s,
         )
+        if convergence.stop_after(it, previous, bank, plan.stop_when_stable, plan.iterations):
+            break
     return stats
 
 

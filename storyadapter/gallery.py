@@ -144,7 +144,7 @@ def _metrics_table(out_dir: Path) -> str:
         return ""  # a broken metrics file should not take the gallery down with it
     if not isinstance(rows, list):
         return ""
-    cols = ["iteration", "n_frames", "clip_t", "consistency", "consistency_all"]
+    cols = ["iteration", "n_frames", "clip_t", "consistency", "consistency_all", "embedding_change"]
 
     def cell(v: object) -> str:
         return "-" if v is None else (f"{v:.4f}" if isinstance(v, float) else _esc(str(v)))

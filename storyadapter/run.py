@@ -108,7 +108,8 @@ def plan_for(cfg: DictConfig, story: Story, out_dir: Path):
 
     r = cfg.render
     return driver.RunPlan(story=story, out_dir=out_dir, iterations=r.iterations, batch_size=r.batch_size,
-                          scale_start=r.scale_start, scale_end=r.scale_end, seed=r.seed, seed_policy=r.seed_policy)
+                          scale_start=r.scale_start, scale_end=r.scale_end, seed=r.seed, seed_policy=r.seed_policy,
+                          stop_when_stable=r.stop_when_stable)
 
 
 def execute(cfg: DictConfig, out_dir: Path) -> Path:
