@@ -10,6 +10,7 @@ from omegaconf import DictConfig
 from . import config as schema
 from . import rundir
 from .errors import UserError
+from .photos import write_sidecar
 from .story import Story, describe, load_story
 
 # torch, diffusers and Ray are imported inside the functions that need them, so bad input is
@@ -131,9 +132,7 @@ def execute(cfg: DictConfig, out_dir: Path) -> Path:
         executor = engine.RayExecutor(worker_spec(cfg, story, source, out_dir), res)
         if fresh:  # only once the cluster and the workers are up, so a failed start leaves nothing behind
             rundir.write_config(out_dir, cfg, story)
-        from .photos import write_sidecar
-
-        write_sidecar(out_dir, story.photos)
+        write_sidecar(out_dir, story.photos)  # which photo each character used, beside the manifest
         driver.run(plan_for(cfg, story, out_dir), executor)
     finally:
         if executor is not None:

@@ -15,12 +15,18 @@ CONFIG_FILE = "config.yaml"
 # Settings that change pixels. Everything else (cluster layout, outputs, resume, logging) may differ on resume.
 _PIXEL_KEYS = ("model", "render")
 _IGNORED_MODEL_KEYS = ("device", "compile", "cache_dir")
+# How many iterations to run is not a pixel setting: a run that stopped early may be resumed with another EPS.
+_IGNORED_RENDER_KEYS = ("stop_when_stable",)
+# Render keys added after renders existed: at these values they are left out, so older renders still resume.
+_LATER_RENDER_DEFAULTS = {"reference_weighting": "uniform", "character_weight": 4.0}
 
 
 def fingerprint(cfg: DictConfig, story: Story) -> dict:
     resolved = OmegaConf.to_container(cfg, resolve=True)
     fp = {k: resolved[k] for k in _PIXEL_KEYS}
     fp["model"] = {k: v for k, v in fp["model"].items() if k not in _IGNORED_MODEL_KEYS}
+    fp["render"] = {k: v for k, v in fp["render"].items()
+                    if k not in _IGNORED_RENDER_KEYS and not (k in _LATER_RENDER_DEFAULTS and _LATER_RENDER_DEFAULTS[k] == v)}
     fp["story"] = {"digest": story.digest, "style": story.style}
     if story.photos:  # the story file names its photos; their pixels are fingerprinted here
         fp["story"]["photos"] = {name: photo.sha256 for name, photo in story.photos.items()}

@@ -116,3 +116,20 @@ def test_early_stop_on_the_tiny_model_keeps_manifest_and_outputs_consistent(tmp_
     assert [r["iteration"] for r in rows] == list(range(stop + 1))
     assert rows[-1]["embedding_change"] == pytest.approx(c[stop]) and rows[-1]["embedding_change"] < eps
     assert f"final: iteration {stop}" in (early / "index.html").read_text()
+
+
+def test_resume_fingerprint_ignores_eps_and_keeps_older_renders_resumable(tmp_path):
+    from storyadapter import rundir
+    from storyadapter.launch import compose_config
+
+    story_file = write_story(tmp_path / "s.txt", ["scene"])
+    story = load_story(story_file)
+
+    def fp(*extra):
+        return rundir.fingerprint(compose_config([f"story.path={story_file}", "model=tiny", "output_dir=x", *extra]), story)
+
+    base = fp()
+    assert "stop_when_stable" not in base["render"] and "reference_weighting" not in base["render"]
+    assert fp("render.stop_when_stable=0.01") == base  # how long to refine is not a pixel setting
+    assert fp("render.reference_weighting=characters")["render"]["reference_weighting"] == "characters"
+    assert fp("render.reference_weighting=characters", "render.character_weight=9") != fp("render.reference_weighting=characters")
