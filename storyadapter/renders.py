@@ -8,6 +8,8 @@ is queued, so a bad story is answered at once with the one-line `file:line` erro
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 import queue
 import re
@@ -27,6 +29,10 @@ from .story import StoryError, load_story
 from .styles import style_names
 
 MAX_STORY_BYTES = 256 * 1024
+MAX_PHOTOS = 8  # one per character, attached to the request by file name
+MAX_PHOTO_UPLOAD_BYTES = 4 * 1024 * 1024
+MAX_REQUEST_BYTES = 2 * MAX_STORY_BYTES + MAX_PHOTOS * (MAX_PHOTO_UPLOAD_BYTES * 4 // 3 + 256)  # base64 is 4/3
+_PHOTO_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\.(png|jpe?g|webp)$", re.IGNORECASE)
 MODELS = ("tiny", "sdxl-random", "realvisxl", "sdxl")
 STORY_FORMATS = {"txt": ".txt", "yaml": ".yaml", "json": ".json"}
 _JOB_ID = re.compile(r"^[0-9]{8}-[0-9]{6}-[0-9a-f]{6}$")
@@ -43,6 +49,7 @@ class RenderRequest:
     size: int = 64
     workers: int = 1
     seed: int = 2024
+    photos: tuple[tuple[str, bytes], ...] = ()  # (file name the story uses, bytes): saved beside the story
 
     @classmethod
     def from_json(cls, data: object) -> "RenderRequest":
@@ -75,7 +82,7 @@ class RenderRequest:
             numbers[name] = value
         if numbers["size"] % 8:
             raise UserError(f"request.size: must be a multiple of 8, got {numbers['size']}")
-        return cls(story=story, story_format=fmt, style=style, model=model, **numbers)
+        return cls(story=story, story_format=fmt, style=style, model=model, photos=_photos(data.get("photos")), **numbers)
 
     def overrides(self, story_path: Path, out_dir: Path) -> list[str]:
         out = [f"story.path={story_path}", f"model={self.model}", f"render.iterations={self.iterations}",
@@ -84,6 +91,27 @@ class RenderRequest:
         if self.style:
             out.append(f"story.style='{self.style}'")  # style names hold spaces and slashes, never quotes
         return out
+
+
+def _photos(value: object) -> tuple[tuple[str, bytes], ...]:
+    """`{"tom.png": "<base64>"}`: plain file names (the story names them), a size limit per photo.
+    Whether each is a usable image is checked when the story is loaded, with the story's line."""
+    if value is None:
+        return ()
+    if not isinstance(value, dict) or len(value) > MAX_PHOTOS:
+        raise UserError(f"request.photos: expected an object of at most {MAX_PHOTOS} file name: base64 entries")
+    out = []
+    for name, encoded in value.items():
+        if not _PHOTO_NAME.match(name) or name.lower().startswith("story."):
+            raise UserError(f"request.photos: {name!r} is not a plain .png/.jpg/.webp file name")
+        if not isinstance(encoded, str) or len(encoded) > MAX_PHOTO_UPLOAD_BYTES * 4 // 3 + 4:
+            raise UserError(f"request.photos.{name}: over {MAX_PHOTO_UPLOAD_BYTES // (1024 * 1024)} MiB (or not a base64 string)")
+        try:
+            data = base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError):
+            raise UserError(f"request.photos.{name}: not valid base64") from None
+        out.append((name, data))
+    return tuple(out)
 
 
 @dataclass
@@ -162,6 +190,8 @@ class RenderQueue:
         job = RenderJob(job_id, self.root / job_id, request, frames=0)
         job.folder.mkdir(parents=True)
         job.story_path.write_text(request.story, encoding="utf-8")
+        for name, data in request.photos:  # beside the story, which names them; the run copies them to out/photos/
+            (job.folder / name).write_bytes(data)
         try:
             job.frames = len(load_story(job.story_path, request.style).frames)
         except (StoryError, UserError) as exc:

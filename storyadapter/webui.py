@@ -23,7 +23,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from .errors import ArgumentParser, UserError, report
-from .renders import MAX_STORY_BYTES, MODELS, RenderQueue, RenderRequest
+from .renders import MAX_REQUEST_BYTES, MODELS, RenderQueue, RenderRequest
 from .styles import style_names
 
 log = logging.getLogger(__name__)
@@ -117,7 +117,7 @@ class Handler(BaseHTTPRequestHandler):
             length = int(self.headers.get("Content-Length") or 0)
         except ValueError:
             length = -1
-        if not 0 < length <= 2 * MAX_STORY_BYTES:
+        if not 0 < length <= MAX_REQUEST_BYTES:
             self._error(HTTPStatus.BAD_REQUEST, "request: missing or oversized body")
             return
         try:

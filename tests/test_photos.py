@@ -183,3 +183,30 @@ def test_photo_changes_iteration_0_frames_naming_its_character_and_no_others(tmp
     assert not np.array_equal(got[0], text_only[0]) and not np.array_equal(got[3], text_only[3])
     assert np.array_equal(got[1], text_only[1]) and np.array_equal(got[2], text_only[2])  # bitwise
     assert with_photo.image_encodes == 1 + 4
+
+
+def test_web_ui_request_carries_photos_into_the_job_folder(tmp_path):
+    import base64
+
+    from storyadapter.renders import MAX_PHOTO_UPLOAD_BYTES, RenderQueue, RenderRequest
+
+    story = "[Tom] a boy with a red cap (photo: tom.png)\n\n[Tom] waves\n[NC] a beach\n"
+    photo = (EXAMPLES / "tom.png").read_bytes()
+    request = RenderRequest.from_json({"story": story, "photos": {"tom.png": base64.b64encode(photo).decode()}})
+    assert request.photos == (("tom.png", photo),)
+    for bad, what in (({"../tom.png": "AAAA"}, "not a plain"), ({"tom.png": "no base64!"}, "not valid base64"),
+                      ({"tom.png": "A" * (MAX_PHOTO_UPLOAD_BYTES * 2)}, "over 4 MiB")):
+        with pytest.raises(UserError, match=f"request.photos.*{what}"):
+            RenderRequest.from_json({"story": story, "photos": bad})
+
+    renders = RenderQueue(tmp_path / "runs")
+    renders._pending.put(None)  # stop its render thread first: this test checks the job folder, not a render
+    renders._thread.join(timeout=30)
+    try:
+        with pytest.raises(UserError, match=r"^story.txt:1: photo 'tom.png' of Tom: not an image"):
+            renders.submit(RenderRequest.from_json({"story": story, "photos": {"tom.png": base64.b64encode(b"nope").decode()}}))
+        assert not any((tmp_path / "runs").iterdir())  # nothing of a refused request stays behind
+        job = renders.submit(request)
+        assert (job.folder / "tom.png").read_bytes() == photo and job.frames == 2 and job.state == "queued"
+    finally:
+        renders.close()
