@@ -133,3 +133,15 @@ def test_resume_fingerprint_ignores_eps_and_keeps_older_renders_resumable(tmp_pa
     assert fp("render.stop_when_stable=0.01") == base  # how long to refine is not a pixel setting
     assert fp("render.reference_weighting=characters")["render"]["reference_weighting"] == "characters"
     assert fp("render.reference_weighting=characters", "render.character_weight=9") != fp("render.reference_weighting=characters")
+
+
+@pytest.mark.parametrize("override, key", [("render.stop_when_stable=-0.1", "render.stop_when_stable"),
+                                           ("render.reference_weighting=faces", "render.reference_weighting"),
+                                           ("render.character_weight=0", "render.character_weight")])
+def test_bad_new_render_keys_are_one_line_naming_the_key(tmp_path, override, key):
+    from storyadapter.errors import UserError
+    from storyadapter.launch import compose_config
+
+    story_file = write_story(tmp_path / "s.txt", ["scene"])
+    with pytest.raises(UserError, match=f"^{key}="):
+        compose_config([f"story.path={story_file}", "model=tiny", "output_dir=x", override])
