@@ -8,6 +8,12 @@ where K_ref/V_ref come from the 4*N IP-Adapter tokens of the N references. Those
 same for every frame and every denoising step of one iteration, so their keys and values are
 computed once per iteration (`set_references`) and reused.
 
+The reference term runs as two SDPA calls per layer (`split`: unconditional and conditional halves of the
+CFG batch, K/V broadcast over each half) or one (`joint`: both halves in one call; the unconditional half's
+4 tokens are tiled to the conditional half's 4N, which leaves its softmax unchanged up to rounding, and
+each K/V is repeated over its half of the batch). `joint` saves a kernel launch and the concatenation of the
+halves but does up to twice the reference-attention FLOPs; which wins depends on the device and on N.
+
 Optional per-frame weights (references.py), set per batch and only on the conditional branch:
 
     softmax(Q K_ref^T / sqrt(d) + bias_f) V_ref,   multiplied by scale * gate_f
@@ -96,7 +102,8 @@ class GlobalReferenceAttnProcessor(CrossAttentionProcessor):
         self.to_k_ip = to_k_ip
         self.to_v_ip = to_v_ip
         self.scale = 0.0
-        self._ref: tuple[torch.Tensor, ...] | None = None  # (k_cond, v_cond, k_uncond, v_uncond)
+        self.joint = False  # one SDPA call for both CFG halves (see the module docstring)
+        self._ref: tuple[torch.Tensor, ...] | None = None  # split: (k_cond, v_cond, k_uncond, v_uncond); joint: (k, v)
         self.ref_bias: torch.Tensor | None = None  # (batch, 1, 1, 4N) logits added on the conditional branch
         self.ref_gate: torch.Tensor | None = None  # (2 * batch, 1, 1, 1) per-frame multiplier of the branch
 
@@ -106,18 +113,31 @@ class GlobalReferenceAttnProcessor(CrossAttentionProcessor):
         if cond_tokens is None:
             self._ref = None
             return
-        self._ref = tuple(
+        k_cond, v_cond, k_uncond, v_uncond = (
             split_heads(proj(tokens), heads)
             for tokens in (cond_tokens, uncond_tokens)
             for proj in (self.to_k_ip, self.to_v_ip)
+        )
+        if not self.joint:
+            self._ref = (k_cond, v_cond, k_uncond, v_uncond)
+            return
+        copies = k_cond.shape[2] // k_uncond.shape[2]  # N: cond has 4N tokens, uncond 4
+        self._ref = tuple(
+            torch.cat([uncond.repeat(1, 1, copies, 1), cond])  # (2, heads, 4N, d): batch 0 uncond, 1 cond
+            for cond, uncond in ((k_cond, k_uncond), (v_cond, v_uncond))
         )
 
     def attend(self, attn, query, context):
         out = text_attention(attn, query, context)
         if self.scale != 0.0 and self._ref is not None:  # scale 0 stays bitwise equal to text-only SDXL
-            k_cond, v_cond, k_uncond, v_uncond = self._ref
             half = query.shape[0] // 2
-            ref = torch.cat([_attend(query[:half], k_uncond, v_uncond), _attend(query[half:], k_cond, v_cond, self.ref_bias)])
+            if self.joint:
+                key, value = (t.to(query.dtype).repeat_interleave(half, dim=0) for t in self._ref)
+                bias = None if self.ref_bias is None else torch.cat([torch.zeros_like(self.ref_bias), self.ref_bias])
+                ref = F.scaled_dot_product_attention(query, key, value, attn_mask=None if bias is None else bias.to(query.dtype))
+            else:
+                k_cond, v_cond, k_uncond, v_uncond = self._ref
+                ref = torch.cat([_attend(query[:half], k_uncond, v_uncond), _attend(query[half:], k_cond, v_cond, self.ref_bias)])
             out = out + (self.scale if self.ref_gate is None else self.scale * self.ref_gate.to(ref.dtype)) * ref
         return out
 

@@ -14,10 +14,11 @@ import numpy as np
 import torch
 
 from . import manifest, references, schedule
+from .frame_writer import FrameWriter
 from .models.loading import ModelSource, load_pipeline, pick_device, pick_dtype
 from .photos import CharacterPhoto
 from .renderer import RenderSettings, StoryRenderer
-from .results import BatchResult, FrameResult, StaleIterationError, fsync_dir, write_png_durably
+from .results import BatchResult, FrameResult, StaleIterationError, fsync_dir
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,7 @@ class WorkerSpec:
     dtype: str = "auto"
     threads: int = 0  # 0: leave torch's default
     compile: bool = False
+    deterministic: bool = True  # cuDNN: deterministic kernels, no autotuning (see ModelConfig.deterministic)
     reference_weighting: str = references.UNIFORM
     character_weight: float = 1.0
     photos: tuple[CharacterPhoto, ...] = ()  # file bytes travel with the spec to actors on any node
@@ -58,9 +60,10 @@ class FrameWorker:
         quiet_libraries()
         device = pick_device(spec.device)
         if device.type == "cuda":
-            # Same frame, same pixels on any worker: no autotuned (run-dependent) convolution algorithms.
-            torch.backends.cudnn.benchmark = False
-            torch.backends.cudnn.deterministic = True
+            # Same frame, same pixels on any worker: no autotuned (run-dependent) convolution algorithms,
+            # unless model.deterministic=false trades that for cuDNN's autotuner.
+            torch.backends.cudnn.benchmark = not spec.deterministic
+            torch.backends.cudnn.deterministic = spec.deterministic
         pipe = load_pipeline(spec.source, device, pick_dtype(spec.dtype, device))
         if spec.compile:
             pipe.unet = torch.compile(pipe.unet)
@@ -72,6 +75,7 @@ class FrameWorker:
         self._text: dict[int, object] = {}
         self._iteration: int | None = None  # the iteration whose bank the renderer holds
         self.image_encodes = 0  # images passed through the CLIP image encoder, for tests and benchmarks
+        self._writer = FrameWriter()
         self._photo_bank = self._encode_photos()
         self._rows: list[tuple[str, ...]] = []  # characters of each row of the loaded bank
         self._photos_only = False
@@ -122,12 +126,14 @@ class FrameWorker:
         if not (out_dir / rel_dir).is_dir():
             (out_dir / rel_dir).mkdir(parents=True, exist_ok=True)
             fsync_dir(out_dir)  # the new directory's entry must be durable before any record names a file in it
-        paths = []
-        for frame, image in zip(frames, images):
-            rel = f"{rel_dir}/{manifest.frame_filename(frame)}"
-            write_png_durably(image, out_dir / rel)
-            paths.append(rel)
-        embeddings = self.renderer.embed_images(images)
+        paths = [f"{rel_dir}/{manifest.frame_filename(frame)}" for frame in frames]
+        # PNGs are written in the background while the CLIP pass runs (frame_writer.py explains the choice);
+        # the batch is reported only once every file is durable, and a failed write fails it.
+        writes = [self._writer.submit(image, out_dir / rel) for image, rel in zip(images, paths)]
+        try:
+            embeddings = self.renderer.embed_images(images)
+        finally:
+            self._writer.wait(writes)
         self.image_encodes += len(images)
         results = [FrameResult(f, p, e) for f, p, e in zip(frames, paths, embeddings)]
         return BatchResult(results, time.perf_counter() - start, started_at, os.getpid())

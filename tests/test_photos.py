@@ -188,7 +188,7 @@ def test_photo_changes_iteration_0_frames_naming_its_character_and_no_others(tmp
 def test_web_ui_request_carries_photos_into_the_job_folder(tmp_path):
     import base64
 
-    from storyadapter.renders import MAX_PHOTO_UPLOAD_BYTES, RenderQueue, RenderRequest
+    from storyadapter.webui_jobs import MAX_PHOTO_UPLOAD_BYTES, RenderQueue, RenderRequest
 
     story = "[Tom] a boy with a red cap (photo: tom.png)\n\n[Tom] waves\n[NC] a beach\n"
     photo = (EXAMPLES / "tom.png").read_bytes()
