@@ -184,3 +184,20 @@ def test_huge_weight_equals_a_bank_of_only_same_character_frames(uniform_worker,
     everyone = np.asarray(r.render([uniform_worker._text_for(TOM)], [3])[0], dtype=np.int16)
     assert np.abs(got - direct).max() <= 1
     assert np.abs(everyone - direct).max() > 1  # the restriction is visible at all
+
+
+def test_joint_reference_sdpa_applies_the_same_bias_and_gate():
+    """render.reference_sdpa=joint (one SDPA call for both CFG halves) weighs references like the split path."""
+    attn, proc, x, text, _, n = _processor_case()
+    torch.manual_seed(1)
+    cond, uncond = torch.randn(1, 4 * n, 12), torch.randn(1, 4, 12)
+    bias = torch.from_numpy(references.character_bias(
+        [("Tom",), ("Ana",)], [("Tom",), ("Ana",), ("Ana",), ("Tom",), ("Ana",)], 50.0))
+    outs = []
+    for joint in (False, True):
+        proc.joint = joint
+        proc.set_references(cond, uncond, 2)
+        proc.ref_bias = bias.repeat_interleave(4, dim=1)[:, None, None, :]
+        proc.ref_gate = torch.tensor([1.0, 0.0, 1.0, 0.0])[:, None, None, None]
+        outs.append(attn(x, encoder_hidden_states=text))
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-5, atol=1e-5)
