@@ -78,6 +78,13 @@ class RenderConfig:
     # split | joint: GRCA's reference attention as two SDPA calls per layer (one per CFG half) or one.
     # Equal up to rounding (last bits of a frame), so it is a pixel setting.
     reference_sdpa: str = "split"
+    # uniform: every frame attends to all references alike (the paper) | characters: references that share one of
+    # the frame's named characters get their attention logits raised by log(character_weight)
+    reference_weighting: str = "uniform"
+    character_weight: float = 4.0
+    # Stop once the mean 1 - cosine between a frame's embedding and its previous iteration's falls below this
+    # (checked after each refinement); None: always run all iterations.
+    stop_when_stable: Optional[float] = None
 
 
 @dataclass
@@ -141,13 +148,14 @@ class Config:
 CHOICES = {
     "model.kind": ("hub", "tiny", "sdxl-random", "sim"),
     "render.seed_policy": ("shared", "per_frame"),
+    "render.reference_weighting": ("uniform", "characters"),
     "render.reference_sdpa": ("split", "joint"),
     "method.name": ("story_adapter", "storydiffusion", "hybrid"),
     "cluster.mode": ("local", "ray"),
     "outputs.comic_layout": ("classic", "four", "single"),
     "outputs.caption_position": ("below", "above"),
 }
-POSITIVE = ("render.steps", "render.height", "render.width", "render.batch_size", "render.reference_size",
+POSITIVE = ("render.steps", "render.height", "render.width", "render.batch_size", "render.reference_size", "render.character_weight",
             "cluster.workers", "cluster.threads_per_worker", "cluster.ready_timeout_s", "cluster.batch_timeout_s",
             "cluster.batch_timeout_factor", "cluster.capacity_timeout_s", "model.sim.embedding_dim",
             "model.sim.image_size", "model.sim.slowdown", "method.id_length")

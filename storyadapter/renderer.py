@@ -3,6 +3,7 @@
 Reads top to bottom as the algorithm:
   1. `encode_text`       - prompt embeddings, once per frame for the whole run;
   2. `set_references`    - CLIP global embeddings of all N reference frames -> 4N tokens -> K/V, once per iteration;
+     `set_reference_weights` - optional per-frame logits/gates over those references, per batch (references.py);
   3. `render`            - DDIM denoising with classifier-free guidance for a batch of frames;
   4. `embed_images`      - each new frame resized to 256 px and encoded once: the next iteration's bank.
 With consistent self-attention (method=storydiffusion|hybrid, csa.py), step 3 comes in two phases:
@@ -49,6 +50,7 @@ class StoryRenderer:
         self.csa = csa.install(pipe.unet, consistency) if consistency is not None else None
         self._heads = {name: self._attention_heads(name) for name in self.processors}
         self._cross_dim = int(pipe.unet.config.cross_attention_dim)
+        self._tokens_per_reference = 0  # IP-Adapter tokens per bank row, known once a bank is loaded
         if pipe.vae.dtype == torch.float16 and pipe.vae.config.force_upcast:
             # SDXL's VAE overflows in fp16. Upcast it once, so decoding casts latents, never weights (diffusers'
             # pipeline converts the VAE fp16 -> fp32 -> fp16 on every call). Same pixels: fp16 -> fp32 is exact.
@@ -78,7 +80,11 @@ class StoryRenderer:
     # 2. references -------------------------------------------------------------------------------
     @torch.no_grad()
     def set_references(self, bank: np.ndarray | None, scale: float) -> None:
-        """Load the iteration's reference bank (N, D) into every GRCA layer; None means text only."""
+        """Load the iteration's reference bank (N, D) into every GRCA layer; None means text only.
+
+        Clears any per-frame weights: they index the rows of one bank.
+        """
+        self.set_reference_weights(None, None)
         if bank is None or scale == 0.0:
             for proc in self.processors.values():
                 proc.set_references(None, None, 0)
@@ -89,9 +95,24 @@ class StoryRenderer:
         # The unconditional branch sees the tokens of an all-zero embedding. Its N copies are identical,
         # and a softmax over identical copies equals one over a single copy, so 4 tokens suffice.
         uncond = self.projection(torch.zeros_like(embeds[:1])).reshape(1, -1, self._cross_dim)
+        self._tokens_per_reference = cond.shape[1] // len(embeds)
         for name, proc in self.processors.items():
             proc.set_references(cond, uncond, self._heads[name])
             proc.scale = float(scale)
+
+    @torch.no_grad()
+    def set_reference_weights(self, bias: np.ndarray | None, gate: np.ndarray | None) -> None:
+        """Per-frame weights for the next `render` call: `bias` (batch, N) logits added to each bank row's
+        tokens, `gate` (batch,) multiplier of each frame's reference branch. None, None: uniform (the paper)."""
+        bias_t = gate_t = None
+        if bias is not None:
+            bias_t = torch.tensor(np.asarray(bias), dtype=self.dtype, device=self.device)
+            bias_t = bias_t.repeat_interleave(self._tokens_per_reference, dim=1)[:, None, None, :]
+        if gate is not None:
+            g = torch.tensor(np.asarray(gate), dtype=self.dtype, device=self.device)
+            gate_t = torch.cat([g, g])[:, None, None, None]  # unconditional half first, as in `render`
+        for proc in self.processors.values():
+            proc.ref_bias, proc.ref_gate = bias_t, gate_t
 
     # 3. denoising --------------------------------------------------------------------------------
     @torch.no_grad()

@@ -10,6 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 from . import config as schema
 from . import rundir
 from .errors import UserError
+from .photos import write_sidecar
 from .story import Story, describe, load_story
 
 # torch, diffusers and Ray are imported inside the functions that need them, so bad input is
@@ -40,6 +41,9 @@ def validate(cfg: DictConfig) -> None:
             raise UserError(f"{key}={_get(cfg, key)}: must be a probability, between 0 and 1")
     if cfg.method.plain_steps < 0:
         raise UserError(f"method.plain_steps={cfg.method.plain_steps}: must be 0 or more")
+    stop = cfg.render.stop_when_stable
+    if stop is not None and stop <= 0:
+        raise UserError(f"render.stop_when_stable={stop}: must be positive (or null to run every iteration)")
     if cfg.cluster.gpus_per_worker < 0 or cfg.cluster.cpus_per_worker <= 0:
         raise UserError("cluster.gpus_per_worker must be >= 0 and cluster.cpus_per_worker > 0")
     for index, lora in enumerate(cfg.model.loras):
@@ -126,7 +130,7 @@ def worker_spec(cfg: DictConfig, story: Story, source, out_dir: Path):
         source=source,
         settings=RenderSettings(steps=r.steps, height=r.height, width=r.width, guidance_scale=r.guidance_scale,
                                 reference_size=r.reference_size, reference_sdpa=r.reference_sdpa),
-        prompts=tuple(FramePrompt(*story.styled(f)) for f in story.frames),
+        prompts=tuple(FramePrompt(*story.styled(f), characters=f.characters) for f in story.frames),
         out_dir=str(out_dir.resolve()),
         seed=r.seed,
         seed_policy=r.seed_policy,
@@ -136,6 +140,9 @@ def worker_spec(cfg: DictConfig, story: Story, source, out_dir: Path):
         compile=cfg.model.compile,
         deterministic=cfg.model.deterministic,
         consistent=consistent_pass(cfg, story),
+        reference_weighting=r.reference_weighting,
+        character_weight=r.character_weight,
+        photos=tuple(story.photos.values()),
     )
 
 
@@ -158,7 +165,7 @@ def plan_for(cfg: DictConfig, story: Story, out_dir: Path, ramp_iterations: int 
     r = cfg.render
     return driver.RunPlan(story=story, out_dir=out_dir, iterations=iterations_to_render(cfg), batch_size=r.batch_size,
                           scale_start=r.scale_start, scale_end=r.scale_end, seed=r.seed, seed_policy=r.seed_policy,
-                          ramp_iterations=ramp_iterations)
+                          ramp_iterations=ramp_iterations, stop_when_stable=r.stop_when_stable)
 
 
 def iterations_to_render(cfg: DictConfig) -> int:
@@ -230,6 +237,7 @@ def _render(cfg: DictConfig, story: Story, out_dir: Path, state: rundir.RunDir) 
                                       fixed_cluster=c.mode == "local")
         if state.fresh or state.extends:  # only once the workers are up, so a failed start leaves nothing behind
             rundir.write_config(out_dir, cfg, story, iterations_to_render(cfg), state.ramp_iterations)
+        write_sidecar(out_dir, story.photos)  # which photo each character used, beside the manifest
         if state.extends:
             log.info("extending to %d iterations: the new ones run at scale_end=%g (the ramp was %d iterations)",
                      cfg.render.iterations, cfg.render.scale_end, state.ramp_iterations)

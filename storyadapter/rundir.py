@@ -23,7 +23,10 @@ _PIXEL_KEYS = ("model", "render")
 _IGNORED_MODEL_KEYS = ("device", "compile", "deterministic", "cache_dir", "sim")
 _SIM_PIXEL_KEYS = ("embedding_dim", "image_size")  # model=sim: timings may differ on resume, outputs may not
 # How many iterations to render is checked on its own: a finished render may be extended.
-_IGNORED_RENDER_KEYS = ("iterations",)
+# stop_when_stable too: a render that stopped early may be resumed with another EPS (or none) to refine further.
+_IGNORED_RENDER_KEYS = ("iterations", "stop_when_stable")
+# Render keys added after renders existed: at these values they are left out, so older renders still resume.
+_LATER_RENDER_DEFAULTS = {"reference_weighting": "uniform", "character_weight": 4.0}
 
 
 @dataclass(frozen=True)
@@ -38,7 +41,8 @@ def fingerprint(cfg: DictConfig, story: Story) -> dict:
     resolved = OmegaConf.to_container(cfg, resolve=True)
     fp = {k: resolved[k] for k in _PIXEL_KEYS}
     fp["model"] = {k: v for k, v in fp["model"].items() if k not in _IGNORED_MODEL_KEYS}
-    fp["render"] = {k: v for k, v in fp["render"].items() if k not in _IGNORED_RENDER_KEYS}
+    fp["render"] = {k: v for k, v in fp["render"].items()
+                    if k not in _IGNORED_RENDER_KEYS and not (k in _LATER_RENDER_DEFAULTS and _LATER_RENDER_DEFAULTS[k] == v)}
     if not fp["model"].get("loras"):
         fp["model"].pop("loras", None)  # no LoRA: the same fingerprint as renders made before the key existed
     else:
@@ -51,6 +55,8 @@ def fingerprint(cfg: DictConfig, story: Story) -> dict:
     if resolved.get("method", {}).get("name", "story_adapter") != "story_adapter":
         fp["method"] = resolved["method"]  # absent for the default, so renders from before methods still resume
     fp["story"] = {"digest": story.digest, "style": story.style}
+    if story.photos:  # the story file names its photos; their pixels are fingerprinted here
+        fp["story"]["photos"] = {name: photo.sha256 for name, photo in story.photos.items()}
     return fp
 
 

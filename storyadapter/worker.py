@@ -13,10 +13,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import manifest, schedule
+from . import manifest, references, schedule
 from .frame_writer import FrameWriter
 from .identity import ConsistentPass, IdentityBatch
 from .models.loading import ModelSource, load_pipeline, pick_device, pick_dtype
+from .photos import CharacterPhoto
 from .renderer import RenderSettings, StoryRenderer
 from .results import BatchResult, FrameResult, StaleIterationError, fsync_dir
 
@@ -25,6 +26,7 @@ from .results import BatchResult, FrameResult, StaleIterationError, fsync_dir
 class FramePrompt:
     prompt: str  # styled
     negative: str
+    characters: tuple[str, ...] = ()  # named in the frame: they pick its references under `characters` weighting
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,9 @@ class WorkerSpec:
     compile: bool = False
     deterministic: bool = True  # cuDNN: deterministic kernels, no autotuning (see ModelConfig.deterministic)
     consistent: ConsistentPass | None = None  # method=storydiffusion|hybrid: iteration 0 by CSA
+    reference_weighting: str = references.UNIFORM
+    character_weight: float = 1.0
+    photos: tuple[CharacterPhoto, ...] = ()  # file bytes travel with the spec to actors on any node
 
     def build(self) -> "FrameWorker":
         return FrameWorker(self)
@@ -79,6 +84,9 @@ class FrameWorker:
         self.image_encodes = 0  # images passed through the CLIP image encoder, for tests and benchmarks
         self._writer = FrameWriter()
         self.identity_renders = 0  # identity frames rendered for ID banks, for tests and benchmarks
+        self._photo_bank = self._encode_photos()
+        self._rows: list[tuple[str, ...]] = []  # characters of each row of the loaded bank
+        self._photos_only = False
 
     @property
     def embedding_dim(self) -> int:
@@ -91,8 +99,23 @@ class FrameWorker:
             self._text[frame] = self.renderer.encode_text(fp.prompt, fp.negative, self._windows)
         return self._text[frame]
 
+    def _encode_photos(self) -> np.ndarray | None:
+        # Once per worker for the whole run, at render.reference_size like every other reference.
+        if not self.spec.photos:
+            return None
+        from .photos import decode
+
+        self.image_encodes += len(self.spec.photos)
+        return self.renderer.embed_images([decode(p.data) for p in self.spec.photos])
+
     def begin_iteration(self, iteration: int, bank: np.ndarray | None, scale: float) -> None:
-        """Load this iteration's bank: reference K/V once per iteration, shared by all its batches."""
+        """Load this iteration's bank: reference K/V once per iteration, shared by all its batches.
+
+        Character photos join `bank` as extra rows; in iteration 0 (no bank) they are the whole bank.
+        """
+        frames = [fp.characters for fp in self.spec.prompts]
+        bank, self._rows, self._photos_only = references.assemble_bank(
+            bank, frames, self._photo_bank, [p.character for p in self.spec.photos])
         self.renderer.set_references(bank, scale)
         self._iteration = iteration
         if iteration > 0 and self.renderer.csa is not None:  # the ID banks serve iteration 0 only
@@ -104,9 +127,13 @@ class FrameWorker:
             raise StaleIterationError(f"batch for iteration {iteration}, but the worker holds the bank of {self._iteration}")
         started_at, start = time.time(), time.perf_counter()
         if iteration == 0 and self.spec.consistent is not None:
-            images = self._render_consistent(frames)
+            images = self._render_consistent(frames)  # character photos weigh uniformly here (README, Methods)
         else:
             seeds = [schedule.frame_seed(self.spec.seed, self.spec.seed_policy, f) for f in frames]
+            if self._rows:
+                self.renderer.set_reference_weights(*references.batch_weights(
+                    [self.spec.prompts[f].characters for f in frames], self._rows,
+                    self.spec.reference_weighting, self.spec.character_weight, self._photos_only))
             images = self.renderer.render([self._text_for(f) for f in frames], seeds)
         out_dir = Path(self.spec.out_dir)
         rel_dir = manifest.iteration_dirname(iteration)
