@@ -6,6 +6,7 @@ import dataclasses
 import logging
 import os
 import platform
+import signal
 import sys
 import tempfile
 import time
@@ -27,6 +28,9 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s bench-sim: %(message)s", datefmt="%H:%M:%S")
     log = logging.getLogger("bench-sim")
     t0 = time.monotonic()
+    # A stopped bench still removes its cluster and its driver (finally blocks); plain SIGTERM would skip them.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     results: dict = {"setup": dataclasses.asdict(setup), "machine": f"{os.cpu_count()} cores, {platform.machine()}",
                      "scaling": [], "work_dir": str(work)}
 
@@ -49,7 +53,9 @@ def main(argv: list[str]) -> int:
             log.info("-> %s", results["driver_memory"])
             save()
         reference = next((r for r in results["scaling"] if r["gpus"] == max(gpus) and r.get("exit") == 0), None)
-        if "node_loss" in only and reference is not None:
+        if "node_loss" in only and reference is None:
+            results["node_loss_skipped"] = f"the uninterrupted {max(gpus)}-GPU run it is compared with did not finish"
+        elif "node_loss" in only:
             log.info("node loss")
             results["node_loss"] = scenarios.node_loss(setup, cluster, work, reference)
             log.info("-> %s", results["node_loss"])
