@@ -28,7 +28,8 @@ def markdown(results: dict) -> str:
         "",
         f"{s['nodes']} nodes x {s['gpus_per_node']} fake GPUs (`ray.cluster_utils.Cluster`) on {results['machine']}; "
         f"model=sim driven by `python -m storyadapter.launch ... cluster=ray`. Frame times jitter by +-{s['jitter']:.0%}; "
-        f"{s['straggler_share']:.3g} of the GPU nodes are {s['slowdown']}x slower. Total bench time {results['bench_s']:.0f} s.",
+        f"{s['straggler_share']:.3g} of the GPU nodes are {s['slowdown']}x slower. Bench time {results['bench_s']:.0f} s"
+        + (f" (re-running only {', '.join(results['rerun'])}; the other sections are from the previous run)." if results.get("rerun") else "."),
         "",
         "## Scaling",
         "",

@@ -172,7 +172,7 @@ def driver_memory(setup: Setup, cluster: SimCluster, work: Path, gpus: int = 8) 
     args = sim_args(setup, cluster, story, out, trace, gpus, setup.rss_frame_s, outputs=True)
     args = [a for a in args if not a.startswith("model.sim.trace_dir")]  # 15,000 trace files are not the driver's
     run = DriverRun(args, work / "rss.log")
-    finished = run.wait(300, working=_rendering(out))
+    finished = run.wait(480, working=_rendering(out))
     return {"frames": setup.rss_frames, "gpus": gpus, "frame_s": setup.rss_frame_s, "outputs": True,
             "exit": run.returncode, "hung": not finished, "wall_s": run.wall_s,
             "driver_peak_rss_mb": run.peak_rss_mb, "error": (run.error_lines() or [None])[-1]}
