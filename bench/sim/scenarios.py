@@ -6,6 +6,7 @@ plain dict for the report. A run that does not finish in time is killed and repo
 
 from __future__ import annotations
 
+import re
 import shutil
 import time
 from collections import Counter
@@ -79,9 +80,14 @@ def scaling(setup: Setup, cluster: SimCluster, work: Path, gpus: int) -> dict:
     return result
 
 
+_EXCEPTION = re.compile(r"^[\w.]*(Error|Exception|Interrupt)\b")
+
+
 def last_error(run: DriverRun) -> str:
-    lines = run.error_lines() or run.log.strip().splitlines() or [""]
-    return ("killed at the hard timeout; last line: " if run.killed else "") + lines[-1][:300]
+    """The driver's one-line error if it gave one, else the exception a traceback ended in, else its last line."""
+    lines = run.log.strip().splitlines() or [""]
+    picked = (run.error_lines() or [ln for ln in lines if _EXCEPTION.match(ln)] or lines)[-1]
+    return ("killed at the hard timeout; last line: " if run.killed else "") + picked[:300]
 
 
 def manifests_equal(a: Path, b: Path, iterations: int) -> bool:
@@ -148,7 +154,7 @@ def no_capacity(setup: Setup, cluster: SimCluster, work: Path, gpus: int = 8, ti
     return {"gpus_before": gpus, "exit": run.returncode, "hung": run.killed, "hard_timeout_after_removal_s": timeout_after_loss_s,
             "removed_at_s": removed_at[0] if removed_at else None,
             "exit_after_removal_s": (run.wall_s - removed_at[0]) if (finished and removed_at) else None,
-            "error_lines": len(errors), "error": errors[-1] if errors else None,
+            "error_lines": len(errors), "error": last_error(run) if run.returncode else None,
             "traceback": "Traceback" in run.log,
             "frames_kept": frames_on_disk(out, 0)}
 
