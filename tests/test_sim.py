@@ -42,7 +42,7 @@ def run_watching_torch(cmd: list[str], trace: Path, timeout: float = 240) -> tup
     seen: dict[int, bool] = {proc.pid: False}
     deadline = time.monotonic() + timeout
     while proc.poll() is None and time.monotonic() < deadline:
-        for f in trace.glob("*.json") if trace.is_dir() else ():
+        for f in trace.glob("[!.]*.json") if trace.is_dir() else ():  # not the atomic writes in progress
             seen.setdefault(json.loads(f.read_text())["pid"], False)
         for pid in seen:
             seen[pid] = seen[pid] or bool(uses_torch(pid))

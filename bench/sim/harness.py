@@ -140,4 +140,6 @@ def frames_on_disk(out_dir: Path, iteration: int) -> int:
 
 
 def read_trace(trace_dir: Path) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted(trace_dir.glob("*.json"))] if trace_dir.is_dir() else []
+    """The batches started (sim.py's trace). Dot-files are atomic writes in progress, or cut short by a lost node."""
+    paths = sorted(p for p in trace_dir.glob("*.json") if not p.name.startswith(".")) if trace_dir.is_dir() else []
+    return [json.loads(p.read_text()) for p in paths]
