@@ -170,7 +170,9 @@ def connect(mode: str, address: str | None, workers: int, cpus_per_worker: float
         cpus = max(os.cpu_count() or 1, int(np.ceil(workers * cpus_per_worker)))
         # Ray starts workers at niceness 15; here the render actors are the job, so they run at normal priority.
         # GPUs: Ray's own detection (NVML, CUDA_VISIBLE_DEVICES), so the driver never imports torch (model=sim).
-        ray.init(num_cpus=cpus, include_dashboard=False,
+        # address="local": a new instance even when another Ray runs on this machine (without it, ray.init joins
+        # that one and refuses num_cpus).
+        ray.init(address="local", num_cpus=cpus, include_dashboard=False,
                  log_to_driver=True, configure_logging=False, _system_config={"worker_niceness": 0})
         return True
     target = address or os.environ.get("RAY_ADDRESS") or "auto"
