@@ -60,7 +60,7 @@ bench-gpu: install
 		compile=$(if $(filter 1 true yes,$(COMPILE)),true,false)
 
 # The engine on a simulated cluster (8 nodes x 8 fake GPUs, ray.cluster_utils) with model=sim: scaling on 1-64 GPUs,
-# node loss, no capacity, driver memory at 5,000 frames. No torch, no GPU; under 10 minutes on 2 cores.
+# node loss, no capacity, driver memory at 5,000 frames. No torch, no GPU.
 # Results in bench/results/sim.{json,md}.
 bench-sim: install
 	$(PY) -m bench.sim

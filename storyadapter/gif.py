@@ -19,7 +19,8 @@ def write_gif_streaming(path: Path, frames: Iterable[Image.Image], duration_ms: 
     count = 0
     with replacing(path) as tmp, open(tmp, "wb") as fp:
         for frame in frames:
-            indexed = frame.convert("RGB").convert("P", palette=Image.Palette.ADAPTIVE)
+            # Fast octree: ~10x quicker than the median-cut ADAPTIVE palette, which took minutes at 5,000 frames.
+            indexed = frame.convert("RGB").quantize(256, method=Image.Quantize.FASTOCTREE)
             if count == 0:
                 header, _ = GifImagePlugin.getheader(indexed, info={"loop": loop, "duration": duration_ms})
                 fp.writelines(header)

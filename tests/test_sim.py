@@ -42,7 +42,7 @@ def run_watching_torch(cmd: list[str], trace: Path, timeout: float = 240) -> tup
     seen: dict[int, bool] = {proc.pid: False}
     deadline = time.monotonic() + timeout
     while proc.poll() is None and time.monotonic() < deadline:
-        for f in trace.glob("*.json") if trace.is_dir() else ():
+        for f in trace.glob("[!.]*.json") if trace.is_dir() else ():  # not the atomic writes in progress
             seen.setdefault(json.loads(f.read_text())["pid"], False)
         for pid in seen:
             seen[pid] = seen[pid] or bool(uses_torch(pid))
@@ -141,3 +141,19 @@ def test_straggler_outside_ray_is_the_single_node_when_the_share_rounds_to_it(tm
     slow = SimWorker(SimSpec(out_dir=str(tmp_path), frame_s=0.01, straggler_share=1.0, slowdown=2.0))
     assert not fast.slow and slow.slow
     assert slow.frame_seconds(3, 1) == pytest.approx(2 * fast.frame_seconds(3, 1))
+
+
+def test_resume_may_change_sim_timings_but_not_what_it_writes(tmp_path):
+    from storyadapter import rundir
+    from storyadapter.errors import UserError
+    from storyadapter.launch import compose_config
+    from storyadapter.story import load_story
+
+    story_path = EXAMPLES / "explorer_24.txt"
+    story = load_story(story_path)
+    base = [f"story.path={story_path}", "model=sim", f"output_dir={tmp_path}", "resume=true"]
+    rundir.write_config(tmp_path, compose_config(base), story)
+    (tmp_path / "iter_00").mkdir()
+    assert rundir.check(tmp_path, compose_config(base + ["model.sim.frame_s=3", "model.sim.jitter=0"]), story, True) is False
+    with pytest.raises(UserError, match="model.sim.image_size"):
+        rundir.check(tmp_path, compose_config(base + ["model.sim.image_size=64"]), story, True)

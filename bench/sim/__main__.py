@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import platform
+import signal
 import sys
 import tempfile
 import time
@@ -27,12 +29,22 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s bench-sim: %(message)s", datefmt="%H:%M:%S")
     log = logging.getLogger("bench-sim")
     t0 = time.monotonic()
-    results: dict = {"setup": dataclasses.asdict(setup), "machine": f"{os.cpu_count()} cores, {platform.machine()}",
-                     "scaling": [], "work_dir": str(work)}
+    # A stopped bench still removes its cluster and its driver (finally blocks); plain SIGTERM would skip them.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    results_dir = Path(opts.get("results", ROOT / "bench" / "results"))
+    results: dict = {"scaling": []}
+    if set(only) != set(ALL) and (results_dir / "sim.json").is_file():
+        results = json.loads((results_dir / "sim.json").read_text())  # re-run some scenarios, keep the others
+        results["rerun"] = only
+    results.update({"setup": dataclasses.asdict(setup), "machine": f"{os.cpu_count()} cores, {platform.machine()}",
+                    "work_dir": str(work)})
+    if "scaling" in only:
+        results["scaling"] = []
 
     def save():
         results["bench_s"] = time.monotonic() - t0
-        report.write(results, Path(opts.get("results", ROOT / "bench" / "results")))
+        report.write(results, results_dir)
 
     log.info("starting %d nodes x %d GPUs", setup.nodes, setup.gpus_per_node)
     cluster = SimCluster(setup.nodes, setup.gpus_per_node)
@@ -48,8 +60,10 @@ def main(argv: list[str]) -> int:
             results["driver_memory"] = scenarios.driver_memory(setup, cluster, work)
             log.info("-> %s", results["driver_memory"])
             save()
-        reference = next((r for r in results["scaling"] if r["gpus"] == max(gpus) and r.get("exit") == 0), None)
-        if "node_loss" in only and reference is not None:
+        reference = next((r for r in results.get("scaling", []) if r["gpus"] == max(gpus) and r.get("exit") == 0), None)
+        if "node_loss" in only and reference is None:
+            results["node_loss_skipped"] = f"the uninterrupted {max(gpus)}-GPU run it is compared with did not finish"
+        elif "node_loss" in only:
             log.info("node loss")
             results["node_loss"] = scenarios.node_loss(setup, cluster, work, reference)
             log.info("-> %s", results["node_loss"])

@@ -86,17 +86,28 @@ class DriverRun:
         self._log.close()
         return True
 
-    def wait(self, timeout_s: float, every=None) -> bool:
-        """Wait up to timeout_s, calling every() between polls; on timeout kill it. True if it exited by itself."""
-        deadline = self.started + timeout_s
-        while not self.poll():
-            if time.monotonic() > deadline:
-                self.kill()
-                return False
-            if every is not None:
-                every()
-            time.sleep(0.1)
-        return True
+    def wait(self, timeout_s: float, every=None, working=None, startup_s: float = 300.0) -> bool:
+        """Wait up to timeout_s of work, calling every() between polls; on timeout kill it. True if it exited by itself.
+
+        Starting the actors is not counted against timeout_s (dozens of processes on 2 shared cores take minutes):
+        the clock starts once working() is true, or after startup_s.
+        """
+        try:
+            begun = None
+            while not self.poll():
+                now = time.monotonic()
+                if begun is None and (working is None or working() or now - self.started > startup_s):
+                    begun = now
+                if begun is not None and now - begun > timeout_s:
+                    self.kill()
+                    return False
+                if every is not None:
+                    every()
+                time.sleep(0.1)
+            return True
+        except BaseException:
+            self.kill()  # never leave a driver behind when the bench itself is stopped
+            raise
 
     def kill(self) -> None:
         self.killed = True
@@ -129,4 +140,6 @@ def frames_on_disk(out_dir: Path, iteration: int) -> int:
 
 
 def read_trace(trace_dir: Path) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted(trace_dir.glob("*.json"))] if trace_dir.is_dir() else []
+    """The batches started (sim.py's trace). Dot-files are atomic writes in progress, or cut short by a lost node."""
+    paths = sorted(p for p in trace_dir.glob("*.json") if not p.name.startswith(".")) if trace_dir.is_dir() else []
+    return [json.loads(p.read_text()) for p in paths]

@@ -28,7 +28,8 @@ def markdown(results: dict) -> str:
         "",
         f"{s['nodes']} nodes x {s['gpus_per_node']} fake GPUs (`ray.cluster_utils.Cluster`) on {results['machine']}; "
         f"model=sim driven by `python -m storyadapter.launch ... cluster=ray`. Frame times jitter by +-{s['jitter']:.0%}; "
-        f"{s['straggler_share']:.3g} of the GPU nodes are {s['slowdown']}x slower. Total bench time {results['bench_s']:.0f} s.",
+        f"{s['straggler_share']:.3g} of the GPU nodes are {s['slowdown']}x slower. Bench time {results['bench_s']:.0f} s"
+        + (f" (re-running only {', '.join(results['rerun'])}; the other sections are from the previous run)." if results.get("rerun") else "."),
         "",
         "## Scaling",
         "",
@@ -51,13 +52,16 @@ def markdown(results: dict) -> str:
                   f"{n['gpus']} GPUs, frame time {n['frame_s']:.4f} s. Target: costs at most the lost node's in-flight batches "
                   "plus the deadline.", "",
                   f"- status: {_status(n)}",
-                  f"- removed at {_f(n.get('removed_at_s'), '{:.1f}')} s; wall {_f(n.get('wall_s'), '{:.1f}')} s against "
-                  f"{_f(n.get('reference_wall_s'), '{:.1f}')} s uninterrupted: time lost {_f(n.get('time_lost_s'), '{:.1f}')} s",
+                  f"- removed {_f(n.get('removed_at_s'), '{:.1f}')} s after the launch; rendering took "
+                  f"{_f(n.get('render_wall_s'), '{:.1f}')} s (all iterations) against {_f(n.get('reference_render_wall_s'), '{:.1f}')} s "
+                  f"uninterrupted: time lost {_f(n.get('time_lost_s'), '{:.1f}')} s",
                   f"- manifest equal to the uninterrupted run's: {n.get('manifest_equal', '-')}",
                   f"- batches rendered twice: {n['batches_rendered_twice']}; batches started on the lost node from iteration 1: "
                   f"{n['batches_started_on_lost_node_from_iteration_1']}"]
         if "frames_done_when_stopped" in n:
             lines.append(f"- frames on disk when stopped, per iteration: {n['frames_done_when_stopped']}")
+    if results.get("node_loss_skipped"):
+        lines += ["", "## Node loss", "", f"Not run: {results['node_loss_skipped']}."]
     c = results.get("no_capacity")
     if c:
         lines += ["", "## No capacity", "",

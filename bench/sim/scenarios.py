@@ -6,6 +6,7 @@ plain dict for the report. A run that does not finish in time is killed and repo
 
 from __future__ import annotations
 
+import re
 import shutil
 import time
 from collections import Counter
@@ -59,10 +60,11 @@ def scaling(setup: Setup, cluster: SimCluster, work: Path, gpus: int) -> dict:
     _fresh(out, trace)
     frame_s = setup.frame_s(gpus)
     run = DriverRun(sim_args(setup, cluster, story, out, trace, gpus, frame_s), work / f"scale_{gpus}.log")
-    finished = run.wait(3 * setup.iteration_s * setup.slowdown * 2 + setup.grace_s)
-    result = {"gpus": gpus, "frames": setup.frames, "frame_s": frame_s, "out_dir": str(out), "exit": run.returncode,
-              "hung": not finished, "wall_s": run.wall_s, "driver_peak_rss_mb": run.peak_rss_mb}
+    finished = run.wait(3 * setup.iteration_s * setup.slowdown * 2 + setup.grace_s, working=_rendering(out))
     stats = iteration_stats(run.log)
+    result = {"gpus": gpus, "frames": setup.frames, "frame_s": frame_s, "out_dir": str(out), "exit": run.returncode,
+              "hung": not finished, "wall_s": run.wall_s, "driver_peak_rss_mb": run.peak_rss_mb,
+              "render_wall_s": sum(s["wall_s"] for s in stats.values())}
     refinements = [stats[i] for i in range(1, setup.iterations + 1) if i in stats]
     if not finished or run.returncode != 0 or len(refinements) != setup.iterations:
         result["error"] = last_error(run)
@@ -78,9 +80,14 @@ def scaling(setup: Setup, cluster: SimCluster, work: Path, gpus: int) -> dict:
     return result
 
 
+_EXCEPTION = re.compile(r"^[\w.]*(Error|Exception|Interrupt)\b")
+
+
 def last_error(run: DriverRun) -> str:
-    lines = run.error_lines() or run.log.strip().splitlines() or [""]
-    return ("killed at the hard timeout; last line: " if run.killed else "") + lines[-1][:300]
+    """The driver's one-line error if it gave one, else the exception a traceback ended in, else its last line."""
+    lines = run.log.strip().splitlines() or [""]
+    picked = (run.error_lines() or [ln for ln in lines if _EXCEPTION.match(ln)] or lines)[-1]
+    return ("killed at the hard timeout; last line: " if run.killed else "") + picked[:300]
 
 
 def manifests_equal(a: Path, b: Path, iterations: int) -> bool:
@@ -107,26 +114,26 @@ def node_loss(setup: Setup, cluster: SimCluster, work: Path, reference: dict) ->
             cluster.remove(victim)
             removed_at.append(time.monotonic() - run.started)
 
-    finished = run.wait(2 * (reference.get("wall_s") or 60) + setup.grace_s, every=maybe_remove)
+    finished = run.wait(2 * (reference.get("render_wall_s") or 60) + setup.grace_s, every=maybe_remove, working=_rendering(out))
     traced = read_trace(trace)
     starts = Counter((b["iteration"], tuple(b["frames"])) for b in traced)
-    on_victim = [b for b in traced if b["node"] == victim.unique_id and b["iteration"] >= 1]
+    on_victim = [b for b in traced if b["node"] == victim.node_id and b["iteration"] >= 1]
     result = {"gpus": gpus, "frame_s": frame_s, "exit": run.returncode, "hung": not finished, "wall_s": run.wall_s,
-              "removed_at_s": removed_at[0] if removed_at else None, "reference_wall_s": reference.get("wall_s"),
+              "removed_at_s": removed_at[0] if removed_at else None, "reference_render_wall_s": reference.get("render_wall_s"),
               "batches_rendered_twice": sum(1 for n in starts.values() if n > 1),
               "batches_started_on_lost_node_from_iteration_1": len(on_victim)}
     if finished and run.returncode == 0:
+        result["render_wall_s"] = sum(s["wall_s"] for s in iteration_stats(run.log).values())
         result["manifest_equal"] = manifests_equal(out, Path(reference["out_dir"]), setup.iterations)
-        result["time_lost_s"] = run.wall_s - reference["wall_s"]
+        result["time_lost_s"] = result["render_wall_s"] - reference["render_wall_s"]
     else:
         result["error"] = last_error(run)
         result["frames_done_when_stopped"] = {it: frames_on_disk(out, it) for it in range(setup.iterations + 1)}
     return result
 
 
-def no_capacity(setup: Setup, cluster: SimCluster, work: Path, timeout_after_loss_s: float = 60.0) -> dict:
+def no_capacity(setup: Setup, cluster: SimCluster, work: Path, gpus: int = 8, timeout_after_loss_s: float = 60.0) -> dict:
     """Remove every worker node during iteration 0; the driver should exit with one line, within its deadline."""
-    gpus = len(cluster.worker_nodes) * setup.gpus_per_node
     story = work / f"story_{setup.frames}.txt"
     out, trace = work / "no_capacity", work / "no_capacity.trace"
     _fresh(out, trace)
@@ -140,15 +147,20 @@ def no_capacity(setup: Setup, cluster: SimCluster, work: Path, timeout_after_los
                 cluster.remove(node)
             removed_at.append(time.monotonic() - run.started)
 
-    run.wait(setup.iteration_s * 3 + setup.grace_s, every=lambda: (maybe_remove(), _extend(run, removed_at, timeout_after_loss_s)))
+    run.wait(setup.iteration_s * 3 + setup.grace_s, every=lambda: (maybe_remove(), _extend(run, removed_at, timeout_after_loss_s)),
+             working=_rendering(out))
     errors = run.error_lines()
     finished = not run.killed
     return {"gpus_before": gpus, "exit": run.returncode, "hung": run.killed, "hard_timeout_after_removal_s": timeout_after_loss_s,
             "removed_at_s": removed_at[0] if removed_at else None,
             "exit_after_removal_s": (run.wall_s - removed_at[0]) if (finished and removed_at) else None,
-            "error_lines": len(errors), "error": errors[-1] if errors else None,
+            "error_lines": len(errors), "error": last_error(run) if run.returncode else None,
             "traceback": "Traceback" in run.log,
             "frames_kept": frames_on_disk(out, 0)}
+
+
+def _rendering(out: Path):
+    return lambda: (out / "iter_00").is_dir()
 
 
 def _extend(run: DriverRun, removed_at: list[float], after_s: float) -> None:
@@ -157,15 +169,16 @@ def _extend(run: DriverRun, removed_at: list[float], after_s: float) -> None:
         run.kill()
 
 
-def driver_memory(setup: Setup, cluster: SimCluster, work: Path) -> dict:
-    gpus = len(cluster.worker_nodes) * setup.gpus_per_node
+def driver_memory(setup: Setup, cluster: SimCluster, work: Path, gpus: int = 8) -> dict:
+    """Peak RSS of the driver at rss_frames, outputs included. The driver holds per-frame state, not per-actor
+    state, so 8 actors (quick to start) stand in for 64."""
     story = write_story(work / f"story_{setup.rss_frames}.txt", setup.rss_frames)
     out, trace = work / "rss", work / "rss.trace"
     _fresh(out, trace)
     args = sim_args(setup, cluster, story, out, trace, gpus, setup.rss_frame_s, outputs=True)
     args = [a for a in args if not a.startswith("model.sim.trace_dir")]  # 15,000 trace files are not the driver's
     run = DriverRun(args, work / "rss.log")
-    finished = run.wait(240)
+    finished = run.wait(480, working=_rendering(out))
     return {"frames": setup.rss_frames, "gpus": gpus, "frame_s": setup.rss_frame_s, "outputs": True,
             "exit": run.returncode, "hung": not finished, "wall_s": run.wall_s,
             "driver_peak_rss_mb": run.peak_rss_mb, "error": (run.error_lines() or [None])[-1]}
