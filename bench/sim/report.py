@@ -66,7 +66,8 @@ def markdown(results: dict) -> str:
     if c:
         lines += ["", "## No capacity", "",
                   f"Every worker node removed during iteration 0 ({c['gpus_before']} GPUs before). Target: the driver exits "
-                  f"with one line within its deadline. Hard timeout here: {c['hard_timeout_after_removal_s']:.0f} s after the removal.", "",
+                  f"with one line within its deadline (cluster.capacity_timeout_s={c.get('capacity_timeout_s', '-')} s here, plus the "
+                  f"time Ray takes to report the actors lost). Hard timeout: {c['hard_timeout_after_removal_s']:.0f} s after the removal.", "",
                   f"- status: {_status(c)}",
                   f"- exit {c['exit']} {_f(c.get('exit_after_removal_s'), '{:.1f}')} s after the removal; error lines: "
                   f"{c['error_lines']}; traceback: {c['traceback']}",
