@@ -125,3 +125,23 @@ def test_losing_every_node_ends_the_run_with_one_line_and_keeps_finished_frames(
         nodes.append(c.add_node(num_cpus=1))
     del nodes[:2]
     c.wait_for_nodes()
+
+
+def test_a_cluster_that_grows_late_is_waited_for_not_refused(cluster, story_file, tmp_path):
+    """An autoscaling cluster shows too few resources at first: the placement waits (cluster.ready_timeout_s)
+    and the render starts once a node joins."""
+    c, nodes = cluster
+    out = tmp_path / "out"
+    errors: list[BaseException] = []
+    thread = threading.Thread(target=lambda: _capture(errors, render, story_file, out, c.address, 3))
+    thread.start()  # 3 workers on 2 one-CPU nodes: the third bundle waits for capacity
+    time.sleep(3)
+    assert thread.is_alive() and not (out / "iter_00").exists(), errors
+    late = c.add_node(num_cpus=1)
+    thread.join(timeout=180)
+    try:
+        assert not thread.is_alive(), "the render never started on the grown cluster"
+        assert not errors, errors
+        assert manifest.finished_iterations(out) == list(range(ITERATIONS + 1))
+    finally:
+        c.remove_node(late)
