@@ -76,17 +76,17 @@ def assert_same_render(a: Path, b: Path, iterations: int = ITERATIONS, frames: i
     assert manifest.finished_iterations(b) == list(range(iterations + 1))
 
 
-def test_driver_killed_after_iteration_1_resumes_to_identical_output(story_file, tiny_cache, tmp_path, request):
-    out = tmp_path / "out"
+def kill_driver_when(story_file, tiny_cache, out: Path, ready, what: str) -> None:
+    """Run the launcher (1 worker) in its own session and SIGKILL it with the Ray it started once `ready()`."""
     cmd = [sys.executable, "-m", "storyadapter.launch", *overrides(story_file, tiny_cache, out, 1)]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, start_new_session=True, stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(cmd, cwd=out.parent, start_new_session=True, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     deadline = time.monotonic() + 240
     try:
-        while not manifest.part_path(out, 1).exists():
+        while not ready():
             assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-            assert time.monotonic() < deadline, "iteration 1 never finished"
-            time.sleep(0.01)
+            assert time.monotonic() < deadline, what
+            time.sleep(0.005)
     finally:
         family = [proc.pid] + [c.pid for c in psutil.Process(proc.pid).children(recursive=True)] if proc.poll() is None else []
         os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray it started, as if the node died
@@ -96,6 +96,11 @@ def test_driver_killed_after_iteration_1_resumes_to_identical_output(story_file,
             except ProcessLookupError:
                 pass
         proc.wait()
+
+
+def test_driver_killed_after_iteration_1_resumes_to_identical_output(story_file, tiny_cache, tmp_path, request):
+    out = tmp_path / "out"
+    kill_driver_when(story_file, tiny_cache, out, lambda: manifest.part_path(out, 1).exists(), "iteration 1 never finished")
     assert manifest.finished_iterations(out) == [0, 1], "the driver must be killed before iteration 2 finished"
 
     reference = request.getfixturevalue("reference")  # starts the in-process Ray only after the kill
@@ -220,32 +225,12 @@ def test_too_few_cpus_or_gpus_is_a_clear_error(local_ray):
         check_capacity(ActorResources(2, 0.5, 1.0, 0, 10.0), use_gpu=True)
 
 
-def _kill_tree(proc: subprocess.Popen) -> None:
-    family = [proc.pid] + [c.pid for c in psutil.Process(proc.pid).children(recursive=True)] if proc.poll() is None else []
-    os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray it started, as if the node died
-    for pid in family:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    proc.wait()
-
-
 def test_driver_killed_mid_iteration_resumes_without_rendering_finished_frames_again(story_file, tiny_cache, tmp_path, request):
     from storyadapter import journal
 
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "storyadapter.launch", *overrides(story_file, tiny_cache, out, 1)]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    deadline = time.monotonic() + 240
-    try:
-        while len(journal.read(out, 1)) < 4:  # two batches of iteration 1 are durable
-            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-            assert time.monotonic() < deadline, "iteration 1 never progressed"
-            time.sleep(0.005)
-    finally:
-        _kill_tree(proc)
+    # two batches of iteration 1 are durable
+    kill_driver_when(story_file, tiny_cache, out, lambda: len(journal.read(out, 1)) >= 4, "iteration 1 never progressed")
     assert 1 not in manifest.finished_iterations(out), "the driver must be killed inside iteration 1"
     kept = journal.read(out, 1)
     stamps = {f: (out / r.image_path).stat() for f, r in kept.items()}
