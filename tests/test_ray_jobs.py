@@ -157,6 +157,16 @@ def test_jobs_api_refuses_requests_without_the_token(ray_head):
     assert get(f"{ray_head.dashboard}/api/jobs/", "not-the-token") in (401, 403)
 
 
+def test_the_token_alone_is_not_enough_the_client_needs_the_auth_mode_too(ray_head):
+    """Why the README exports RAY_AUTH_MODE=token beside RAY_AUTH_TOKEN."""
+    listing = [*RAY_CLI, "job", "list", "--address", ray_head.dashboard]
+    token_only = {k: v for k, v in ray_head.env.items() if k != "RAY_AUTH_MODE"}
+    refused = subprocess.run(listing, env=token_only, capture_output=True, text=True, timeout=120)
+    assert refused.returncode != 0 and "token" in (refused.stdout + refused.stderr).lower(), refused.stdout + refused.stderr
+    both = subprocess.run(listing, env=ray_head.env, capture_output=True, text=True, timeout=120)
+    assert both.returncode == 0, both.stdout + both.stderr
+
+
 def test_ray_job_submit_renders_story(ray_head, tiny_cache, tmp_path):
     story = write_story(tmp_path / "story.txt", ["a lighthouse at dawn", "a lighthouse in a storm", "a lighthouse at night"])
     out = tmp_path / "out"  # absolute: the job runs in a copy of the working dir
