@@ -107,7 +107,8 @@ def check_available(source: ModelSource, key: str = "model.pretrained") -> None:
 
 
 def load_pipeline(source: ModelSource, device: torch.device, dtype: torch.dtype):
-    """StableDiffusionXLPipeline + IP-Adapter + DDIM scheduler, on `device`; then the VAE and LoRAs asked for."""
+    """StableDiffusionXLPipeline from a hub id, folder or single file, LoRAs fused, IP-Adapter, the VAE asked for,
+    DDIM as upstream runs it; on `device`."""
     from diffusers import DDIMScheduler, StableDiffusionXLPipeline
 
     from ..logs import quiet_libraries
