@@ -4,14 +4,17 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= outputs/demo
+# Where torch comes from. Empty: pip's configured index (on a standard x86-64 Linux box, PyPI's torch, which
+# pulls the CUDA wheels, several GB). CPU-only machines: make install TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+TORCH_INDEX_URL ?=
 
 .PHONY: install test demo ui bench bench-gpu bench-sim bench-methods slurm-demo clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	# The CPU wheel first: a bare `torch` requirement would pull several GB of CUDA wheels.
-	$(PY) -m pip install -q torch==2.13.0
+	# torch first, pinned, from TORCH_INDEX_URL when set; the rest then finds it installed and keeps it.
+	$(PY) -m pip install -q torch==2.13.0 $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL))
 	$(PY) -m pip install -q -e '.[test,slurm]'
 	# Only the CLIP vocabulary file is used; its dependencies (torchvision) would replace torch.
 	$(PY) -m pip install -q --no-deps open-clip-torch

@@ -100,9 +100,15 @@ class CaptionFont:
     def __init__(self, size: int):
         self.size = size
         self.primary = _sized(faces()[0], size)
+        self._primary_codes = codepoints(faces()[0])
+
+    def _primary_covers(self, text: str) -> bool:
+        return all(ord(char) in self._primary_codes for char in text)
 
     def runs(self, text: str) -> list[tuple[str, Face]]:
         """`text` cut into runs of one face each; characters no font has are dropped rather than drawn as boxes."""
+        if self._primary_covers(text):  # the common case, and wrapping measures a lot
+            return [(text, faces()[0])] if text else []
         out: list[tuple[str, Face]] = []
         for char in text:
             face = out[-1][1] if out and _invisible(char) and ord(char) in codepoints(out[-1][1]) else face_for(char)
@@ -118,6 +124,8 @@ class CaptionFont:
         return self.primary.getmetrics()
 
     def getlength(self, text: str) -> float:
+        if self._primary_covers(text):
+            return self.primary.getlength(text)
         return sum(_sized(face, self.size).getlength(run) for run, face in self.runs(text))
 
     def getbbox(self, text: str) -> tuple[int, int, int, int]:

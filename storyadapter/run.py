@@ -84,11 +84,12 @@ def resolve_model(cfg: DictConfig):
     from .models.loading import ModelSource, check_available
 
     # Files the user names become absolute here: workers (and Ray Jobs' copied working dir) have another cwd.
+    vae = m.get("vae")  # .get: bench builds a bare config with only the model's kind
     extras = dict(
-        single_file_config=_absolute(m.single_file_config),
-        vae=_absolute(m.vae) if m.vae and _names_local(m.vae) else m.vae,
-        loras=tuple(LoraWeights(_absolute(lw.path), float(lw.scale)) for lw in m.loras),
-        cache_dir=_absolute(m.cache_dir),
+        single_file_config=_absolute(m.get("single_file_config")),
+        vae=_absolute(vae) if vae and _names_local(vae) else vae,
+        loras=tuple(LoraWeights(_absolute(lw.path), float(lw.scale)) for lw in m.get("loras") or ()),
+        cache_dir=_absolute(m.get("cache_dir")),
     )
     eval_clip = None
     if m.kind == "tiny":

@@ -2,7 +2,8 @@
 
 The first nine are StoryDiffusion's style list (HVision-NKU/StoryDiffusion, utils/style_template.py),
 retyped so the same story renders in the same styles as there. The last three are
-Story-Adapter's (comic, film, realistic), worded exactly as its run.py builds them, so `render=paper`
+Story-Adapter's (comic, film, realistic), worded exactly as upstream builds them (StoryAdapterXL.generate in
+ip_adapter/ip_adapter.py: the comic one live, film commented beside it), so `render=paper`
 reproduces upstream's prompts as well as its sampler.
 """
 
@@ -100,7 +101,7 @@ _STYLES: tuple[Style, ...] = (
         "100mm lens, 3d blender render",
         _SD_NOT_PAINTED + ", " + _SD_BAD,
     ),
-    # Story-Adapter's three, as its run.py writes them (one shared negative).
+    # Story-Adapter's three, as upstream writes them (one shared negative).
     Style(
         "comic",
         "best quality, high quality, comic {prompt} . graphic illustration, comic art, graphic novel art, "

@@ -1,11 +1,12 @@
-"""Ray Jobs for real: `ray start --head` on loopback (own ports, temp dir and auth token), then
-`ray job submit --working-dir <repo> -- python -m storyadapter.launch cluster=ray ...` against it."""
+"""Ray Jobs for real, following the README's recipe step by step, on loopback (own ports, temp dir, HOME):
+on the "head", the venv activated, `ray get-auth-token --generate`, then `RAY_AUTH_MODE=token ray start --head`;
+from a submitter that has neither the venv on its PATH nor the head's HOME, `RAY_AUTH_MODE=token
+RAY_AUTH_TOKEN=<token> ray job submit --working-dir <repo> -- python -m storyadapter.launch cluster=ray ...`."""
 
 from __future__ import annotations
 
 import json
 import os
-import secrets
 import shutil
 import signal
 import socket
@@ -34,9 +35,22 @@ RAY_CLI = [str(Path(sys.executable).with_name("ray"))] if Path(sys.executable).w
 @dataclass
 class Head:
     dashboard: str
-    env: dict
+    env: dict  # the submitter's environment, as the README has it
+    token: str
     temp: Path
     log: Path
+
+
+VENV_BIN = Path(sys.executable).parent
+
+
+def activated(env: dict) -> dict:
+    """What `source .venv/bin/activate` does to the environment."""
+    return {**env, "VIRTUAL_ENV": str(VENV_BIN.parent), "PATH": f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"}
+
+
+def without_venv(path: str) -> str:
+    return os.pathsep.join(p for p in path.split(os.pathsep) if Path(p).resolve() != VENV_BIN.resolve())
 
 
 def free_ports(n: int) -> list[int]:
@@ -101,40 +115,56 @@ def ray_head():
     # A short path: Ray's unix sockets live under it (108-byte limit).
     temp = Path(tempfile.mkdtemp(prefix="sa-rj-", dir="/tmp"))
     gcs, dash, client, agent = free_ports(4)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    env.update(
-        RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32), RAY_USAGE_STATS_ENABLED="0",
-        HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1",
-        # Job entrypoints run `python` from the head's PATH: this interpreter's environment.
-        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-    )
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "VIRTUAL_ENV"))}
+    base.update(RAY_USAGE_STATS_ENABLED="0", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1",
+                PATH=without_venv(os.environ.get("PATH", "")))
+    # The head: its own HOME (where ~/.ray/auth_token goes), the venv activated (jobs run its python).
+    (temp / "head-home").mkdir()
+    head_env = activated({**base, "HOME": str(temp / "head-home")})
+    made = subprocess.run(["ray", "get-auth-token", "--generate"], env=head_env, capture_output=True, text=True, timeout=120)
+    assert made.returncode == 0, made.stderr
+    token = made.stdout.strip()
+    assert (temp / "head-home" / ".ray" / "auth_token").read_text().strip() == token
     log = temp / "head.log"
     with open(log, "w") as fh:
         proc = subprocess.Popen(
-            [*RAY_CLI, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}", "--num-cpus=2",
+            ["ray", "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}", "--num-cpus=2",
              "--num-gpus=0", "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
              f"--ray-client-server-port={client}", f"--dashboard-agent-listen-port={agent}",
              f"--temp-dir={temp}", "--disable-usage-stats"],
-            env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+            env={**head_env, "RAY_AUTH_MODE": "token"}, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
     dashboard = f"http://127.0.0.1:{dash}"
+    # The submitter: another HOME (no token file), no venv on PATH; the token from `ray get-auth-token` on the head.
+    (temp / "submit-home").mkdir()
+    submit_env = {**base, "HOME": str(temp / "submit-home"), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
     try:
         deadline = time.monotonic() + 120
-        while get(f"{dashboard}/api/version", env["RAY_AUTH_TOKEN"]) != 200:
+        while get(f"{dashboard}/api/version", token) != 200:
             if proc.poll() is not None:
                 pytest.fail(f"ray start --head exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
             if time.monotonic() > deadline:
                 pytest.fail(f"Ray dashboard at {dashboard} not up after 120 s:\n{log.read_text()[-3000:]}")
             time.sleep(1)
-        yield Head(dashboard, env, temp, log)
+        yield Head(dashboard, submit_env, token, temp, log)
     finally:
         stop_head(proc, temp)
         shutil.rmtree(temp, ignore_errors=True)
 
 
 def test_jobs_api_refuses_requests_without_the_token(ray_head):
-    assert get(f"{ray_head.dashboard}/api/jobs/", ray_head.env["RAY_AUTH_TOKEN"]) == 200
+    assert get(f"{ray_head.dashboard}/api/jobs/", ray_head.token) == 200
     assert get(f"{ray_head.dashboard}/api/jobs/") in (401, 403)
     assert get(f"{ray_head.dashboard}/api/jobs/", "not-the-token") in (401, 403)
+
+
+def test_the_token_alone_is_not_enough_the_client_needs_the_auth_mode_too(ray_head):
+    """Why the README exports RAY_AUTH_MODE=token beside RAY_AUTH_TOKEN."""
+    listing = [*RAY_CLI, "job", "list", "--address", ray_head.dashboard]
+    token_only = {k: v for k, v in ray_head.env.items() if k != "RAY_AUTH_MODE"}
+    refused = subprocess.run(listing, env=token_only, capture_output=True, text=True, timeout=120)
+    assert refused.returncode != 0 and "token" in (refused.stdout + refused.stderr).lower(), refused.stdout + refused.stderr
+    both = subprocess.run(listing, env=ray_head.env, capture_output=True, text=True, timeout=120)
+    assert both.returncode == 0, both.stdout + both.stderr
 
 
 def test_ray_job_submit_renders_story(ray_head, tiny_cache, tmp_path):

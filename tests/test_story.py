@@ -432,7 +432,7 @@ def test_storydiffusion_templates_are_the_real_ones():
 
 
 def test_story_adapter_templates_are_upstreams_exactly():
-    """Story-Adapter's run.py: the prompt p is spliced in as below, with one negative for all three."""
+    """Upstream's StoryAdapterXL.generate: the prompt p is spliced in as below, with one negative for all three."""
     p = "a fox {reads} a map"
     negative = "monochrome, lowres, bad anatomy, worst quality, low quality"
     expected = {

@@ -80,7 +80,7 @@ def _offline() -> bool:
 
 def check_available(source: ModelSource, key: str = "model.pretrained") -> None:
     """Fail fast, before any worker starts, with one line saying how to get missing or unusable weights."""
-    from . import lora, single_file
+    from . import lora, single_file, vae
 
     refs = [(source.ip_adapter, f"{source.ip_adapter_subfolder}/{source.ip_adapter_weight}", "model.ip_adapter")]
     if single_file.is_single_file(source.pretrained):
@@ -91,7 +91,7 @@ def check_available(source: ModelSource, key: str = "model.pretrained") -> None:
     else:
         refs.insert(0, (source.pretrained, "model_index.json", key))
     if source.vae:
-        check_vae(source)
+        vae.check(source.vae)
     for index, weights in enumerate(source.loras):
         lora.check(weights.path, index)
     for ref, marker, name in refs:
@@ -106,70 +106,16 @@ def check_available(source: ModelSource, key: str = "model.pretrained") -> None:
                 raise UserError(f"{name}={ref}: weights are not in the local Hugging Face cache and HF_HUB_OFFLINE is set; {_fetch_hint(source)}")
 
 
-def _vae_is_file(ref: str) -> bool:
-    return ref.lower().endswith(".safetensors")
-
-
-def check_vae(source: ModelSource) -> None:
-    """model.vae names something loadable: a folder with a VAE config, a readable file, or a cached hub id."""
-    ref = source.vae
-    where = f"model.vae={ref}"
-    path = Path(ref).expanduser()
-    if _vae_is_file(ref):
-        from safetensors import SafetensorError, safe_open
-
-        if not path.is_file():
-            raise UserError(f"{where}: no such file")
-        try:
-            with safe_open(str(path), framework="pt") as handle:
-                keys = list(handle.keys())
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise UserError(f"{where}: not a readable .safetensors file ({exc})") from None
-        if not any(k.endswith("decoder.conv_out.weight") for k in keys):
-            raise UserError(f"{where}: holds no VAE decoder weights")
-        return
-    if _is_local(ref):
-        if not ((path / "config.json").is_file() or (path / "vae" / "config.json").is_file()):
-            raise UserError(f"{where}: neither config.json nor vae/config.json in that folder")
-        return
-    if _offline():
-        from huggingface_hub import try_to_load_from_cache
-
-        if not isinstance(try_to_load_from_cache(ref, "config.json"), str):
-            raise UserError(f"{where}: not in the local Hugging Face cache and HF_HUB_OFFLINE is set; "
-                            f"fetch it once with `hf download {ref}`")
-
-
-def load_vae(source: ModelSource, dtype: torch.dtype):
-    from diffusers import AutoencoderKL
-
-    ref = source.vae
-    path = Path(ref).expanduser()
-    try:
-        if _vae_is_file(ref):
-            return AutoencoderKL.from_single_file(str(path), config=str(source.components_dir()), subfolder="vae",
-                                                  local_files_only=True, torch_dtype=dtype)
-        subfolder = "vae" if (path / "vae" / "config.json").is_file() else None  # a whole pipeline folder
-        return AutoencoderKL.from_pretrained(ref, subfolder=subfolder, torch_dtype=dtype)
-    except (OSError, ValueError, RuntimeError, KeyError) as exc:
-        raise UserError(f"model.vae={ref}: could not load a VAE ({exc})") from None
-
-
-def _check_vae_fits(pipe, ref: str) -> None:
-    latent, unet = pipe.vae.config.latent_channels, pipe.unet.config.in_channels
-    if latent != unet:
-        raise UserError(f"model.vae={ref}: {latent} latent channels, but the UNet takes {unet}; not an SDXL VAE")
-
-
 def load_pipeline(source: ModelSource, device: torch.device, dtype: torch.dtype):
-    """StableDiffusionXLPipeline + IP-Adapter + DDIM scheduler, on `device`; then the VAE and LoRAs asked for."""
+    """StableDiffusionXLPipeline from a hub id, folder or single file, LoRAs fused, IP-Adapter, the VAE asked for,
+    DDIM as upstream runs it; on `device`."""
     from diffusers import DDIMScheduler, StableDiffusionXLPipeline
 
     from ..logs import quiet_libraries
-    from . import lora, single_file
+    from . import lora, single_file, vae as vae_weights
 
     quiet_libraries()  # now that diffusers is imported, silence its per-component loading bars
-    vae = load_vae(source, dtype) if source.vae else None
+    vae = vae_weights.load(source.vae, dtype, source.components_dir) if source.vae else None
     if source.pretrained == "random:sdxl":  # model=sdxl-random: full-size SDXL, random weights, built in memory
         from .sdxl_random import build_pipeline
 
@@ -188,7 +134,7 @@ def load_pipeline(source: ModelSource, device: torch.device, dtype: torch.dtype)
         _load_ip_adapter(pipe, source)
     if vae is not None:
         pipe.vae = vae
-        _check_vae_fits(pipe, source.vae)
+        vae_weights.check_fits(pipe, source.vae)
     # Story-Adapter samples with DDIM: the checkpoint's noise schedule (betas, prediction type), but these three
     # pinned as upstream passes them. A checkpoint whose scheduler config lacks them would otherwise get
     # DDIM's defaults, which clip every predicted latent to [-1, 1] and end on alpha 1.

@@ -1,0 +1,65 @@
+"""model.vae: a VAE that replaces the checkpoint's (e.g. an fp16-safe SDXL VAE), from a hub id, folder or file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from ..errors import UserError
+from .loading import _is_local, _offline
+
+
+def _is_file(ref: str) -> bool:
+    return ref.lower().endswith(".safetensors")
+
+
+def check(ref: str) -> None:
+    """Before any worker starts: `ref` names a folder with a VAE config, a readable VAE file, or a cached hub id."""
+    where = f"model.vae={ref}"
+    path = Path(ref).expanduser()
+    if _is_file(ref):
+        from safetensors import SafetensorError, safe_open
+
+        if not path.is_file():
+            raise UserError(f"{where}: no such file")
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                keys = list(handle.keys())
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise UserError(f"{where}: not a readable .safetensors file ({exc})") from None
+        if not any(k.endswith("decoder.conv_out.weight") for k in keys):
+            raise UserError(f"{where}: holds no VAE decoder weights")
+        return
+    if _is_local(ref):
+        if not ((path / "config.json").is_file() or (path / "vae" / "config.json").is_file()):
+            raise UserError(f"{where}: neither config.json nor vae/config.json in that folder")
+        return
+    if _offline():
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(ref, "config.json"), str):
+            raise UserError(f"{where}: not in the local Hugging Face cache and HF_HUB_OFFLINE is set; "
+                            f"fetch it once with `hf download {ref}`")
+
+
+def load(ref: str, dtype: torch.dtype, components_dir: Callable[[], Path]):
+    """AutoencoderKL from `ref`; a single file is built around the VAE config in `components_dir()`."""
+    from diffusers import AutoencoderKL
+
+    path = Path(ref).expanduser()
+    try:
+        if _is_file(ref):
+            return AutoencoderKL.from_single_file(str(path), config=str(components_dir()), subfolder="vae",
+                                                  local_files_only=True, torch_dtype=dtype)
+        subfolder = "vae" if (path / "vae" / "config.json").is_file() else None  # a whole pipeline folder
+        return AutoencoderKL.from_pretrained(ref, subfolder=subfolder, torch_dtype=dtype)
+    except (OSError, ValueError, RuntimeError, KeyError) as exc:
+        raise UserError(f"model.vae={ref}: could not load a VAE ({exc})") from None
+
+
+def check_fits(pipe, ref: str) -> None:
+    latent, unet = pipe.vae.config.latent_channels, pipe.unet.config.in_channels
+    if latent != unet:
+        raise UserError(f"model.vae={ref}: {latent} latent channels, but the UNet takes {unet}; not an SDXL VAE")
