@@ -126,6 +126,7 @@ class _Actor:
     state: str = "live"  # live | down (probing: Ray may restart it) | dead
     deadline: float | None = None  # next batch must finish by then (while it has batches)
     probe: object = None  # ready() ref while down
+    probe_again_at: float | None = None  # while down and unreachable: when to ask again
     down_since: float = 0.0
     batches: dict = field(default_factory=dict)  # ref -> frames (None for a begin_iteration call)
 
@@ -195,6 +196,8 @@ class RayExecutor:
             for a in self.actors:
                 if a.state == "live":
                     self._top_up(a)
+                elif a.probe_again_at is not None and time.monotonic() >= a.probe_again_at:
+                    a.probe, a.probe_again_at = a.handle.ready.remote(), None
             waiting = [r for a in self.actors for r in a.batches] + [a.probe for a in self.actors if a.probe is not None]
             waiting += list(self._late)
             live = [a for a in self.actors if a.state == "live"]
@@ -245,8 +248,8 @@ class RayExecutor:
             a.probe = None
             try:
                 ray.get(ref)
-            except ray.exceptions.ActorUnavailableError:  # restarting, or its node unreachable for now: ask again
-                a.probe = a.handle.ready.remote()
+            except ray.exceptions.ActorUnavailableError:  # restarting, or its node unreachable for now: ask again soon
+                a.probe_again_at = time.monotonic() + 1.0
                 return
             except ray.exceptions.RayError as exc:
                 a.state = "dead"
@@ -298,6 +301,7 @@ class RayExecutor:
     def _next_timeout(self, stalled_since: float | None) -> float:
         now = time.monotonic()
         times = [a.deadline for a in self.actors if a.state == "live" and a.deadline is not None]
+        times += [a.probe_again_at for a in self.actors if a.probe_again_at is not None]
         if stalled_since is not None:
             times.append(stalled_since + self.res.capacity_timeout_s)
         return max(0.05, min(times) - now) if times else 1.0
