@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= outputs/demo
 
-.PHONY: install test demo ui bench bench-gpu slurm-demo clean
+.PHONY: install test demo ui bench bench-gpu gpu-wheels slurm-demo clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -52,8 +52,15 @@ bench: install
 
 # Full-size random-weight SDXL on a GPU (bf16, SDPA, 1024², 50 steps); needs a CUDA build of torch.
 # COMPILE=1 adds torch.compile; PEAK_TFLOPS is one GPU's dense bf16 peak (H100 SXM: 989).
+# PARTS picks what runs (growth,sweeps,loops,shared; README "Benchmark" splits them over a GPU lease's calls).
 COMPILE ?= 0
 PEAK_TFLOPS ?= 989
+PARTS ?= growth,sweeps,loops,shared
 bench-gpu: install
-	HF_HUB_OFFLINE=1 $(PY) -m bench.throughput preset=gpu peak_tflops=$(PEAK_TFLOPS) \
+	HF_HUB_OFFLINE=1 $(PY) -m bench.throughput preset=gpu peak_tflops=$(PEAK_TFLOPS) 'parts=[$(PARTS)]' \
 		compile=$(if $(filter 1 true yes,$(COMPILE)),true,false)
+
+# Wheels the lent GPU machine lacks (diffusers, hydra, omegaconf, antlr4, ray in two parts ...) into the git-ignored
+# .whl, .whl-ray1, .whl-ray2; scripts/gpu-setup.sh installs them there. Needs network to PyPI.
+gpu-wheels: install
+	PY=$(PY) scripts/gpu-wheels.sh
