@@ -76,6 +76,7 @@ class BenchConfig:
     growth_frames: list[int] = field(default_factory=lambda: [25, 100, 400])
     growth_sample: int = 8  # frames rendered per bank size
     growth_reps: int = 3  # measurements per bank size (alternating order); the fastest counts
+    upstream_growth_frames: Optional[list[int]] = None  # default growth_frames; upstream holds all N images at once
     upstream_growth_reps: int = 2  # the same for the upstream loop (slow at N=400: N image encodes per frame)
     flops: bool = True
     peak_tflops: Optional[float] = None  # the device's dense peak for `dtype` (H100 SXM bf16: 989)
@@ -101,7 +102,8 @@ PRESETS = {
     "cpu": dict(name="cpu", model="tiny", device="cpu", dtype="float32", frames=24, iterations=2, steps=4, size=64,
                 rounds=4, threads=1, growth_sample=8, growth_reps=3, peak_tflops=None, long_frames=100, long_rounds=2),
     "gpu": dict(name="gpu", model="sdxl-random", device="cuda", dtype="bfloat16", frames=8, iterations=1, steps=50,
-                size=1024, rounds=1, threads=1, growth_frames=[25, 100, 400, 1000], growth_sample=2, growth_reps=1,
+                size=1024, rounds=1, threads=1, growth_frames=[25, 100, 400, 1000], upstream_growth_frames=[25, 100, 400],
+                growth_sample=2, growth_reps=1,
                 upstream_growth_reps=1, peak_tflops=989.0, batch_sizes=[1, 2, 4, 8], sweep_compile=[False, True],
                 sweep_variants=["nondeterministic", "joint_sdpa", "float16"], shared_gpu_actors=2),
 }
@@ -437,6 +439,7 @@ def growth_child(kind: str, cfg_dict: dict, work: str) -> list[dict]:
     prompts = [story.styled(f) for f in story.frames]
     rng = np.random.default_rng(0)
     iteration = iter(range(1, 1 << 30))
+    sizes = cfg.growth_frames if kind == "engine" else (cfg.upstream_growth_frames or cfg.growth_frames)
 
     if kind == "engine":
         from storyadapter.worker import FrameWorker
@@ -478,7 +481,7 @@ def growth_child(kind: str, cfg_dict: dict, work: str) -> list[dict]:
         device = pick_device(cfg.device)
         adapter = UpstreamStoryAdapter(load_pipeline(source, device, pick_dtype(cfg.dtype, device)), settings(cfg))
         inputs = {n: [Image.fromarray(rng.integers(0, 256, size=(256, 256, 3), dtype=np.uint8)) for _ in range(n)]
-                  for n in cfg.growth_frames}
+                  for n in sizes}
         adapter.generate(*prompts[0], None, 0.0, cfg.seed)  # warm-up
 
         def once(n: int) -> dict:
@@ -494,12 +497,12 @@ def growth_child(kind: str, cfg_dict: dict, work: str) -> list[dict]:
         def flops(n: int) -> dict:
             return upstream_frame_flops(adapter, prompts[0], inputs[n], cfg)
 
-    reps: dict[int, list[dict]] = {n: [] for n in cfg.growth_frames}
+    reps: dict[int, list[dict]] = {n: [] for n in sizes}
     for rep in range(max(1, cfg.growth_reps if kind == "engine" else cfg.upstream_growth_reps)):
-        for n in (cfg.growth_frames if rep % 2 == 0 else cfg.growth_frames[::-1]):
+        for n in (sizes if rep % 2 == 0 else sizes[::-1]):
             reps[n].append(once(n))
     rows = []
-    for n in cfg.growth_frames:
+    for n in sizes:
         row = {"n": n, "reps": reps[n]}
         for key in reps[n][0]:
             values = [m[key] for m in reps[n]]
