@@ -6,7 +6,7 @@ The `conf/` tree picks values; these classes define which keys exist and their t
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import List, Optional
 
 from omegaconf import MISSING
 
@@ -15,13 +15,38 @@ from omegaconf import MISSING
 class StoryConfig:
     path: str = MISSING  # .txt (plain or StoryDiffusion form), .yaml/.yml or .json
     style: Optional[str] = None  # overrides the story file's style
+    title: Optional[str] = None  # overrides the story file's title (a .txt story's is its file name)
+
+
+@dataclass
+class LoraConfig:
+    path: str = MISSING  # a LoRA .safetensors file (diffusers/peft or Kohya layout)
+    scale: float = 1.0
+
+
+@dataclass
+class SimConfig:
+    """model=sim: how long a simulated frame takes and what it yields (storyadapter/sim.py)."""
+
+    frame_s: float = 0.05  # mean seconds per frame
+    jitter: float = 0.1  # each frame's time varies by up to +-this share, the same every run
+    straggler_share: float = 0.0  # share of the GPU nodes that are slow (rounded to whole nodes)
+    slowdown: float = 1.5  # frame time factor on a slow node
+    embedding_dim: int = 16
+    image_size: int = 32  # PNG side in pixels
+    trace_dir: Optional[str] = None  # one file per batch started (the benchmark counts repeated work)
 
 
 @dataclass
 class ModelConfig:
     name: str = "realvisxl"
-    kind: str = "hub"  # hub (ids or local folders) | tiny (built offline) | sdxl-random (full size, random)
-    pretrained: str = "SG161222/RealVisXL_V4.0"
+    kind: str = "hub"  # hub (ids or local folders) | tiny (built offline) | sdxl-random (full size, random) | sim
+    pretrained: str = "SG161222/RealVisXL_V4.0"  # hub id, diffusers folder, or one SDXL .safetensors checkpoint
+    # For a .safetensors `pretrained`: a diffusers SDXL folder whose component configs and tokenizers the file is
+    # built into (its weights are not read). Default: SDXL base 1.0's configs, written offline.
+    single_file_config: Optional[str] = None
+    vae: Optional[str] = None  # replaces the checkpoint's VAE: hub id, folder or .safetensors (e.g. an fp16-safe SDXL VAE)
+    loras: List[LoraConfig] = field(default_factory=list)  # [{path: ..., scale: 0.8}, ...], fused once per worker
     ip_adapter: str = "h94/IP-Adapter"
     ip_adapter_subfolder: str = "sdxl_models"
     ip_adapter_weight: str = "ip-adapter_sdxl.safetensors"
@@ -34,6 +59,7 @@ class ModelConfig:
     # autotune (cudnn.benchmark), which may be faster and may change the last bits of a frame between runs.
     deterministic: bool = True
     cache_dir: Optional[str] = None  # where model=tiny is built; default $STORYADAPTER_CACHE or ~/.cache/storyadapter
+    sim: SimConfig = field(default_factory=SimConfig)
 
 
 @dataclass
@@ -62,8 +88,11 @@ class ClusterConfig:
     gpus_per_worker: float = 1.0  # used when GPUs are present; fractions share a GPU
     cpus_per_worker: float = 1.0
     threads_per_worker: int = 1  # torch intra-op threads on CPU workers
-    max_restarts: int = 3  # a dead worker is restarted and its frames re-rendered
-    ready_timeout_s: float = 600.0
+    max_restarts: int = 3  # Ray may restart a dead worker; its batches go to other workers meanwhile
+    ready_timeout_s: float = 600.0  # placing the workers (an autoscaling cluster grows meanwhile) and loading the model
+    batch_timeout_s: float = 120.0  # a worker that finishes no batch for max(this, factor x median batch time) loses its batches
+    batch_timeout_factor: float = 5.0
+    capacity_timeout_s: float = 300.0  # no live worker for this long (lost nodes, no capacity): stop, keeping every finished frame
 
 
 @dataclass
@@ -94,7 +123,7 @@ class Config:
 
 
 CHOICES = {
-    "model.kind": ("hub", "tiny", "sdxl-random"),
+    "model.kind": ("hub", "tiny", "sdxl-random", "sim"),
     "render.seed_policy": ("shared", "per_frame"),
     "render.reference_sdpa": ("split", "joint"),
     "cluster.mode": ("local", "ray"),
@@ -102,7 +131,9 @@ CHOICES = {
     "outputs.caption_position": ("below", "above"),
 }
 POSITIVE = ("render.steps", "render.height", "render.width", "render.batch_size", "render.reference_size",
-            "cluster.workers", "cluster.threads_per_worker")
+            "cluster.workers", "cluster.threads_per_worker", "cluster.ready_timeout_s", "cluster.batch_timeout_s",
+            "cluster.batch_timeout_factor", "cluster.capacity_timeout_s", "model.sim.embedding_dim",
+            "model.sim.image_size", "model.sim.slowdown")
 
 
 def register() -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .errors import UserError, report
+from .errors import UserError, environment_error, report
 
 
 def conf_dir() -> str:
@@ -106,6 +106,11 @@ def _task(cfg) -> None:
         fail(str(exc), exc.exit_code)
     except KeyboardInterrupt:
         fail(f"interrupted; finished iterations are kept: rerun with resume=true output_dir={out_dir}", 130)
+    except Exception as exc:  # noqa: BLE001 - only the environment's failures are turned into one line
+        err = environment_error(exc, out_dir)
+        if err is None:
+            raise
+        fail(str(err), err.exit_code)
 
 
 def main() -> None:

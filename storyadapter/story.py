@@ -126,8 +126,9 @@ class _Parsed(NamedTuple):
     frames: list[_FrameSpec]
 
 
-def load_story(path: str | os.PathLike[str], style: str | None = None) -> Story:
-    """Read a story file. `style` overrides the file's style (default "(No style)").
+def load_story(path: str | os.PathLike[str], style: str | None = None, title_override: str | None = None) -> Story:
+    """Read a story file. `style` overrides the file's style (default "(No style)"), `title_override` its title
+    (default: the file's `title`, else the file name without extension).
 
     Raises StoryError for anything wrong with the file, UserError for an unknown `style` argument.
     """
@@ -158,6 +159,10 @@ def load_story(path: str | os.PathLike[str], style: str | None = None) -> Story:
         raise StoryError(src, 1, "no frames")
     frames = tuple(_frame(i, spec, characters, src) for i, spec in enumerate(parsed.frames))
     title = _one_line(parsed.title or "", "the title", src, parsed.title_line) or Path(path).stem
+    if title_override is not None:
+        title = " ".join(title_override.split())
+        if not title or any(unicodedata.category(c) == "Cc" for c in title):
+            raise UserError(f"story.title={title_override!r}: expected one line of printable text")
     return Story(
         title=title,
         style=style_name,

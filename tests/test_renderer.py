@@ -166,6 +166,38 @@ def test_encoder_passes_per_iteration_and_text_encoded_once(tiny_source, tmp_pat
     assert worker.image_encodes == 15
 
 
+def test_scale_past_the_ramp_stays_at_the_end():
+    """An extended run (render.iterations raised on resume) keeps refining at scale_end."""
+    assert schedule.adapter_scale(13, 10, 0.3, 0.5) == pytest.approx(0.5)
+    assert driver.RunPlan(None, None, 15, 1, 0.3, 0.5, 1, "shared", ramp_iterations=10).scale(12) == pytest.approx(0.5)
+    assert driver.RunPlan(None, None, 15, 1, 0.3, 0.5, 1, "shared").scale(12) < 0.5
+
+
+def test_a_worker_never_renders_with_a_stale_bank(tiny_source, tmp_path):
+    """The bank arrives with begin_iteration; a batch for any other iteration is refused, and a new bank
+    gives exactly what a fresh worker gives with it (nothing of the old bank lingers)."""
+    from storyadapter.results import StaleIterationError
+
+    story = load_story(write_story(tmp_path / "s.txt", [f"a fox in a lantern shop, scene {i}" for i in range(2)]))
+    spec = WorkerSpec(source=tiny_source, settings=SETTINGS,
+                      prompts=tuple(FramePrompt(*story.styled(f)) for f in story.frames),
+                      out_dir=str(tmp_path / "out"), seed=3, seed_policy="per_frame", threads=1)
+    rng = np.random.default_rng(0)
+    worker = FrameWorker(spec)
+    old, new = (rng.normal(size=(2, worker.embedding_dim)).astype(np.float32) for _ in range(2))
+    with pytest.raises(StaleIterationError):
+        worker.render_batch(1, [0])  # no bank yet
+    worker.begin_iteration(1, old, 0.5)
+    with_old = worker.render_batch(1, [0]).frames[0].embedding
+    worker.begin_iteration(2, new, 0.5)
+    with pytest.raises(StaleIterationError):
+        worker.render_batch(1, [0])
+    with_new = worker.render_batch(2, [0]).frames[0].embedding
+
+    fresh = FrameWorker(spec)
+    fresh.begin_iteration(2, new, 0.5)
+    np.testing.assert_array_equal(fresh.render_batch(2, [0]).frames[0].embedding, with_new)
+    assert not np.array_equal(with_old, with_new)
 def test_fp16_vae_is_upcast_once_and_pixels_match_diffusers(tiny_source):
     """An fp16 pipeline decodes with an fp32 VAE converted once at start-up, never per batch, and its frames
     equal diffusers' pipeline, which converts the VAE fp16 -> fp32 -> fp16 on every call."""

@@ -1,0 +1,346 @@
+"""The web UI's job queue: one folder per request, renders run one at a time through the usual command.
+
+A job is `python -m storyadapter.launch ...` in a child process, so the UI server never holds a model or
+a Ray runtime, a crash in a render cannot take the server down, and every render leaves the same
+output folder, log and `config.yaml` as one started from a shell. The story is checked before the job
+is queued, so a bad story is answered at once with the one-line `file:line` error.
+
+Each job's state lives in its folder (`job.json`), so a restarted server lists the renders it had.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from . import manifest
+from .atomic import replacing
+from .errors import UserError
+from .story import StoryError, load_story
+from .styles import style_names
+
+MAX_STORY_BYTES = 256 * 1024
+MAX_TITLE_CHARS = 120
+MODELS = ("tiny", "sdxl-random", "realvisxl", "sdxl")
+STORY_FORMATS = {"txt": ".txt", "yaml": ".yaml", "json": ".json"}
+JOB_FILE = "job.json"
+CANCEL_GRACE_S = 20.0  # after SIGINT, how long the launcher gets to stop Ray before its process group is killed
+_JOB_ID = re.compile(r"^[0-9]{8}-[0-9]{6}-[0-9a-f]{6}$")
+_HYDRA_HINT = "Set the environment variable HYDRA_FULL_ERROR=1"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask for; the server's --max-* options. The defaults admit the paper's
+    settings (1024 px, 50 steps, 10 iterations) for a story of 200 frames."""
+
+    frame_renders: int = 2200  # frames x (iterations + 1)
+    size: int = 1024
+    steps: int = 100
+    workers: int = 16
+
+
+def hydra_quote(value: str) -> str:
+    """`value` as a single-quoted Hydra override value that reads back verbatim: no grammar
+    characters ( [ { = , # ' take effect, and `${...}` is not interpolated."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'").replace("${", "\\${") + "'"
+
+
+@dataclass(frozen=True)
+class RenderRequest:
+    story: str
+    story_format: str = "txt"
+    title: str | None = None  # the gallery's title; else the story file's (a .txt story has none)
+    style: str | None = None
+    model: str = "tiny"
+    iterations: int = 2
+    steps: int = 2
+    size: int = 64
+    workers: int = 1
+    seed: int = 2024
+
+    @classmethod
+    def from_json(cls, data: object, limits: Limits = Limits()) -> "RenderRequest":
+        """Checks every field; a UserError names the field at fault."""
+        if not isinstance(data, dict):
+            raise UserError("request: expected a JSON object")
+        unknown = sorted(set(data) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise UserError(f"request.{unknown[0]}: unknown field")
+        story = data.get("story")
+        if not isinstance(story, str) or not story.strip():
+            raise UserError("request.story: the story text is empty")
+        if len(story.encode("utf-8")) > MAX_STORY_BYTES:
+            raise UserError(f"request.story: longer than {MAX_STORY_BYTES // 1024} KiB")
+        fmt = data.get("story_format", "txt")
+        if fmt not in STORY_FORMATS:
+            raise UserError(f"request.story_format: {fmt!r} is not one of {', '.join(STORY_FORMATS)}")
+        title = data.get("title") or None
+        if title is not None and (not isinstance(title, str) or len(title) > MAX_TITLE_CHARS
+                                  or not title.isprintable() or not title.strip()):
+            raise UserError(f"request.title: expected one line of at most {MAX_TITLE_CHARS} characters")
+        style = data.get("style") or None
+        if style is not None and style not in style_names():
+            raise UserError(f"request.style: unknown style {style!r}")
+        model = data.get("model", "tiny")
+        if model not in MODELS:
+            raise UserError(f"request.model: {model!r} is not one of {', '.join(MODELS)}")
+        numbers = {}
+        for name, low, high in (("iterations", 0, 50), ("steps", 1, limits.steps), ("size", 64, limits.size),
+                                ("workers", 1, limits.workers), ("seed", 0, 2**31 - 1)):
+            value = data.get(name, getattr(cls, name))
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise UserError(f"request.{name}: expected a whole number from {low} to {high}, got {value!r}")
+            numbers[name] = value
+        if numbers["size"] % 8:
+            raise UserError(f"request.size: must be a multiple of 8, got {numbers['size']}")
+        return cls(story=story, story_format=fmt, title=title and title.strip(), style=style, model=model, **numbers)
+
+    def overrides(self, story_file: str, out_dir: str) -> list[str]:
+        out = [f"story.path={hydra_quote(story_file)}", f"model={self.model}", f"render.iterations={self.iterations}",
+               f"render.steps={self.steps}", f"render.height={self.size}", f"render.width={self.size}",
+               f"render.seed={self.seed}", f"cluster.workers={self.workers}", f"output_dir={hydra_quote(out_dir)}"]
+        if self.style:
+            out.append(f"story.style={hydra_quote(self.style)}")
+        if self.title:
+            out.append(f"story.title={hydra_quote(self.title)}")
+        return out
+
+
+@dataclass
+class RenderJob:
+    id: str
+    folder: Path
+    request: RenderRequest
+    frames: int  # per iteration, from the story
+    state: str = "queued"  # queued | running | done | failed | cancelled | interrupted (the server stopped)
+    error: str | None = None
+    returncode: int | None = None
+    started: float | None = None
+    finished: float | None = None
+    process: subprocess.Popen | None = field(default=None, repr=False)
+
+    @property
+    def out_dir(self) -> Path:
+        return self.folder / "out"
+
+    @property
+    def log_path(self) -> Path:
+        return self.folder / "render.log"
+
+    @property
+    def story_path(self) -> Path:
+        return self.folder / f"story{STORY_FORMATS[self.request.story_format]}"
+
+    def save(self) -> None:
+        """The job's state into its folder, so a restarted server lists it again."""
+        record = {"id": self.id, "request": asdict(self.request), "frames": self.frames, "state": self.state,
+                  "error": self.error, "returncode": self.returncode, "started": self.started, "finished": self.finished}
+        with replacing(self.folder / JOB_FILE) as tmp:
+            tmp.write_text(json.dumps(record, indent=1), encoding="utf-8")
+
+    @classmethod
+    def load(cls, folder: Path) -> "RenderJob":
+        record = json.loads((folder / JOB_FILE).read_text(encoding="utf-8"))
+        job = cls(folder.name, folder, RenderRequest(**record["request"]), int(record["frames"]))
+        job.state, job.error, job.returncode = record["state"], record["error"], record["returncode"]
+        job.started, job.finished = record["started"], record["finished"]
+        return job
+
+    def _frames_on_disk(self) -> list[list[str]]:
+        """Per iteration, the frames written so far (relative to the output folder). PNGs are written
+        atomically, so a listed frame is complete."""
+        found = []
+        for it in range(self.request.iterations + 1):
+            d = self.out_dir / manifest.iteration_dirname(it)
+            found.append([f"{d.name}/{f.name}" for f in sorted(d.glob("frame_*.png"))] if d.is_dir() else [])
+        return found
+
+    def status(self) -> dict:
+        outputs = {name: (self.out_dir / name).is_file() for name in ("index.html", "story.gif", "iterations.png", "metrics.json")}
+        comic = sorted(p.name for p in (self.out_dir / "comic").glob("page_*.png")) if (self.out_dir / "comic").is_dir() else []
+        frames = self._frames_on_disk()
+        per_iteration = [len(f) for f in frames]
+        progress = {"frames_done": sum(per_iteration), "frames_total": self.frames * (self.request.iterations + 1),
+                    "per_iteration": per_iteration}
+        latest = next((f for f in reversed(frames) if f), [])  # the newest iteration that has frames
+        return {"id": self.id, "state": self.state, "error": self.error, "returncode": self.returncode,
+                "title": self.request.title, "model": self.request.model, "frames": self.frames,
+                "iterations": self.request.iterations, "progress": progress, "latest_frames": latest,
+                "outputs": outputs, "comic_pages": [f"comic/{name}" for name in comic],
+                "elapsed_s": round((self.finished or time.time()) - self.started, 1) if self.started else None}
+
+
+def last_error_line(log: Path) -> str:
+    """The launcher's one-line `error: ...` if it wrote one, else the last line of the log that is not
+    Hydra's advice to set HYDRA_FULL_ERROR."""
+    try:
+        lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return "the render stopped without a log"
+    errors = [line for line in lines if line.startswith("error:")]
+    others = [line for line in lines if _HYDRA_HINT not in line]
+    return (errors or others or ["the render stopped without output"])[-1][:500]
+
+
+class RenderQueue:
+    """Jobs under `root`, rendered one at a time by a background thread (local Ray takes the whole machine)."""
+
+    def __init__(self, root: Path, extra_overrides: tuple[str, ...] = (), limits: Limits = Limits()):
+        self.root = Path(root)  # created with the first render
+        self.extra_overrides = tuple(extra_overrides)
+        self.limits = limits
+        self._lock = threading.Lock()
+        self._jobs: dict[str, RenderJob] = self._load_jobs()
+        self._pending: queue.Queue[str | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._work, name="render-queue", daemon=True)
+        self._thread.start()
+
+    def _load_jobs(self) -> dict[str, RenderJob]:
+        """The renders a previous server left in `root`. One that was queued or running when it stopped is
+        `interrupted`: its frames stay, nothing restarts it behind the user's back."""
+        jobs = {}
+        folders = sorted(self.root.iterdir()) if self.root.is_dir() else []
+        for folder in folders:
+            if not _JOB_ID.match(folder.name) or not (folder / JOB_FILE).is_file():
+                continue
+            try:
+                job = RenderJob.load(folder)
+            except (OSError, ValueError, KeyError, TypeError):
+                continue  # not a job folder this server can read; leave it alone
+            if job.state in ("queued", "running"):
+                job.state, job.error = "interrupted", "the web UI stopped before this render finished"
+                job.finished = job.finished or time.time()
+                job.save()
+            jobs[job.id] = job
+        return jobs
+
+    def submit(self, request: RenderRequest) -> RenderJob:
+        job_id = time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
+        job = RenderJob(job_id, self.root / job_id, request, frames=0)
+        job.folder.mkdir(parents=True)
+        try:
+            with replacing(job.story_path) as tmp:
+                tmp.write_text(request.story, encoding="utf-8")
+            job.frames = len(load_story(job.story_path, request.style).frames)
+            renders = job.frames * (request.iterations + 1)
+            if renders > self.limits.frame_renders:
+                raise UserError(f"request: {job.frames} frames x {request.iterations + 1} iterations is {renders} "
+                                f"frame renders; this server allows {self.limits.frame_renders}")
+            job.save()
+        except (StoryError, UserError) as exc:
+            shutil.rmtree(job.folder)  # nothing of a refused request stays behind
+            raise UserError(str(exc).replace(str(job.story_path), job.story_path.name)) from None
+        except BaseException:
+            shutil.rmtree(job.folder, ignore_errors=True)
+            raise
+        with self._lock:
+            self._jobs[job_id] = job
+        self._pending.put(job_id)
+        return job
+
+    def get(self, job_id: str) -> RenderJob | None:
+        if not _JOB_ID.match(job_id):
+            return None
+        with self._lock:
+            return self._jobs.get(job_id)
+
+    def list(self) -> list[RenderJob]:
+        """All jobs, newest first."""
+        with self._lock:
+            return sorted(self._jobs.values(), key=lambda j: j.id, reverse=True)
+
+    def cancel(self, job_id: str) -> RenderJob | None:
+        job = self.get(job_id)
+        if job is None:
+            return None
+        with self._lock:
+            if job.state == "queued":
+                job.state, job.finished = "cancelled", time.time()
+                job.save()
+            elif job.state == "running" and job.process is not None:
+                job.state = "cancelled"
+                job.save()
+                try:
+                    # The launcher alone gets SIGINT (Ray's own processes ignore it): it stops Ray the way
+                    # Ctrl-C does. `_work` kills whatever is left of its process group afterwards.
+                    os.kill(job.process.pid, signal.SIGINT)
+                except ProcessLookupError:
+                    pass  # it had just finished
+        return job
+
+    def close(self) -> None:
+        """Cancel the running render and wait until it and its Ray processes are gone."""
+        for job in self.list():
+            if job.state == "running":
+                self.cancel(job.id)
+        self._pending.put(None)
+        self._thread.join(timeout=CANCEL_GRACE_S + 10)
+
+    def _work(self) -> None:
+        while True:
+            job_id = self._pending.get()
+            if job_id is None:
+                return
+            with self._lock:
+                job = self._jobs[job_id]
+                if job.state != "queued":
+                    continue
+                job.state, job.started = "running", time.time()
+                try:
+                    job.process = self._start(job)
+                except OSError as exc:
+                    job.state, job.finished, job.error = "failed", time.time(), f"error: cannot start the render ({exc})"
+                job.save()
+                if job.process is None:
+                    continue
+            returncode = self._wait(job)
+            with self._lock:
+                job.returncode, job.finished = returncode, time.time()
+                if job.state != "cancelled":
+                    job.state = "done" if returncode == 0 else "failed"
+                    if returncode != 0:
+                        job.error = last_error_line(job.log_path)
+                job.save()
+
+    def _wait(self, job: RenderJob) -> int:
+        """The launcher's exit code; once it has exited (or ignored a cancel for CANCEL_GRACE_S), nothing
+        of its process group (Ray's raylet, GCS, workers) is left running."""
+        proc = job.process
+        while True:
+            try:
+                returncode = proc.wait(timeout=1.0)
+                break
+            except subprocess.TimeoutExpired:
+                if job.state == "cancelled" and job.finished is None:
+                    job.finished = time.time()  # when the cancel was seen; the grace period counts from here
+                if job.state == "cancelled" and time.time() - job.finished > CANCEL_GRACE_S:
+                    _kill_group(proc.pid)
+        _kill_group(proc.pid)
+        return returncode
+
+    def _start(self, job: RenderJob) -> subprocess.Popen:
+        # Paths relative to the job folder (the child's cwd): the runs folder's name never reaches Hydra's parser.
+        cmd = [sys.executable, "-m", "storyadapter.launch", *job.request.overrides(job.story_path.name, job.out_dir.name),
+               *self.extra_overrides]
+        with open(job.log_path, "wb") as log:  # the child keeps its own descriptor
+            # A session of its own, so the Ray processes it starts can be found (and stopped) by process group.
+            return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=job.folder, start_new_session=True)
+
+
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass  # nothing left
