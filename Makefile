@@ -5,8 +5,6 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= outputs/demo
 
-.PHONY: install test demo ui bench bench-gpu gpu-wheels slurm-demo clean
-
 .PHONY: install test demo ui bench bench-gpu bench-sim gpu-wheels slurm-demo clean
 
 $(STAMP): pyproject.toml
@@ -62,15 +60,13 @@ bench-gpu: install
 	HF_HUB_OFFLINE=1 $(PY) -m bench.throughput preset=gpu peak_tflops=$(PEAK_TFLOPS) 'parts=[$(PARTS)]' \
 		compile=$(if $(filter 1 true yes,$(COMPILE)),true,false)
 
-<<<<<<< HEAD
 # Wheels the lent GPU machine lacks (diffusers, hydra, omegaconf, antlr4, ray in two parts ...) into the git-ignored
 # .whl, .whl-ray1, .whl-ray2; scripts/gpu-setup.sh installs them there. Needs network to PyPI.
 gpu-wheels: install
 	PY=$(PY) scripts/gpu-wheels.sh
-=======
+
 # The engine on a simulated cluster (8 nodes x 8 fake GPUs, ray.cluster_utils) with model=sim: scaling on 1-64 GPUs,
 # node loss, no capacity, driver memory at 5,000 frames. No torch, no GPU; under 10 minutes on 2 cores.
 # Results in bench/results/sim.{json,md}.
 bench-sim: install
 	$(PY) -m bench.sim
->>>>>>> main
