@@ -141,7 +141,10 @@ def model_source(cfg: BenchConfig):
 
     from storyadapter.run import resolve_model
 
-    return resolve_model(OmegaConf.create({"model": {"kind": cfg.model, "cache_dir": cfg.cache_dir}}))[0]
+    from storyadapter.config import ModelConfig
+
+    model = OmegaConf.merge(OmegaConf.structured(ModelConfig), {"kind": cfg.model, "cache_dir": cfg.cache_dir})
+    return resolve_model(OmegaConf.create({"model": model}))[0]
 
 
 def make_story(cfg: BenchConfig, frames: int, work: Path):
