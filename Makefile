@@ -8,7 +8,7 @@ DEMO_DIR ?= outputs/demo
 # pulls the CUDA wheels, several GB). CPU-only machines: make install TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 TORCH_INDEX_URL ?=
 
-.PHONY: install test demo ui bench bench-gpu bench-sim bench-methods slurm-demo clean
+.PHONY: install test demo ui bench bench-gpu bench-sim bench-methods gpu-wheels slurm-demo clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -56,11 +56,18 @@ bench: install
 
 # Full-size random-weight SDXL on a GPU (bf16, SDPA, 1024², 50 steps); needs a CUDA build of torch.
 # COMPILE=1 adds torch.compile; PEAK_TFLOPS is one GPU's dense bf16 peak (H100 SXM: 989).
+# PARTS picks what runs (growth,sweeps,loops,shared; README "Benchmark" splits them over a GPU lease's calls).
 COMPILE ?= 0
 PEAK_TFLOPS ?= 989
+PARTS ?= growth,sweeps,loops,shared
 bench-gpu: install
-	HF_HUB_OFFLINE=1 $(PY) -m bench.throughput preset=gpu peak_tflops=$(PEAK_TFLOPS) \
+	HF_HUB_OFFLINE=1 $(PY) -m bench.throughput preset=gpu peak_tflops=$(PEAK_TFLOPS) 'parts=[$(PARTS)]' \
 		compile=$(if $(filter 1 true yes,$(COMPILE)),true,false)
+
+# Wheels the lent GPU machine lacks (diffusers, hydra, omegaconf, antlr4, ray in two parts ...) into the git-ignored
+# .whl, .whl-ray1, .whl-ray2; scripts/gpu-setup.sh installs them there. Needs network to PyPI.
+gpu-wheels: install
+	PY=$(PY) scripts/gpu-wheels.sh
 
 # The engine on a simulated cluster (8 nodes x 8 fake GPUs, ray.cluster_utils) with model=sim: scaling on 1-64 GPUs,
 # node loss, no capacity, driver memory at 5,000 frames. No torch, no GPU.

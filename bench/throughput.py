@@ -76,9 +76,21 @@ class BenchConfig:
     growth_frames: list[int] = field(default_factory=lambda: [25, 100, 400])
     growth_sample: int = 8  # frames rendered per bank size
     growth_reps: int = 3  # measurements per bank size (alternating order); the fastest counts
+    upstream_growth_frames: Optional[list[int]] = None  # default growth_frames; upstream holds all N images at once
     upstream_growth_reps: int = 2  # the same for the upstream loop (slow at N=400: N image encodes per frame)
     flops: bool = True
     peak_tflops: Optional[float] = None  # the device's dense peak for `dtype` (H100 SXM bf16: 989)
+    # bench/sweeps.py: per-frame time by batch size x torch.compile, and kernel variants at the first batch size
+    batch_sizes: list[int] = field(default_factory=lambda: [1])  # empty: no sweep
+    sweep_compile: list[bool] = field(default_factory=lambda: [False])
+    sweep_variants: list[str] = field(default_factory=list)  # nondeterministic | joint_sdpa | float16
+    sweep_reps: int = 2
+    vae_round_trip: bool = True  # time the per-batch fp16 VAE conversion the renderer no longer does
+    shared_gpu_actors: int = 0  # > 0: that many engine actors sharing one GPU vs one actor with that batch size
+    memory_caps_gb: list[float] = field(default_factory=lambda: [24.0, 80.0])
+    # What to run: growth (cost vs N, memory), sweeps (batch sizes, compile, variants), loops (upstream / plain /
+    # engine throughput), shared (actors sharing a GPU). A GPU lease runs them in separate calls under its time limit.
+    parts: list[str] = field(default_factory=lambda: ["growth", "sweeps", "loops", "shared"])
     seed: int = 2024
     seed_policy: str = "shared"
     cache_dir: Optional[str] = None  # where model=tiny is built
@@ -90,7 +102,10 @@ PRESETS = {
     "cpu": dict(name="cpu", model="tiny", device="cpu", dtype="float32", frames=24, iterations=2, steps=4, size=64,
                 rounds=4, threads=1, growth_sample=8, growth_reps=3, peak_tflops=None, long_frames=100, long_rounds=2),
     "gpu": dict(name="gpu", model="sdxl-random", device="cuda", dtype="bfloat16", frames=8, iterations=1, steps=50,
-                size=1024, rounds=1, threads=1, growth_sample=2, growth_reps=1, upstream_growth_reps=1, peak_tflops=989.0),
+                size=1024, rounds=1, threads=1, growth_frames=[25, 100, 400, 1000], upstream_growth_frames=[25, 100, 400],
+                growth_sample=2, growth_reps=1,
+                upstream_growth_reps=1, peak_tflops=989.0, batch_sizes=[1, 2, 4, 8], sweep_compile=[False, True],
+                sweep_variants=["nondeterministic", "joint_sdpa", "float16"], shared_gpu_actors=2),
 }
 TARGETS = {
     "engine_1_vs_plain": (">=", 0.95),
@@ -112,7 +127,11 @@ def load_config(argv: list[str]) -> BenchConfig:
     if preset not in PRESETS:
         raise SystemExit(f"preset={preset}: expected one of {', '.join(PRESETS)}")
     merged = OmegaConf.merge(OmegaConf.structured(BenchConfig), PRESETS[preset], cli)
-    return OmegaConf.to_object(merged)
+    cfg = OmegaConf.to_object(merged)
+    unknown = set(cfg.parts) - {"growth", "sweeps", "loops", "shared"}
+    if unknown:
+        raise SystemExit(f"parts={cfg.parts}: unknown {sorted(unknown)}; expected growth, sweeps, loops, shared")
+    return cfg
 
 
 # --- shared set-up -----------------------------------------------------------------------------------
@@ -122,7 +141,10 @@ def model_source(cfg: BenchConfig):
 
     from storyadapter.run import resolve_model
 
-    return resolve_model(OmegaConf.create({"model": {"kind": cfg.model, "cache_dir": cfg.cache_dir}}))[0]
+    from storyadapter.config import ModelConfig
+
+    model = OmegaConf.merge(OmegaConf.structured(ModelConfig), {"kind": cfg.model, "cache_dir": cfg.cache_dir})
+    return resolve_model(OmegaConf.create({"model": model}))[0]
 
 
 def make_story(cfg: BenchConfig, frames: int, work: Path):
@@ -149,10 +171,10 @@ def worker_spec(cfg: BenchConfig, story, source, out_dir: Path, compile: bool = 
                       dtype=cfg.dtype, threads=cfg.threads if cfg.device == "cpu" else 0, compile=compile)
 
 
-def run_plan(cfg: BenchConfig, story, out_dir: Path, iterations: int):
+def run_plan(cfg: BenchConfig, story, out_dir: Path, iterations: int, batch_size: int = 1):
     from storyadapter.driver import RunPlan
 
-    return RunPlan(story=story, out_dir=out_dir, iterations=iterations, batch_size=1, scale_start=0.3, scale_end=0.5,
+    return RunPlan(story=story, out_dir=out_dir, iterations=iterations, batch_size=batch_size, scale_start=0.3, scale_end=0.5,
                    seed=cfg.seed, seed_policy=cfg.seed_policy)
 
 
@@ -174,6 +196,7 @@ class PeakMemory:
         self.cuda = device.startswith("cuda")
         self.interval_s = interval_s
         self.peak_mb = 0.0
+        self.reserved_mb = 0.0  # CUDA: what the caching allocator held, closer to what the card must have
 
     def __enter__(self):
         if self.cuda:
@@ -198,6 +221,7 @@ class PeakMemory:
         if self.cuda:
             torch.cuda.synchronize()
             self.peak_mb = torch.cuda.max_memory_allocated() / 2**20
+            self.reserved_mb = torch.cuda.max_memory_reserved() / 2**20
         else:
             import psutil
 
@@ -257,9 +281,11 @@ def _best_round(rounds: list[dict]) -> dict:
 class DriverLoop:
     """driver.run over an executor: the plain in-process loop (LocalExecutor) or the engine (RayExecutor)."""
 
-    def __init__(self, name: str, cfg: BenchConfig, story, out_dir: Path, workers: int, iterations: int | None = None):
+    def __init__(self, name: str, cfg: BenchConfig, story, out_dir: Path, workers: int, iterations: int | None = None,
+                 batch_size: int = 1, gpu_share: float = 1.0):
         self.name, self.cfg, self.story, self.out_dir, self.workers = name, cfg, story, out_dir, workers
         self.iterations = cfg.iterations if iterations is None else iterations
+        self.batch_size, self.gpu_share = batch_size, gpu_share
         self.executor = None
         self.info: dict = {}
 
@@ -274,7 +300,7 @@ class DriverLoop:
         if self.cfg.device == "cpu":
             torch.set_num_threads(self.cfg.threads)
         self._fresh()
-        stats = driver.run(run_plan(self.cfg, story, self.out_dir, iterations), self.executor)
+        stats = driver.run(run_plan(self.cfg, story, self.out_dir, iterations, self.batch_size), self.executor)
         return [dataclasses.asdict(s) for s in stats]
 
     def warm_up(self) -> None:
@@ -312,7 +338,7 @@ class EngineLoop(DriverLoop):
         from storyadapter import engine
 
         gpu = self.cfg.device != "cpu"
-        res = engine.ActorResources(workers=self.workers, gpus_per_worker=1.0 if gpu else 0.0, cpus_per_worker=1.0,
+        res = engine.ActorResources(workers=self.workers, gpus_per_worker=self.gpu_share if gpu else 0.0, cpus_per_worker=1.0,
                                     max_restarts=0, ready_timeout_s=1800.0)
         t = time.perf_counter()
         self.executor = engine.RayExecutor(worker_spec(self.cfg, self.story, source, self.out_dir, self.cfg.compile), res,
@@ -417,6 +443,7 @@ def growth_child(kind: str, cfg_dict: dict, work: str) -> list[dict]:
     prompts = [story.styled(f) for f in story.frames]
     rng = np.random.default_rng(0)
     iteration = iter(range(1, 1 << 30))
+    sizes = cfg.growth_frames if kind == "engine" else (cfg.upstream_growth_frames or cfg.growth_frames)
 
     if kind == "engine":
         from storyadapter.worker import FrameWorker
@@ -445,7 +472,7 @@ def growth_child(kind: str, cfg_dict: dict, work: str) -> list[dict]:
             render_s = statistics.median(times[1:] or times)
             return {"set_references_s": set_refs_s, "render_s": render_s, "first_frame_s": times[0],
                     "per_frame_s": render_s + set_refs_s / n,  # set_references runs once for all N frames
-                    "peak_mb": mem.peak_mb}
+                    "peak_mb": mem.peak_mb, "peak_reserved_mb": mem.reserved_mb}
 
         def flops(n: int) -> dict:
             return engine_frame_flops(r, story, inputs[n], cfg)
@@ -458,7 +485,7 @@ def growth_child(kind: str, cfg_dict: dict, work: str) -> list[dict]:
         device = pick_device(cfg.device)
         adapter = UpstreamStoryAdapter(load_pipeline(source, device, pick_dtype(cfg.dtype, device)), settings(cfg))
         inputs = {n: [Image.fromarray(rng.integers(0, 256, size=(256, 256, 3), dtype=np.uint8)) for _ in range(n)]
-                  for n in cfg.growth_frames}
+                  for n in sizes}
         adapter.generate(*prompts[0], None, 0.0, cfg.seed)  # warm-up
 
         def once(n: int) -> dict:
@@ -474,16 +501,16 @@ def growth_child(kind: str, cfg_dict: dict, work: str) -> list[dict]:
         def flops(n: int) -> dict:
             return upstream_frame_flops(adapter, prompts[0], inputs[n], cfg)
 
-    reps: dict[int, list[dict]] = {n: [] for n in cfg.growth_frames}
+    reps: dict[int, list[dict]] = {n: [] for n in sizes}
     for rep in range(max(1, cfg.growth_reps if kind == "engine" else cfg.upstream_growth_reps)):
-        for n in (cfg.growth_frames if rep % 2 == 0 else cfg.growth_frames[::-1]):
+        for n in (sizes if rep % 2 == 0 else sizes[::-1]):
             reps[n].append(once(n))
     rows = []
-    for n in cfg.growth_frames:
+    for n in sizes:
         row = {"n": n, "reps": reps[n]}
         for key in reps[n][0]:
             values = [m[key] for m in reps[n]]
-            row[key] = max(values) if key == "peak_mb" else min(values)
+            row[key] = max(values) if key.startswith("peak") else min(values)
         if cfg.flops:
             row["flops_per_frame"] = flops(n)
         rows.append(row)
@@ -568,6 +595,15 @@ def environment(cfg: BenchConfig) -> dict:
     if cfg.device.startswith("cuda") and torch.cuda.is_available():
         env["gpu"] = torch.cuda.get_device_name(0)
         env["gpus"] = torch.cuda.device_count()
+        env["cuda"] = torch.version.cuda
+        env["cudnn"] = torch.backends.cudnn.version()
+        try:  # the driver version, as the issue asks results to state it
+            import subprocess
+
+            env["driver"] = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                           capture_output=True, text=True, timeout=30).stdout.strip() or None
+        except (OSError, subprocess.SubprocessError):
+            env["driver"] = None
     return env
 
 
@@ -599,6 +635,8 @@ def ratios(result: dict) -> tuple[dict, dict]:
     if "upstream-all-cores" in loops:
         pairs["engine_all_vs_upstream_all_cores"] = (all_name, "upstream-all-cores")
     for key, (a, b) in pairs.items():
+        if a not in loops or b not in loops:  # a run of some `parts` only
+            continue
         paired(key, a, b)
         if "refine_fps" in loops[a]["best"]:
             paired(f"{key}_refinement", a, b, "refine_fps")
@@ -643,6 +681,8 @@ def _met(key: str, value: float) -> str:
 def markdown(result: dict) -> str:
     cfg, env, r = result["config"], result["environment"], result["ratios"]
     device = env.get("gpu", f"CPU ({env['cpu_count']} cores)")
+    if env.get("gpu"):
+        device += f" (driver {env.get('driver')}, CUDA {env.get('cuda')}, cuDNN {env.get('cudnn')})"
     lines = [
         f"# Throughput benchmark: `{cfg['name']}`",
         "",
@@ -880,11 +920,68 @@ def flops_section(cfg: BenchConfig, result: dict) -> dict | None:
     return {"peak_tflops": peak, "rows": rows} if rows else None
 
 
+def run_loops(cfg: BenchConfig, result: dict, source, story, work: Path, workers_all: int) -> None:
+    """The throughput loops measured in interleaved rounds, and actors sharing a GPU; results into `result`."""
+    try:
+        import ray
+
+        from storyadapter import engine
+    except ImportError as exc:  # e.g. a GPU box with torch but no Ray: the loops without the engine still run
+        log.warning("Ray is not importable (%s): the engine loops are skipped", exc)
+        ray = engine = None
+    result["engine_skipped"] = engine is None
+
+    measure_loops = "loops" in cfg.parts
+    k = cfg.shared_gpu_actors if "shared" in cfg.parts else 0
+    loops = [PlainLoop("plain", cfg, story, work / "plain", 1), UpstreamLoop("upstream", cfg, story, work / "upstream", cfg.threads)]
+    if not measure_loops:
+        loops = []
+    elif cfg.upstream_all_cores and cfg.device == "cpu" and (os.cpu_count() or 1) > cfg.threads:
+        loops.append(UpstreamLoop("upstream-all-cores", cfg, story, work / "upstream-all", os.cpu_count() or 1))
+    engines = sorted({1, workers_all})
+    # CPU actors of both engine sizes can be alive together (Ray's CPUs are logical; only one loop runs at a
+    # time), so every loop takes part in the same interleaved rounds. GPUs cannot be over-subscribed.
+    together = engines if cfg.device == "cpu" else [1]
+    if engine is None or not measure_loops:
+        engines = together = []
+    t = time.perf_counter()
+    cpus = max(sum(together), k) if cfg.device == "cpu" else workers_all
+    started_ray = engine is not None and (together or k) and engine.connect("local", None, cpus, 1.0)
+    result["ray_init_s"] = time.perf_counter() - t
+    try:
+        loops += [EngineLoop(f"engine-{w}", cfg, story, work / f"engine-{w}", w) for w in together]
+        if loops:
+            result["loops"] = measure(loops, source, cfg.rounds)
+        for w in engines:
+            if w not in together:
+                result["loops"].update(measure([EngineLoop(f"engine-{w}", cfg, story, work / f"engine-{w}", w)],
+                                               source, cfg.rounds))
+        if cfg.long_frames and engine is not None and measure_loops:
+            log.info("driver overhead on a %d-frame story", cfg.long_frames)
+            long_story = make_story(cfg, cfg.long_frames, work)
+            name = f"engine-{workers_all}-{cfg.long_frames}-frames"
+            result["long_story"] = measure([EngineLoop(name, cfg, long_story, work / name, workers_all, cfg.long_iterations)],
+                                           source, cfg.long_rounds)[name]
+        if k and engine is not None:
+            # k actors on one GPU (cluster.gpus_per_worker=1/k) against one actor rendering batches of k.
+            # Measured one after the other: together they would ask Ray for two GPUs' worth.
+            log.info("%d actors sharing one GPU vs one actor with batches of %d", k, k)
+            shared = {}
+            for loop in (EngineLoop(f"engine-{k}-sharing-1-gpu", cfg, story, work / "shared", k, gpu_share=1.0 / k),
+                         EngineLoop(f"engine-1-batch-{k}", cfg, story, work / "batched", 1, batch_size=k)):
+                shared.update(measure([loop], source, cfg.rounds))
+            result["shared_gpu"] = shared
+    finally:
+        if started_ray:
+            ray.shutdown()
+
+
 # --- main --------------------------------------------------------------------------------------------
 
 def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     cfg = load_config(sys.argv[1:] if argv is None else argv)
+    from bench import sweeps
     from storyadapter.logs import quiet_libraries
 
     quiet_libraries()
@@ -898,46 +995,19 @@ def main(argv: list[str] | None = None) -> dict:
     story = make_story(cfg, cfg.frames, work)
     result = {"config": dataclasses.asdict(cfg), "environment": environment(cfg), "workers_all": workers_all, "loops": {}}
     try:
-        log.info("cost growth with story length (one child process per loop)")
-        result["growth"] = bench_growth(cfg, work)
+        if "growth" in cfg.parts:
+            log.info("cost growth with story length (one child process per loop)")
+            result["growth"] = bench_growth(cfg, work)
+            result["memory_fit"] = sweeps.memory_fit(result["growth"]["engine"], cfg.memory_caps_gb)
+        if "sweeps" in cfg.parts and cfg.batch_sizes:
+            log.info("per-frame time by batch size, torch.compile and kernel variant (one child process each)")
+            result["sweeps"] = sweeps.run(cfg, work)
+        if "sweeps" in cfg.parts and cfg.vae_round_trip:
+            result["vae_round_trip"] = sweeps.vae_round_trip(cfg)
+            release()
 
-        try:
-            import ray
-
-            from storyadapter import engine
-        except ImportError as exc:  # e.g. a GPU box with torch but no Ray: the loops without the engine still run
-            log.warning("Ray is not importable (%s): the engine loops are skipped", exc)
-            ray = engine = None
-        result["engine_skipped"] = engine is None
-
-        loops = [PlainLoop("plain", cfg, story, work / "plain", 1), UpstreamLoop("upstream", cfg, story, work / "upstream", cfg.threads)]
-        if cfg.upstream_all_cores and cfg.device == "cpu" and (os.cpu_count() or 1) > cfg.threads:
-            loops.append(UpstreamLoop("upstream-all-cores", cfg, story, work / "upstream-all", os.cpu_count() or 1))
-        engines = sorted({1, workers_all})
-        # CPU actors of both engine sizes can be alive together (Ray's CPUs are logical; only one loop runs at a
-        # time), so every loop takes part in the same interleaved rounds. GPUs cannot be over-subscribed.
-        together = engines if cfg.device == "cpu" else [1]
-        if engine is None:
-            engines = together = []
-        t = time.perf_counter()
-        started_ray = engine is not None and engine.connect("local", None, sum(together) if cfg.device == "cpu" else workers_all, 1.0)
-        result["ray_init_s"] = time.perf_counter() - t
-        try:
-            loops += [EngineLoop(f"engine-{w}", cfg, story, work / f"engine-{w}", w) for w in together]
-            result["loops"] = measure(loops, source, cfg.rounds)
-            for w in engines:
-                if w not in together:
-                    result["loops"].update(measure([EngineLoop(f"engine-{w}", cfg, story, work / f"engine-{w}", w)],
-                                                   source, cfg.rounds))
-            if cfg.long_frames and engine is not None:
-                log.info("driver overhead on a %d-frame story", cfg.long_frames)
-                long_story = make_story(cfg, cfg.long_frames, work)
-                name = f"engine-{workers_all}-{cfg.long_frames}-frames"
-                result["long_story"] = measure([EngineLoop(name, cfg, long_story, work / name, workers_all, cfg.long_iterations)],
-                                               source, cfg.long_rounds)[name]
-        finally:
-            if started_ray:
-                ray.shutdown()
+        if "loops" in cfg.parts or "shared" in cfg.parts:
+            run_loops(cfg, result, source, story, work, workers_all)
     finally:
         if not cfg.work_dir:
             shutil.rmtree(work, ignore_errors=True)
@@ -955,7 +1025,7 @@ def main(argv: list[str] | None = None) -> dict:
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{cfg.name}.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
-    text = markdown(result)
+    text = markdown(result) + "\n".join(sweeps.markdown(result)) + "\n"
     (out / f"{cfg.name}.md").write_text(text)
     plot(result, out / f"{cfg.name}.png")
     print(text)
