@@ -27,9 +27,10 @@ log = logging.getLogger(__name__)
 class Executor(Protocol):
     def render_iteration(
         self, iteration: int, batches: list[list[int]], bank: np.ndarray | None, scale: float,
-        on_batch: Callable[[BatchResult], None],
+        on_batches: Callable[[list[BatchResult]], None],
     ) -> None:
-        """Render every batch, calling `on_batch` as each finishes (a batch may arrive twice after a failure)."""
+        """Render every batch, calling `on_batches` with the batches that finished since the last call (a batch
+        may arrive twice after a failure)."""
 
 
 @dataclass(frozen=True)
@@ -69,10 +70,10 @@ class LocalExecutor:
     def __init__(self, worker: Worker):
         self.worker = worker
 
-    def render_iteration(self, iteration, batches, bank, scale, on_batch):
+    def render_iteration(self, iteration, batches, bank, scale, on_batches):
         self.worker.begin_iteration(iteration, bank, scale)
         for frames in batches:
-            on_batch(self.worker.render_batch(iteration, frames))
+            on_batches([self.worker.render_batch(iteration, frames)])
 
 
 def first_unfinished(out_dir: Path, iterations: int) -> int:
@@ -126,18 +127,23 @@ def _run_iteration(plan: RunPlan, executor: Executor, it: int, groups: list[list
     try:
         with tqdm(total=n, initial=resumed, desc=f"iteration {it}/{plan.iterations}", unit="frame", dynamic_ncols=True,
                   mininterval=0.2 if sys.stderr.isatty() else 15.0) as bar:  # batch logs get a line per 15 s
-            def on_batch(batch: BatchResult) -> None:
+            def on_batches(batches: list[BatchResult]) -> None:
                 nonlocal duplicates
-                timeline.add(batch)
-                fresh = [r for r in batch.frames if r.frame not in results]
-                duplicates += len(batch.frames) - len(fresh)
+                fresh = {}
+                for batch in batches:
+                    timeline.add(batch)
+                    for r in batch.frames:
+                        if r.frame in results or r.frame in fresh:
+                            duplicates += 1
+                        else:
+                            fresh[r.frame] = r
                 if fresh:
-                    progress.append(fresh)  # durable before it counts as done
-                    results.update((r.frame, r) for r in fresh)
+                    progress.append(list(fresh.values()))  # durable (one fsync) before it counts as done
+                    results.update(fresh)
                     bar.update(len(fresh))
 
             if todo:
-                executor.render_iteration(it, todo, bank if it > 0 else None, scale, on_batch)
+                executor.render_iteration(it, todo, bank if it > 0 else None, scale, on_batches)
         t1 = time.perf_counter()
         bank = _finish_iteration(plan, it, scale, list(results.values()))
     finally:

@@ -180,7 +180,7 @@ class RayExecutor:
         self.batches_requeued = 0  # batches taken back from a dead or late actor, over the whole run
 
     # --- one iteration --------------------------------------------------------------------------------
-    def render_iteration(self, iteration, batches, bank, scale, on_batch) -> None:
+    def render_iteration(self, iteration, batches, bank, scale, on_batches) -> None:
         bank_ref = None
         if bank is not None:
             bank_ref = ray.put(np.ascontiguousarray(bank, dtype=np.float32))  # once per iteration, shared by all
@@ -210,9 +210,14 @@ class RayExecutor:
             if not waiting:
                 time.sleep(timeout)
                 continue
-            ready, _ = ray.wait(waiting, num_returns=1, timeout=timeout)
+            ready, rest = ray.wait(waiting, num_returns=1, timeout=timeout)
+            if ready and rest:  # everything else already done, in one round (one journal write for all of it)
+                ready += ray.wait(rest, num_returns=len(rest), timeout=0)[0]
+            finished = []
             for ref in ready:
-                self._collect(ref, on_batch)
+                self._collect(ref, finished.append)
+            if finished:
+                on_batches(finished)
             self._expire_deadlines()
         self._late.clear()  # results of batches another actor finished first: not waited for
         if self._queues.taken_from_others:

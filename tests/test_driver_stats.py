@@ -22,13 +22,13 @@ class ScriptedExecutor:
     def __init__(self, ends: dict[int, float], pids: dict[int, int]):
         self.ends, self.pids = ends, pids
 
-    def render_iteration(self, iteration, batches, bank, scale, on_batch):
+    def render_iteration(self, iteration, batches, bank, scale, on_batches):
         results = []
         for frames in batches:
             f = frames[0]
             batch = BatchResult([FrameResult(f, f"iter/{f}.png", np.full(4, f, np.float32)) for f in frames],
                                 busy_s=1.0, started_at=self.ends[f] - 1.0, worker_pid=self.pids[f])
-            on_batch(batch)
+            on_batches([batch])
             results.extend(batch.frames)
         return results
 
@@ -72,12 +72,12 @@ def test_rendering_time_is_the_union_of_the_workers_spans_inside_the_window():
 
 def test_an_iteration_with_overlapping_workers_reports_when_none_rendered(tmp_path):
     class Overlapping(ScriptedExecutor):
-        def render_iteration(self, iteration, batches, bank, scale, on_batch):
+        def render_iteration(self, iteration, batches, bank, scale, on_batches):
             now = time.time()
             # Three 1 s batches on two workers, overlapping, ending 0.2-0.4 s into the iteration.
             self.ends = {0: now + 0.2, 1: now + 0.3, 2: now + 0.4}
             time.sleep(0.5)
-            return super().render_iteration(iteration, batches, bank, scale, on_batch)
+            return super().render_iteration(iteration, batches, bank, scale, on_batches)
 
     stats = run(plan(tmp_path, 3), Overlapping({}, {0: 1, 1: 2, 2: 1}))
     for s in stats:

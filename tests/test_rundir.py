@@ -26,14 +26,14 @@ def test_kernel_choices_may_change_on_resume_but_pixel_settings_may_not(tmp_path
     out = tmp_path / "out"
     first = _cfg(out)
     assert first.model.deterministic is True  # the same-pixels promise is the default
-    assert rundir.check(out, first, story, resume=False).fresh
-    rundir.write_config(out, first, story, first.render.iterations)
+    assert rundir.check(out, first, story, False, first.render.iterations).fresh
+    rundir.write_config(out, first, story, first.render.iterations, first.render.iterations)
     (out / "iter_00").mkdir()
 
     for flipped in ("model.deterministic=false", "model.compile=true"):
-        assert not rundir.check(out, _cfg(out, flipped), story, resume=True).fresh
+        assert not rundir.check(out, _cfg(out, flipped), story, True, 10).fresh
     with pytest.raises(UserError, match=r"model\.dtype"):
-        rundir.check(out, _cfg(out, "model.dtype=float16"), story, resume=True)
+        rundir.check(out, _cfg(out, "model.dtype=float16"), story, True, 10)
 
 
 def test_deterministic_setting_reaches_the_worker(tmp_path):
@@ -52,7 +52,7 @@ def test_reference_sdpa_is_a_checked_pixel_setting(tmp_path):
     with pytest.raises(UserError, match=r"render\.reference_sdpa=fused"):
         validate(_cfg(tmp_path, "render.reference_sdpa=fused"))
     out = tmp_path / "out"
-    rundir.write_config(out, _cfg(out), story, 10)
+    rundir.write_config(out, _cfg(out), story, 10, 10)
     (out / "iter_00").mkdir()
     with pytest.raises(UserError, match=r"render\.reference_sdpa"):  # last bits differ: not resumable across it
-        rundir.check(out, _cfg(out, "render.reference_sdpa=joint"), story, resume=True)
+        rundir.check(out, _cfg(out, "render.reference_sdpa=joint"), story, True, 10)

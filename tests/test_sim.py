@@ -152,8 +152,8 @@ def test_resume_may_change_sim_timings_but_not_what_it_writes(tmp_path):
     story_path = EXAMPLES / "explorer_24.txt"
     story = load_story(story_path)
     base = [f"story.path={story_path}", "model=sim", f"output_dir={tmp_path}", "resume=true"]
-    rundir.write_config(tmp_path, compose_config(base), story)
+    rundir.write_config(tmp_path, compose_config(base), story, 10, 10)
     (tmp_path / "iter_00").mkdir()
-    assert rundir.check(tmp_path, compose_config(base + ["model.sim.frame_s=3", "model.sim.jitter=0"]), story, True) is False
+    assert not rundir.check(tmp_path, compose_config(base + ["model.sim.frame_s=3", "model.sim.jitter=0"]), story, True, 10).fresh
     with pytest.raises(UserError, match="model.sim.image_size"):
-        rundir.check(tmp_path, compose_config(base + ["model.sim.image_size=64"]), story, True)
+        rundir.check(tmp_path, compose_config(base + ["model.sim.image_size=64"]), story, True, 10)
