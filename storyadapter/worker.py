@@ -5,6 +5,7 @@ Runs in-process (tests, notebooks) or inside a Ray actor (the engine); it knows 
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ import numpy as np
 import torch
 
 from .atomic import replacing
-from . import manifest, schedule
+from . import manifest, schedule, torch_settings
 from .models.loading import ModelSource, load_pipeline, pick_device, pick_dtype
 from .renderer import RenderSettings, StoryRenderer
 
@@ -63,18 +64,26 @@ def write_png_atomically(image, path: Path) -> None:
         image.save(tmp, format="PNG", compress_level=1)
 
 
+def _reproducible(method):
+    """Run a FrameWorker method with its spec's thread count and deterministic cuDNN, restoring the caller's
+    settings afterwards (they are process-wide; tests and notebooks share the process)."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        spec = getattr(self, "spec", None) or args[0]
+        with torch_settings.reproducible(spec.threads):
+            return method(self, *args, **kwargs)
+
+    return wrapper
+
+
 class FrameWorker:
+    @_reproducible
     def __init__(self, spec: WorkerSpec):
-        if spec.threads:
-            torch.set_num_threads(spec.threads)  # fixed thread count keeps CPU arithmetic reproducible
         from .logs import quiet_libraries
 
         quiet_libraries()
         device = pick_device(spec.device)
-        if device.type == "cuda":
-            # Same frame, same pixels on any worker: no autotuned (run-dependent) convolution algorithms.
-            torch.backends.cudnn.benchmark = False
-            torch.backends.cudnn.deterministic = True
         pipe = load_pipeline(spec.source, device, pick_dtype(spec.dtype, device))
         if spec.compile:
             pipe.unet = torch.compile(pipe.unet)
@@ -98,6 +107,7 @@ class FrameWorker:
             self._text[frame] = self.renderer.encode_text(fp.prompt, fp.negative, self._windows)
         return self._text[frame]
 
+    @_reproducible
     def render_batch(self, iteration: int, frames: list[int], bank: np.ndarray | None, scale: float) -> BatchResult:
         started_at, start = time.time(), time.perf_counter()
         if self._bank_iteration != iteration:  # reference K/V once per iteration, shared by all batches
