@@ -19,6 +19,7 @@ import ray
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from . import local_ray
 from .dispatch import BatchQueues
 from .errors import UserError
 from .worker import FrameWorker, WorkerSpec
@@ -167,8 +168,8 @@ def connect(mode: str, address: str | None, workers: int, cpus_per_worker: float
 
         cpus = max(os.cpu_count() or 1, int(np.ceil(workers * cpus_per_worker)))
         # Ray starts workers at niceness 15; here the render actors are the job, so they run at normal priority.
-        ray.init(num_cpus=cpus, num_gpus=torch.cuda.device_count(), include_dashboard=False,
-                 log_to_driver=True, configure_logging=False, _system_config={"worker_niceness": 0})
+        local_ray.start(cpus, torch.cuda.device_count(), include_dashboard=False,
+                        log_to_driver=True, configure_logging=False, _system_config={"worker_niceness": 0})
         return True
     target = address or os.environ.get("RAY_ADDRESS") or "auto"
     try:

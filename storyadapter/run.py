@@ -8,7 +8,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from . import config as schema
-from . import rundir
+from . import local_ray, rundir
 from .errors import UserError
 from .story import Story, describe, load_story
 
@@ -113,8 +113,6 @@ def execute(cfg: DictConfig, out_dir: Path) -> Path:
     fresh = rundir.check(out_dir, cfg, story, cfg.resume)
     rundir.probe_writable(out_dir)  # before the model and Ray start: a bad output_dir is found in a second
     source, eval_clip = resolve_model(cfg)
-    import ray
-
     from . import driver, engine, outputs
 
     c = cfg.cluster
@@ -127,10 +125,10 @@ def execute(cfg: DictConfig, out_dir: Path) -> Path:
             rundir.write_config(out_dir, cfg, story)
         driver.run(plan_for(cfg, story, out_dir), executor)
     finally:
-        if executor is not None:
+        if started:  # a Ray we started goes down whole, actors included (killing them first makes Ray announce retries)
+            local_ray.stop()
+        elif executor is not None:
             executor.shutdown()
-        if started:
-            ray.shutdown()
     if cfg.outputs.enabled:
         outputs.write_all(out_dir, clip_model=cfg.eval.clip_model or eval_clip,
                           layout=cfg.outputs.comic_layout, caption_position=cfg.outputs.caption_position)

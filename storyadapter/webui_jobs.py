@@ -35,7 +35,7 @@ MAX_TITLE_CHARS = 120
 MODELS = ("tiny", "sdxl-random", "realvisxl", "sdxl")
 STORY_FORMATS = {"txt": ".txt", "yaml": ".yaml", "json": ".json"}
 JOB_FILE = "job.json"
-CANCEL_GRACE_S = 20.0  # after SIGINT, how long the launcher gets to stop Ray before its process group is killed
+CANCEL_GRACE_S = 30.0  # after SIGINT, how long the launcher gets to stop Ray before its process group is killed
 _JOB_ID = re.compile(r"^[0-9]{8}-[0-9]{6}-[0-9a-f]{6}$")
 _HYDRA_HINT = "Set the environment variable HYDRA_FULL_ERROR=1"
 

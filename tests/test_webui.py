@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -276,6 +277,7 @@ def _process_groups() -> dict[int, int]:
 @pytest.mark.slow
 def test_sigterm_stops_the_running_render_its_ray_processes_and_the_server(tmp_path, tiny_cache):
     root = tmp_path / "runs"
+    ray_dirs = set(Path(tempfile.gettempdir()).glob("storyadapter-ray-*"))
     proc = subprocess.Popen([sys.executable, "-m", "storyadapter.webui", "--port", "0", "--runs-dir", str(root),
                              f"model.cache_dir={tiny_cache}"], stderr=subprocess.PIPE, text=True)
     try:
@@ -287,7 +289,7 @@ def test_sigterm_stops_the_running_render_its_ray_processes_and_the_server(tmp_p
         job = json.loads(conn.getresponse().read())
         conn.close()
         folder = root / job["id"]
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 300
         while not list(folder.glob("out/iter_00/frame_*.png")):  # Ray and its actors are up
             assert time.monotonic() < deadline, (folder / "render.log").read_text()[-2000:]
             time.sleep(0.2)
@@ -297,12 +299,14 @@ def test_sigterm_stops_the_running_render_its_ray_processes_and_the_server(tmp_p
         in_group = [pid for pid, pgid in _process_groups().items() if pgid == launcher]
         assert len(in_group) > 2  # the launcher and Ray's raylet, GCS and workers
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=60) == 0
+        assert proc.wait(timeout=120) == 0
         assert [pid for pid, pgid in _process_groups().items() if pgid == launcher] == []
         record = json.loads((folder / JOB_FILE).read_text())
         assert record["state"] == "cancelled" and record["returncode"] == 130, record
         log = (folder / "render.log").read_text(errors="replace")
         assert "error: interrupted" in log and "SIGABRT" not in log and "core dumped" not in log and "*** " not in log
+        assert "retries remaining" not in log and "Token authentication is enabled" not in log  # no noise
+        assert set(Path(tempfile.gettempdir()).glob("storyadapter-ray-*")) <= ray_dirs  # Ray's session folder went too
     finally:
         if proc.poll() is None:
             proc.kill()
