@@ -30,9 +30,10 @@ def start(num_cpus: int, num_gpus: int, **init_args) -> None:
 
     global _session_root
     logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(_not_the_auth_notice)
-    if not os.environ.get("RAY_TMPDIR") and _session_root is None:
-        _session_root = tempfile.mkdtemp(prefix="storyadapter-ray-")  # short: Ray's socket paths must fit 107 bytes
-        atexit.register(stop)  # an exit that skips the caller's shutdown still removes it
+    if not os.environ.get("RAY_TMPDIR"):
+        if _session_root is None:
+            _session_root = tempfile.mkdtemp(prefix="storyadapter-ray-")  # short: Ray's socket paths must fit 107 bytes
+            atexit.register(stop)  # an exit that skips the caller's shutdown still removes it
         init_args["_temp_dir"] = _session_root
     ray.init(num_cpus=num_cpus, num_gpus=num_gpus, **init_args)
 
@@ -45,4 +46,5 @@ def stop() -> None:
     ray.shutdown()
     if _session_root is not None:
         shutil.rmtree(_session_root, ignore_errors=True)
+        atexit.unregister(stop)
         _session_root = None
