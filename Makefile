@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= outputs/demo
 
-.PHONY: install test demo ui bench bench-gpu slurm-demo clean
+.PHONY: install test demo ui bench bench-gpu bench-sim slurm-demo clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -57,3 +57,9 @@ PEAK_TFLOPS ?= 989
 bench-gpu: install
 	HF_HUB_OFFLINE=1 $(PY) -m bench.throughput preset=gpu peak_tflops=$(PEAK_TFLOPS) \
 		compile=$(if $(filter 1 true yes,$(COMPILE)),true,false)
+
+# The engine on a simulated cluster (8 nodes x 8 fake GPUs, ray.cluster_utils) with model=sim: scaling on 1-64 GPUs,
+# node loss, no capacity, driver memory at 5,000 frames. No torch, no GPU; under 10 minutes on 2 cores.
+# Results in bench/results/sim.{json,md}.
+bench-sim: install
+	$(PY) -m bench.sim

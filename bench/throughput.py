@@ -315,7 +315,8 @@ class EngineLoop(DriverLoop):
         res = engine.ActorResources(workers=self.workers, gpus_per_worker=1.0 if gpu else 0.0, cpus_per_worker=1.0,
                                     max_restarts=0, ready_timeout_s=1800.0)
         t = time.perf_counter()
-        self.executor = engine.RayExecutor(worker_spec(self.cfg, self.story, source, self.out_dir, self.cfg.compile), res)
+        self.executor = engine.RayExecutor(worker_spec(self.cfg, self.story, source, self.out_dir, self.cfg.compile), res,
+                                           use_gpu=gpu, fixed_cluster=True)
         self.info["startup_s"] = time.perf_counter() - t
 
     def close(self, rounds: int) -> None:
@@ -423,21 +424,22 @@ def growth_child(kind: str, cfg_dict: dict, work: str) -> list[dict]:
         worker = FrameWorker(worker_spec(cfg, story, source, work_dir))
         r = worker.renderer
         inputs = {n: rng.normal(size=(n, r.embedding_dim)).astype(np.float32) for n in cfg.growth_frames}
-        worker.render_batch(0, [0], None, 0.0)  # warm-up
+        worker.begin_iteration(0, None, 0.0)
+        worker.render_batch(0, [0])  # warm-up
 
         def once(n: int) -> dict:
             bank = inputs[n]
             with PeakMemory(cfg.device) as mem:
                 sync(cfg.device)
                 t = time.perf_counter()
-                r.set_references(bank, 0.4)
+                it = next(iteration)
+                worker.begin_iteration(it, bank, 0.4)
                 sync(cfg.device)
                 set_refs_s = time.perf_counter() - t
                 times = []
-                it = next(iteration)
-                for f in range(cfg.growth_sample):  # the first call of an iteration sets the references (again)
+                for f in range(cfg.growth_sample):
                     t = time.perf_counter()
-                    worker.render_batch(it, [f], bank, 0.4)
+                    worker.render_batch(it, [f])
                     sync(cfg.device)
                     times.append(time.perf_counter() - t)
             render_s = statistics.median(times[1:] or times)

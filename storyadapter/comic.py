@@ -25,6 +25,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from .atomic import replacing
 from . import manifest
+from .fonts import CaptionFont
 from .errors import ArgumentParser, UserError, environment_error, report
 
 log = logging.getLogger(__name__)
@@ -101,12 +102,18 @@ def load_font(size: int) -> ImageFont.FreeTypeFont:
     return ImageFont.truetype(str(font_path()), size)
 
 
-def _line_height(font: ImageFont.FreeTypeFont) -> int:
+@lru_cache(maxsize=64)
+def caption_font(size: int) -> CaptionFont:
+    """Captions may be in any script: DejaVu Sans, then per character the Noto font that has the glyph."""
+    return CaptionFont(size)
+
+
+def _line_height(font: CaptionFont) -> int:
     ascent, descent = font.getmetrics()
     return ascent + descent + max(2, font.size // 5)
 
 
-def wrap_text(text: str, font: ImageFont.FreeTypeFont, width: int) -> list[str]:
+def wrap_text(text: str, font: CaptionFont, width: int) -> list[str]:
     """Greedy word wrap to `width` pixels; words longer than a line are split by characters."""
     lines: list[str] = []
     for paragraph in text.splitlines() or [""]:
@@ -144,7 +151,7 @@ def _fit_caption(text: str, width: int, image_height: int, base_size: int) -> _C
         return _Caption(base_size, (), 0)
     size = base_size
     while True:
-        font = load_font(size)
+        font = caption_font(size)
         pad = max(4, size // 2)
         lines = tuple(wrap_text(text, font, width - 2 * pad))
         height = len(lines) * _line_height(font) + 2 * pad
@@ -270,7 +277,7 @@ def _panel(slot: int, x: int, y: int, w: int, h: int, img_h: int, cap: _Caption,
         caption = Box(inner.x0, inner.y0, inner.x1, image.y0)
     if not cap.lines:
         return PanelLayout(slot, panel, image, None, cap.font_size, (), (), ())
-    font = load_font(cap.font_size)
+    font = caption_font(cap.font_size)
     lh = _line_height(font)
     # The caption box may have been stretched to make the row flush: keep the text against the image.
     block = len(cap.lines) * lh
@@ -309,9 +316,9 @@ def render_page(page: PageLayout, images: Sequence[Image.Image]) -> Image.Image:
         draw.rectangle([p.panel.x0, p.panel.y0, p.panel.x1 - 1, p.panel.y1 - 1], fill=_PAPER, outline=_INK, width=border)
         canvas.paste(fit_image(images[p.slot], p.image), (p.image.x0, p.image.y0))
         if p.lines:
-            font = load_font(p.font_size)
+            font = caption_font(p.font_size)
             for line, origin in zip(p.lines, p.line_origins):
-                draw.text(origin, line, font=font, fill=_INK)
+                font.draw(draw, origin, line, _INK)
     return canvas
 
 

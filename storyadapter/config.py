@@ -6,7 +6,7 @@ The `conf/` tree picks values; these classes define which keys exist and their t
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import List, Optional
 
 from omegaconf import MISSING
 
@@ -19,10 +19,34 @@ class StoryConfig:
 
 
 @dataclass
+class LoraConfig:
+    path: str = MISSING  # a LoRA .safetensors file (diffusers/peft or Kohya layout)
+    scale: float = 1.0
+
+
+@dataclass
+class SimConfig:
+    """model=sim: how long a simulated frame takes and what it yields (storyadapter/sim.py)."""
+
+    frame_s: float = 0.05  # mean seconds per frame
+    jitter: float = 0.1  # each frame's time varies by up to +-this share, the same every run
+    straggler_share: float = 0.0  # share of the GPU nodes that are slow (rounded to whole nodes)
+    slowdown: float = 1.5  # frame time factor on a slow node
+    embedding_dim: int = 16
+    image_size: int = 32  # PNG side in pixels
+    trace_dir: Optional[str] = None  # one file per batch started (the benchmark counts repeated work)
+
+
+@dataclass
 class ModelConfig:
     name: str = "realvisxl"
-    kind: str = "hub"  # hub (ids or local folders) | tiny (built offline) | sdxl-random (full size, random)
-    pretrained: str = "SG161222/RealVisXL_V4.0"
+    kind: str = "hub"  # hub (ids or local folders) | tiny (built offline) | sdxl-random (full size, random) | sim
+    pretrained: str = "SG161222/RealVisXL_V4.0"  # hub id, diffusers folder, or one SDXL .safetensors checkpoint
+    # For a .safetensors `pretrained`: a diffusers SDXL folder whose component configs and tokenizers the file is
+    # built into (its weights are not read). Default: SDXL base 1.0's configs, written offline.
+    single_file_config: Optional[str] = None
+    vae: Optional[str] = None  # replaces the checkpoint's VAE: hub id, folder or .safetensors (e.g. an fp16-safe SDXL VAE)
+    loras: List[LoraConfig] = field(default_factory=list)  # [{path: ..., scale: 0.8}, ...], fused once per worker
     ip_adapter: str = "h94/IP-Adapter"
     ip_adapter_subfolder: str = "sdxl_models"
     ip_adapter_weight: str = "ip-adapter_sdxl.safetensors"
@@ -31,7 +55,11 @@ class ModelConfig:
     dtype: str = "auto"  # auto: float16 on GPU, float32 on CPU
     device: str = "auto"
     compile: bool = False  # torch.compile the UNet (GPU)
+    # GPU: true pins cuDNN to deterministic kernels (same pixels on every run and worker); false lets it
+    # autotune (cudnn.benchmark), which may be faster and may change the last bits of a frame between runs.
+    deterministic: bool = True
     cache_dir: Optional[str] = None  # where model=tiny is built; default $STORYADAPTER_CACHE or ~/.cache/storyadapter
+    sim: SimConfig = field(default_factory=SimConfig)
 
 
 @dataclass
@@ -47,6 +75,9 @@ class RenderConfig:
     seed_policy: str = "shared"  # shared: same noise for every frame (upstream) | per_frame
     batch_size: int = 1
     reference_size: int = 256  # references are resized to this before CLIP
+    # split | joint: GRCA's reference attention as two SDPA calls per layer (one per CFG half) or one.
+    # Equal up to rounding (last bits of a frame), so it is a pixel setting.
+    reference_sdpa: str = "split"
 
 
 @dataclass
@@ -57,8 +88,11 @@ class ClusterConfig:
     gpus_per_worker: float = 1.0  # used when GPUs are present; fractions share a GPU
     cpus_per_worker: float = 1.0
     threads_per_worker: int = 1  # torch intra-op threads on CPU workers
-    max_restarts: int = 3  # a dead worker is restarted and its frames re-rendered
-    ready_timeout_s: float = 600.0
+    max_restarts: int = 3  # Ray may restart a dead worker; its batches go to other workers meanwhile
+    ready_timeout_s: float = 600.0  # placing the workers (an autoscaling cluster grows meanwhile) and loading the model
+    batch_timeout_s: float = 120.0  # a worker that finishes no batch for max(this, factor x median batch time) loses its batches
+    batch_timeout_factor: float = 5.0
+    capacity_timeout_s: float = 300.0  # no live worker for this long (lost nodes, no capacity): stop, keeping every finished frame
 
 
 @dataclass
@@ -89,14 +123,17 @@ class Config:
 
 
 CHOICES = {
-    "model.kind": ("hub", "tiny", "sdxl-random"),
+    "model.kind": ("hub", "tiny", "sdxl-random", "sim"),
     "render.seed_policy": ("shared", "per_frame"),
+    "render.reference_sdpa": ("split", "joint"),
     "cluster.mode": ("local", "ray"),
     "outputs.comic_layout": ("classic", "four", "single"),
     "outputs.caption_position": ("below", "above"),
 }
 POSITIVE = ("render.steps", "render.height", "render.width", "render.batch_size", "render.reference_size",
-            "cluster.workers", "cluster.threads_per_worker")
+            "cluster.workers", "cluster.threads_per_worker", "cluster.ready_timeout_s", "cluster.batch_timeout_s",
+            "cluster.batch_timeout_factor", "cluster.capacity_timeout_s", "model.sim.embedding_dim",
+            "model.sim.image_size", "model.sim.slowdown")
 
 
 def register() -> None:

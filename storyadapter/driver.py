@@ -16,10 +16,10 @@ from typing import Callable, Protocol
 import numpy as np
 from tqdm import tqdm
 
-from . import manifest, schedule
+from . import journal, manifest, schedule
 from .story import Story
 from .timeline import BatchTimeline
-from .worker import BatchResult, FrameResult, FrameWorker
+from .results import BatchResult, FrameResult, Worker
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,8 @@ class Executor(Protocol):
     def render_iteration(
         self, iteration: int, batches: list[list[int]], bank: np.ndarray | None, scale: float,
         on_batch: Callable[[BatchResult], None],
-    ) -> list[FrameResult]: ...
+    ) -> None:
+        """Render every batch, calling `on_batch` as each finishes (a batch may arrive twice after a failure)."""
 
 
 @dataclass(frozen=True)
@@ -41,9 +42,11 @@ class RunPlan:
     scale_end: float
     seed: int
     seed_policy: str
+    ramp_iterations: int | None = None  # the scale ramp's length; a run extended past it stays at scale_end
 
     def scale(self, iteration: int) -> float:
-        return schedule.adapter_scale(iteration, self.iterations, self.scale_start, self.scale_end)
+        ramp = self.iterations if self.ramp_iterations is None else self.ramp_iterations
+        return schedule.adapter_scale(iteration, ramp, self.scale_start, self.scale_end)
 
 
 @dataclass
@@ -55,21 +58,20 @@ class IterationStats:
     driver_s: float  # bank build + manifest write
     barrier_s: float = 0.0  # summed over workers: time from a worker's last batch to the iteration's last batch
     none_rendering_s: float = 0.0  # wall time in which no worker was rendering
+    resumed_frames: int = 0  # finished before a driver restart, not rendered again
+    duplicate_frames: int = 0  # rendered twice (a late actor's batch also rendered by another)
 
 
 class LocalExecutor:
     """Renders in this process with one worker: for tests, notebooks and debugging."""
 
-    def __init__(self, worker: FrameWorker):
+    def __init__(self, worker: Worker):
         self.worker = worker
 
     def render_iteration(self, iteration, batches, bank, scale, on_batch):
-        results = []
+        self.worker.begin_iteration(iteration, bank, scale)
         for frames in batches:
-            batch = self.worker.render_batch(iteration, frames, bank, scale)
-            on_batch(batch)
-            results.extend(batch.frames)
-        return results
+            on_batch(self.worker.render_batch(iteration, frames))
 
 
 def first_unfinished(out_dir: Path, iterations: int) -> int:
@@ -90,28 +92,55 @@ def run(plan: RunPlan, executor: Executor) -> list[IterationStats]:
     bank = manifest.read_bank(plan.out_dir, start - 1) if start > 0 else None
     stats = []
     for it in range(start, plan.iterations + 1):
-        scale = plan.scale(it)
-        t0, wall0 = time.perf_counter(), time.time()
-        timeline = BatchTimeline()
-        with tqdm(total=n, desc=f"iteration {it}/{plan.iterations}", unit="frame", dynamic_ncols=True,
-                  mininterval=0.2 if sys.stderr.isatty() else 15.0) as bar:  # batch logs get a line per 15 s
-            def on_batch(batch: BatchResult) -> None:
-                timeline.add(batch)
-                bar.update(len(batch.frames))
-
-            results = executor.render_iteration(it, groups, bank if it > 0 else None, scale, on_batch)
-        t1 = time.perf_counter()
-        bank = _finish_iteration(plan, it, scale, results)
-        t2, wall2 = time.perf_counter(), time.time()
-        st = IterationStats(it, n, t2 - t0, timeline.busy_s, t2 - t1, timeline.barrier_s,
-                            max(0.0, (t2 - t0) - timeline.rendering_s(wall0, wall2)))
+        st, bank = _run_iteration(plan, executor, it, groups, bank)
         stats.append(st)
         log.info(
             "iteration %d/%d done: %d frames in %.1f s (%.2f frames/s), scale %.3f, workers busy %.1f s, "
-            "waiting at the barrier %.2f s, driver %.2f s",
-            it, plan.iterations, n, st.wall_s, n / st.wall_s, scale, st.busy_s, st.barrier_s, st.driver_s,
+            "waiting at the barrier %.2f s, driver %.2f s%s",
+            it, plan.iterations, n, st.wall_s, (n - st.resumed_frames) / st.wall_s, plan.scale(it), st.busy_s,
+            st.barrier_s, st.driver_s,
+            f", {st.resumed_frames} frames kept from before the restart" if st.resumed_frames else "",
         )
     return stats
+
+
+def _run_iteration(plan: RunPlan, executor: Executor, it: int, groups: list[list[int]], bank):
+    """One iteration, every finished batch journaled as it arrives; returns its stats and the next bank."""
+    n = len(plan.story.frames)
+    scale = plan.scale(it)
+    results = journal.read(plan.out_dir, it)  # batches finished before a driver restart
+    todo = [b for b in groups if not all(f in results for f in b)]
+    if results:
+        log.info("iteration %d: %d of %d frames finished before the restart; rendering the other %d",
+                 it, len(results), n, n - len(results))
+    resumed, duplicates = len(results), 0
+    t0, wall0 = time.perf_counter(), time.time()
+    timeline = BatchTimeline()
+    progress = journal.Journal(plan.out_dir, it)
+    try:
+        with tqdm(total=n, initial=resumed, desc=f"iteration {it}/{plan.iterations}", unit="frame", dynamic_ncols=True,
+                  mininterval=0.2 if sys.stderr.isatty() else 15.0) as bar:  # batch logs get a line per 15 s
+            def on_batch(batch: BatchResult) -> None:
+                nonlocal duplicates
+                timeline.add(batch)
+                fresh = [r for r in batch.frames if r.frame not in results]
+                duplicates += len(batch.frames) - len(fresh)
+                if fresh:
+                    progress.append(fresh)  # durable before it counts as done
+                    results.update((r.frame, r) for r in fresh)
+                    bar.update(len(fresh))
+
+            if todo:
+                executor.render_iteration(it, todo, bank if it > 0 else None, scale, on_batch)
+        t1 = time.perf_counter()
+        bank = _finish_iteration(plan, it, scale, list(results.values()))
+    finally:
+        progress.close()
+    progress.remove()  # the manifest part holds it all now
+    t2, wall2 = time.perf_counter(), time.time()
+    st = IterationStats(it, n, t2 - t0, timeline.busy_s, t2 - t1, timeline.barrier_s,
+                        max(0.0, (t2 - t0) - timeline.rendering_s(wall0, wall2)), resumed, duplicates)
+    return st, bank
 
 
 def _finish_iteration(plan: RunPlan, iteration: int, scale: float, results: list[FrameResult]) -> np.ndarray:

@@ -1,18 +1,24 @@
 """The Ray engine: long-lived render actors (one per GPU, or CPU actors), one shared bank per iteration.
 
-A thin driver-side executor: it reserves the actors' resources with a placement group, lets each
-actor load the pipeline once, then per iteration `ray.put`s the bank once and hands out fixed
-batches: each actor's round-robin share first (its text cache holds those frames), then whatever the
-slowest actor has left (dispatch.py), so no actor sits at the barrier while work remains.
-Ray restarts an actor that dies and retries its unfinished batches; frames are deterministic, so the
-result is the same as an uninterrupted run.
+A thin driver-side executor. It reserves the actors' resources with a placement group and lets each
+actor load the pipeline once. Per iteration it `ray.put`s the bank once, tells every actor
+`begin_iteration(bank, scale)`, and hands out fixed batches from a queue the driver owns: each actor's
+round-robin share first (its text cache holds those frames), then whatever the slowest actor has left
+(dispatch.py).
+
+Correctness never depends on Ray bringing an actor back: a batch whose actor died, or that missed its
+deadline (deadlines.py), goes back to the queue for a healthy actor. A down actor is probed; if Ray
+restarts it (`cluster.max_restarts`), it gets the current bank again and rejoins. With no live actor
+for `cluster.capacity_timeout_s`, the run stops with one line; every finished batch is already on disk.
+Frames are deterministic, so a re-rendered batch has the same pixels.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 import numpy as np
 import ray
@@ -20,26 +26,63 @@ from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from . import local_ray
+from .deadlines import BatchDeadlines
 from .dispatch import BatchQueues
 from .errors import UserError
-from .worker import FrameWorker, WorkerSpec
+from .results import StaleIterationError
 
 log = logging.getLogger(__name__)
 
 
 @ray.remote
 class RenderActor:
-    def __init__(self, spec: WorkerSpec):
-        self.worker = FrameWorker(spec)
+    def __init__(self, spec):
+        self.worker = spec.build()  # a FrameWorker, or a simulated one: torch is imported only by the former
 
     def ready(self) -> int:
         return os.getpid()
 
-    def render_batch(self, iteration, frames, bank, scale):
-        return self.worker.render_batch(iteration, frames, bank, scale)
+    def begin_iteration(self, iteration, bank, scale):
+        return self.worker.begin_iteration(iteration, bank, scale)
+
+    def render_batch(self, iteration, frames):
+        return self.worker.render_batch(iteration, frames)
 
     def image_encodes(self) -> int:
         return self.worker.image_encodes
+
+    def clip_embeddings(self, clip_model: str, paths: list[str], texts: list[str]):
+        """Evaluation CLIP on this actor's device: (image embeddings of `paths`, text embeddings of `texts`)."""
+        if getattr(self, "_clip", None) is None or self._clip.name != clip_model:
+            import torch
+
+            from .metrics import ClipScorer
+
+            self._clip = ClipScorer(clip_model, device="cuda" if torch.cuda.is_available() else "cpu")
+        return self._clip.image_file_embeddings(paths), self._clip.text_embeddings(texts)
+
+
+class ActorClipScorer:
+    """The metrics' CLIP on the render actors (their GPUs), not on the driver: images split across the actors."""
+
+    def __init__(self, executor: "RayExecutor", clip_model: str):
+        self.handles = [a.handle for a in executor.actors if a.state == "live"]
+        self.clip_model = clip_model
+
+    def image_file_embeddings(self, paths) -> np.ndarray:
+        shares = np.array_split(np.array([str(p) for p in paths], dtype=object), len(self.handles))
+        refs = [h.clip_embeddings.remote(self.clip_model, list(share), []) for h, share in zip(self.handles, shares) if len(share)]
+        return np.concatenate([images for images, _ in _get_unwrapped(refs)])
+
+    def text_embeddings(self, texts) -> np.ndarray:
+        return _get_unwrapped([self.handles[0].clip_embeddings.remote(self.clip_model, [], list(texts))])[0][1]
+
+
+def _get_unwrapped(refs):
+    try:
+        return ray.get(refs)
+    except ray.exceptions.RayTaskError as exc:
+        raise _unwrap(exc) from None
 
 
 @dataclass(frozen=True)
@@ -48,14 +91,14 @@ class ActorResources:
     gpus_per_worker: float
     cpus_per_worker: float
     max_restarts: int
-    ready_timeout_s: float
-
-
-def wants_gpu(device: str) -> bool:
-    return device != "cpu" and ray.cluster_resources().get("GPU", 0) > 0
+    ready_timeout_s: float  # placement (autoscaling included) and model load
+    batch_timeout_s: float = 120.0  # floor of a batch's deadline
+    batch_timeout_factor: float = 5.0  # deadline = factor x median batch time, at least the floor
+    capacity_timeout_s: float = 300.0  # no live actor for this long: stop
 
 
 def check_capacity(res: ActorResources, use_gpu: bool) -> None:
+    """For a cluster that cannot grow (local Ray): a clear error now instead of a placement that never comes."""
     total = ray.cluster_resources()
     gpus_needed = res.workers * res.gpus_per_worker if use_gpu else 0
     cpus_needed = res.workers * res.cpus_per_worker
@@ -77,85 +120,206 @@ def _unwrap(exc: BaseException) -> BaseException:
     return cause if isinstance(cause, UserError) else exc
 
 
+@dataclass
+class _Actor:
+    index: int
+    handle: object
+    state: str = "live"  # live | down (probing: Ray may restart it) | dead
+    deadline: float | None = None  # next batch must finish by then (while it has batches)
+    probe: object = None  # ready() ref while down
+    down_since: float = 0.0
+    batches: dict = field(default_factory=dict)  # ref -> frames (None for a begin_iteration call)
+
+    def in_flight(self) -> int:
+        return sum(frames is not None for frames in self.batches.values())
+
+
 class RayExecutor:
     queue_depth = 2
 
-    def __init__(self, spec: WorkerSpec, res: ActorResources):
-        use_gpu = wants_gpu(spec.device)
-        check_capacity(res, use_gpu)
+    def __init__(self, spec, res: ActorResources, use_gpu: bool, fixed_cluster: bool):
+        if fixed_cluster:
+            check_capacity(res, use_gpu)
         gpus = res.gpus_per_worker if use_gpu else 0
         bundle = {"CPU": res.cpus_per_worker, **({"GPU": gpus} if gpus else {})}
+        self.res = res
         self._pg = placement_group([bundle] * res.workers, strategy="PACK")
         try:
             ray.get(self._pg.ready(), timeout=res.ready_timeout_s)
         except ray.exceptions.GetTimeoutError:
-            raise UserError(f"cluster: could not reserve {res.workers} x {bundle} within {res.ready_timeout_s:.0f} s") from None
-        self.actors = [
+            have = ray.cluster_resources()
+            remove_placement_group(self._pg)
+            raise UserError(
+                f"cluster: could not reserve {res.workers} x {bundle} within cluster.ready_timeout_s={res.ready_timeout_s:g} s "
+                f"(the cluster has {have.get('GPU', 0):g} GPUs, {have.get('CPU', 0):g} CPUs)") from None
+        handles = [
             RenderActor.options(
                 num_cpus=res.cpus_per_worker,
                 num_gpus=gpus,
                 max_restarts=res.max_restarts,
-                max_task_retries=res.max_restarts,
+                max_task_retries=0,  # the driver re-queues a dead actor's batches itself
                 scheduling_strategy=PlacementGroupSchedulingStrategy(self._pg, placement_group_bundle_index=i),
             ).remote(spec)
             for i in range(res.workers)
         ]
+        self.actors = [_Actor(i, h) for i, h in enumerate(handles)]
         try:
-            pids = ray.get([a.ready.remote() for a in self.actors], timeout=res.ready_timeout_s)
+            pids = ray.get([h.ready.remote() for h in handles], timeout=res.ready_timeout_s)
+        except ray.exceptions.GetTimeoutError:
+            self.shutdown()
+            raise UserError(f"cluster: the render actors did not start within cluster.ready_timeout_s={res.ready_timeout_s:g} s") from None
         except ray.exceptions.RayError as exc:
+            self.shutdown()
             err = _unwrap(exc)
             if isinstance(err, UserError):
                 raise err from None
             raise
         log.info("%d render actors ready (pids %s), %g GPU each", len(pids), pids, gpus)
+        self.deadlines = BatchDeadlines(res.batch_timeout_s, res.batch_timeout_factor, res.ready_timeout_s)
         self.bank_puts = 0
+        self.batches_requeued = 0  # batches taken back from a dead or late actor, over the whole run
 
-    def render_iteration(self, iteration, batches, bank, scale, on_batch):
+    # --- one iteration --------------------------------------------------------------------------------
+    def render_iteration(self, iteration, batches, bank, scale, on_batch) -> None:
         bank_ref = None
         if bank is not None:
             bank_ref = ray.put(np.ascontiguousarray(bank, dtype=np.float32))  # once per iteration, shared by all
             self.bank_puts += 1
-        queues = BatchQueues(batches, len(self.actors))
-        pending: dict = {}  # ref -> actor index
-        in_flight = [0] * len(self.actors)
+        self._begin = (iteration, bank_ref, scale)
+        self._queues = BatchQueues(batches, len(self.actors))
+        self._late: dict = {}  # ref -> actor index: batches given to others already; a result is still welcome
+        for a in self.actors:
+            if a.state == "live":
+                self._send_begin(a)
+        stalled_since = None
+        while self._queues.remaining() or any(a.in_flight() for a in self.actors):
+            for a in self.actors:
+                if a.state == "live":
+                    self._top_up(a)
+            waiting = [r for a in self.actors for r in a.batches] + [a.probe for a in self.actors if a.probe is not None]
+            waiting += list(self._late)
+            live = [a for a in self.actors if a.state == "live"]
+            if not live:
+                stalled_since = stalled_since or time.monotonic()
+                self._fail_if_no_capacity(iteration, stalled_since)
+            else:
+                stalled_since = None
+            timeout = self._next_timeout(stalled_since)
+            if not waiting:
+                time.sleep(timeout)
+                continue
+            ready, _ = ray.wait(waiting, num_returns=1, timeout=timeout)
+            for ref in ready:
+                self._collect(ref, on_batch)
+            self._expire_deadlines()
+        self._late.clear()  # results of batches another actor finished first: not waited for
+        if self._queues.taken_from_others:
+            log.debug("iteration %d: %d batch(es) rendered by an actor other than their owner", iteration, self._queues.taken_from_others)
 
-        def submit(actor: int) -> bool:
-            frames = queues.next_for(actor)
+    def _send_begin(self, a: _Actor) -> None:
+        a.batches[a.handle.begin_iteration.remote(*self._begin)] = None  # actor calls run in order: batches see this bank
+
+    def _top_up(self, a: _Actor) -> None:
+        # A second batch queued on the actor hides the dispatch round trip; near the end of the iteration
+        # batches stay with the driver instead, so whichever actor frees up first takes them.
+        live = sum(x.state == "live" for x in self.actors)
+        while a.in_flight() < self.queue_depth and (a.in_flight() == 0 or self._queues.remaining() >= live):
+            frames = self._queues.next_for(a.index)
             if frames is None:
-                return False
-            pending[self.actors[actor].render_batch.remote(iteration, frames, bank_ref, scale)] = actor
-            in_flight[actor] += 1
-            return True
+                return
+            if a.in_flight() == 0:
+                a.deadline = time.monotonic() + self.deadlines.allowance()
+            a.batches[a.handle.render_batch.remote(self._begin[0], frames)] = frames
 
-        def top_up(actor: int) -> None:
-            # A second batch queued on the actor hides the dispatch round trip; near the end of the iteration
-            # batches stay with the driver instead, so whichever actor frees up first takes them.
-            while in_flight[actor] < self.queue_depth and (in_flight[actor] == 0 or queues.remaining() >= len(self.actors)):
-                if not submit(actor):
-                    return
+    def _collect(self, ref, on_batch) -> None:
+        if ref in self._late:
+            self._late.pop(ref)
+            try:
+                on_batch(ray.get(ref))  # the driver keeps the first copy of each frame
+            except ray.exceptions.RayError:
+                pass
+            return
+        a = next((x for x in self.actors if ref in x.batches or ref is x.probe), None)
+        if a is None:
+            return
+        if ref is a.probe:
+            a.probe = None
+            try:
+                ray.get(ref)
+            except ray.exceptions.ActorUnavailableError:  # restarting, or its node unreachable for now: ask again
+                a.probe = a.handle.ready.remote()
+                return
+            except ray.exceptions.RayError as exc:
+                a.state = "dead"
+                log.warning("render actor %d is gone for good (%s)", a.index, type(exc).__name__)
+                return
+            a.state = "live"
+            log.info("render actor %d is back after %.0f s", a.index, time.monotonic() - a.down_since)
+            self._send_begin(a)
+            return
+        frames = a.batches[ref]
+        try:
+            result = ray.get(ref)
+        except ray.exceptions.RayTaskError as exc:
+            if isinstance(exc.cause, StaleIterationError):  # restarted behind our back: give it the bank again
+                self._take_down(a, f"restarted without the bank ({exc.cause})", kill=False)
+                return
+            raise _unwrap(exc) from None
+        except ray.exceptions.RayActorError as exc:
+            self._take_down(a, f"{type(exc).__name__}", kill=False)
+            return
+        del a.batches[ref]
+        if frames is None:
+            return
+        self.deadlines.observe(result.busy_s)
+        a.deadline = time.monotonic() + self.deadlines.allowance() if a.in_flight() else None
+        on_batch(result)
 
-        for actor in range(len(self.actors)):
-            top_up(actor)
-        results = []
-        while pending:
-            done, _ = ray.wait(list(pending), num_returns=1)
-            for ref in done:
-                actor = pending.pop(ref)
-                in_flight[actor] -= 1
-                top_up(actor)
-                batch = ray.get(ref)
-                on_batch(batch)
-                results.extend(batch.frames)
-        if queues.taken_from_others:
-            log.debug("iteration %d: %d batch(es) rendered by an actor other than their owner", iteration, queues.taken_from_others)
-        return results
+    def _take_down(self, a: _Actor, reason: str, kill: bool) -> None:
+        """Give its batches back to the queue; probe it, so a restarted actor can rejoin."""
+        lost = [frames for frames in a.batches.values() if frames is not None]
+        for ref, frames in a.batches.items():
+            if frames is not None:
+                self._queues.put_back(frames)
+                self._late[ref] = a.index
+        a.batches.clear()
+        self.batches_requeued += len(lost)
+        a.state, a.deadline, a.down_since = "down", None, time.monotonic()
+        log.warning("render actor %d: %s; %d batch(es) go to other actors", a.index, reason, len(lost))
+        if kill:
+            ray.kill(a.handle, no_restart=False)  # a hung process or an unreachable node: let Ray restart it elsewhere
+        a.probe = a.handle.ready.remote()
 
+    def _expire_deadlines(self) -> None:
+        now = time.monotonic()
+        for a in self.actors:
+            if a.state == "live" and a.deadline is not None and a.in_flight() and now > a.deadline:
+                self._take_down(a, f"no batch finished within its deadline ({self.deadlines.allowance():.0f} s)", kill=True)
+
+    def _next_timeout(self, stalled_since: float | None) -> float:
+        now = time.monotonic()
+        times = [a.deadline for a in self.actors if a.state == "live" and a.deadline is not None]
+        if stalled_since is not None:
+            times.append(stalled_since + self.res.capacity_timeout_s)
+        return max(0.05, min(times) - now) if times else 1.0
+
+    def _fail_if_no_capacity(self, iteration: int, stalled_since: float) -> None:
+        down = sum(a.state == "down" for a in self.actors)
+        dead = sum(a.state == "dead" for a in self.actors)
+        if down and time.monotonic() - stalled_since < self.res.capacity_timeout_s:
+            return
+        left = self._queues.remaining()
+        why = "every render actor is gone" if not down else f"no render actor came back within cluster.capacity_timeout_s={self.res.capacity_timeout_s:g} s"
+        raise UserError(f"cluster: {why} ({dead} of {len(self.actors)} dead, {down} restarting); iteration {iteration}: "
+                        f"{left} batch(es) not rendered, every finished frame is kept: rerun with resume=true once the cluster has capacity")
+
+    # --- the rest -------------------------------------------------------------------------------------
     def image_encodes(self) -> int:
-        return sum(ray.get([a.image_encodes.remote() for a in self.actors]))
+        return sum(ray.get([a.handle.image_encodes.remote() for a in self.actors if a.state == "live"]))
 
     def shutdown(self) -> None:
-        for actor in self.actors:
-            ray.kill(actor, no_restart=True)
+        for a in self.actors if hasattr(self, "actors") else []:
+            ray.kill(a.handle, no_restart=True)
         remove_placement_group(self._pg)
 
 
@@ -164,11 +328,11 @@ def connect(mode: str, address: str | None, workers: int, cpus_per_worker: float
     if ray.is_initialized():
         return False
     if mode == "local":
-        import torch
-
         cpus = max(os.cpu_count() or 1, int(np.ceil(workers * cpus_per_worker)))
         # Ray starts workers at niceness 15; here the render actors are the job, so they run at normal priority.
-        local_ray.start(cpus, torch.cuda.device_count(), include_dashboard=False,
+        # GPUs: Ray's own detection (NVML, CUDA_VISIBLE_DEVICES), so the driver never imports torch (model=sim).
+        # address="local": a new Ray even when this machine already runs one (a `ray start`, another render).
+        local_ray.start(address="local", num_cpus=cpus, include_dashboard=False,
                         log_to_driver=True, configure_logging=False, _system_config={"worker_niceness": 0})
         return True
     target = address or os.environ.get("RAY_ADDRESS") or "auto"

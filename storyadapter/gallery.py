@@ -1,5 +1,8 @@
 """Things people look at besides the comic: an animated strip, an iteration contact sheet, and a
-self-contained static index.html. All built from the manifest and PNGs alone; all links relative."""
+self-contained static index.html. All built from the manifest and PNGs alone; all links relative.
+
+The strip and the index show thumbnails (thumbs.py) so they stay light at thousands of frames; the index links
+each thumbnail to its full-size frame, and the comic pages stay full size."""
 
 from __future__ import annotations
 
@@ -14,6 +17,8 @@ from PIL import Image, ImageDraw
 
 from .atomic import replacing
 from . import manifest
+from .gif import write_gif_streaming
+from .thumbs import THUMB_MAX, thumbnail
 from .comic import COMIC_DIR, Box, fit_image, load_font, resolve_iteration
 from .manifest import FrameRecord
 from .metrics import METRICS_JSON, METRICS_PNG, finished_iterations_or_fail, load_image
@@ -23,7 +28,7 @@ SHEET_NAME = "iterations.png"
 INDEX_NAME = "index.html"
 
 GIF_SECONDS = 1.0
-GIF_MIN, GIF_MAX = 256, 512  # tiny frames are upscaled to be visible, big ones shrunk to keep the file small
+GIF_WIDTH = THUMB_MAX  # tiny frames are upscaled to be visible, big ones shown as their thumbnails
 
 # Contact sheet geometry (public so tests can predict the size).
 THUMB = 128  # thumbnail width; height follows the frame aspect
@@ -34,20 +39,18 @@ HEADER_H = 24  # top row: frame numbers
 
 def _gif_size(frame_size: tuple[int, int]) -> tuple[int, int]:
     w, h = frame_size
-    target = max(GIF_MIN, min(GIF_MAX, w))
-    return target, max(1, round(h * target / w))
+    return GIF_WIDTH, max(1, round(h * GIF_WIDTH / w))
 
 
 def write_gif(out_dir: Path, iteration: int | None = None) -> Path:
-    """DIR/story.gif: the final iteration's frames, about a second each, looping."""
+    """DIR/story.gif: the final iteration's frames, about a second each, looping; one frame in memory at a time."""
     out_dir = Path(out_dir)
     records = manifest.read_records(out_dir, resolve_iteration(out_dir, iteration))
-    frames = [load_image(out_dir / r.image_path) for r in records]
-    w, h = _gif_size(frames[0].size)
-    frames = [fit_image(f, Box(0, 0, w, h)) for f in frames]
+    thumbs = [thumbnail(out_dir, r.image_path) for r in records]
+    box = Box(0, 0, *_gif_size(thumbs[0][1]))
     path = out_dir / GIF_NAME
-    with replacing(path) as tmp:
-        frames[0].save(tmp, save_all=True, append_images=frames[1:], duration=int(GIF_SECONDS * 1000), loop=0)
+    write_gif_streaming(path, (fit_image(load_image(out_dir / rel), box) for rel, _ in thumbs),
+                        duration_ms=int(GIF_SECONDS * 1000))
     return path
 
 
@@ -88,7 +91,8 @@ def write_contact_sheet(out_dir: Path, max_columns: int = 8) -> Path:
         for c, frame in enumerate(columns):
             if frame not in records:
                 continue
-            thumb = fit_image(load_image(out_dir / records[frame].image_path), Box(0, 0, THUMB, th))
+            thumb_rel, _ = thumbnail(out_dir, records[frame].image_path)
+            thumb = fit_image(load_image(out_dir / thumb_rel), Box(0, 0, THUMB, th))
             sheet.paste(thumb, (LABEL_W + GAP + c * (THUMB + GAP), y))
     path = out_dir / SHEET_NAME
     with replacing(path) as tmp:
@@ -125,12 +129,14 @@ table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 10px;text
 """
 
 
-def _figure(rec: FrameRecord, lazy: bool) -> str:
+def _figure(out_dir: Path, rec: FrameRecord) -> str:
+    """A thumbnail linking to the full-size frame. Its size is given so lazy loading fetches only what is in view."""
     caption = _esc(rec.caption) if rec.caption else ""
     who = f" · {_esc(', '.join(rec.characters))}" if rec.characters else ""
-    loading = ' loading="lazy"' if lazy else ""
+    thumb, (w, h) = thumbnail(out_dir, rec.image_path)
     return (
-        f'<figure><a href="{_href(rec.image_path)}"><img src="{_href(rec.image_path)}" alt="frame {rec.frame}"{loading}></a>'
+        f'<figure><a href="{_href(rec.image_path)}"><img src="{_href(thumb)}" width="{w}" height="{h}" '
+        f'alt="frame {rec.frame}" loading="lazy"></a>'
         f"<figcaption><b>{rec.frame}</b> {caption}<span class=\"prompt\">{_esc(rec.prompt)}{who}</span></figcaption></figure>"
     )
 
@@ -152,7 +158,7 @@ def _metrics_table(out_dir: Path) -> str:
 
     body = "".join("<tr>" + "".join(f"<td>{cell(r.get(c))}</td>" for c in cols) + "</tr>" for r in rows if isinstance(r, dict))
     head = "".join(f"<th>{c}</th>" for c in cols)
-    plot = f'<p><img src="{_href(METRICS_PNG)}" alt="metrics per iteration"></p>' if (out_dir / METRICS_PNG).is_file() else ""
+    plot = f'<p><img src="{_href(METRICS_PNG)}" alt="metrics per iteration" loading="lazy"></p>' if (out_dir / METRICS_PNG).is_file() else ""
     return f'<h2 id="metrics">Metrics</h2><table><tr>{head}</tr>{body}</table>{plot}'
 
 
@@ -192,10 +198,10 @@ def write_index(out_dir: Path) -> Path:
         f"<h1>{_esc(title)}</h1>",
         f"<p>{len(by_iter[last])} frames, {len(iterations)} iterations (final: iteration {last}).</p>",
         f"<nav>{''.join(nav)}</nav>",
-        f'<h2 id="final">Final frames</h2><div class="grid">{"".join(_figure(r, lazy=False) for r in by_iter[last])}</div>',
+        f'<h2 id="final">Final frames</h2><div class="grid">{"".join(_figure(out_dir, r) for r in by_iter[last])}</div>',
     ]
     if (out_dir / GIF_NAME).is_file():
-        parts.append(f'<h2 id="strip">Animated strip</h2><p><img src="{_href(GIF_NAME)}" alt="animated strip"></p>')
+        parts.append(f'<h2 id="strip">Animated strip</h2><p><img src="{_href(GIF_NAME)}" alt="animated strip" loading="lazy"></p>')
     if pages:
         links = "".join(
             f'<a href="{_href(Path(COMIC_DIR) / p.name)}"><img src="{_href(Path(COMIC_DIR) / p.name)}" alt="{_esc(p.stem)}" loading="lazy"></a>'
@@ -204,13 +210,13 @@ def write_index(out_dir: Path) -> Path:
         parts.append(f'<h2 id="comic">Comic</h2><div class="pages">{links}</div>')
     parts.append(_metrics_table(out_dir))
     if (out_dir / SHEET_NAME).is_file():
-        parts.append(f'<h2 id="sheet">Iterations at a glance</h2><p><a href="{_href(SHEET_NAME)}"><img src="{_href(SHEET_NAME)}" alt="contact sheet" style="max-width:100%"></a></p>')
+        parts.append(f'<h2 id="sheet">Iterations at a glance</h2><p><a href="{_href(SHEET_NAME)}"><img src="{_href(SHEET_NAME)}" alt="contact sheet" style="max-width:100%" loading="lazy"></a></p>')
     tabs = ['<h2 id="iterations">Every iteration</h2><div class="tabs">']
     for it in iterations:
         checked = " checked" if it == last else ""
         tabs.append(f'<input type="radio" name="iter" id="tab{it}"{checked}><label for="tab{it}">iter {it:02d}</label>')
     for it in iterations:
-        figures = "".join(_figure(r, lazy=True) for r in by_iter[it])
+        figures = "".join(_figure(out_dir, r) for r in by_iter[it])
         tabs.append(f'<div class="panel" id="panel{it}"><div class="grid">{figures}</div></div>')
     tabs.append("</div>")
     parts.extend(tabs)

@@ -7,6 +7,12 @@ Every frame attends to the image tokens of *all* reference frames in one joint s
 where K_ref/V_ref come from the 4*N IP-Adapter tokens of the N references. Those tokens are the
 same for every frame and every denoising step of one iteration, so their keys and values are
 computed once per iteration (`set_references`) and reused.
+
+The reference term runs as two SDPA calls per layer (`split`: unconditional and conditional halves of the
+CFG batch, K/V broadcast over each half) or one (`joint`: both halves in one call; the unconditional half's
+4 tokens are tiled to the conditional half's 4N, which leaves its softmax unchanged up to rounding, and
+each K/V is repeated over its half of the batch). `joint` saves a kernel launch and the concatenation of the
+halves but does up to twice the reference-attention FLOPs; which wins depends on the device and on N.
 """
 
 from __future__ import annotations
@@ -83,7 +89,8 @@ class GlobalReferenceAttnProcessor(CrossAttentionProcessor):
         self.to_k_ip = to_k_ip
         self.to_v_ip = to_v_ip
         self.scale = 0.0
-        self._ref: tuple[torch.Tensor, ...] | None = None  # (k_cond, v_cond, k_uncond, v_uncond)
+        self.joint = False  # one SDPA call for both CFG halves (see the module docstring)
+        self._ref: tuple[torch.Tensor, ...] | None = None  # split: (k_cond, v_cond, k_uncond, v_uncond); joint: (k, v)
 
     @torch.no_grad()
     def set_references(self, cond_tokens: torch.Tensor | None, uncond_tokens: torch.Tensor | None, heads: int):
@@ -91,18 +98,30 @@ class GlobalReferenceAttnProcessor(CrossAttentionProcessor):
         if cond_tokens is None:
             self._ref = None
             return
-        self._ref = tuple(
+        k_cond, v_cond, k_uncond, v_uncond = (
             split_heads(proj(tokens), heads)
             for tokens in (cond_tokens, uncond_tokens)
             for proj in (self.to_k_ip, self.to_v_ip)
+        )
+        if not self.joint:
+            self._ref = (k_cond, v_cond, k_uncond, v_uncond)
+            return
+        copies = k_cond.shape[2] // k_uncond.shape[2]  # N: cond has 4N tokens, uncond 4
+        self._ref = tuple(
+            torch.cat([uncond.repeat(1, 1, copies, 1), cond])  # (2, heads, 4N, d): batch 0 uncond, 1 cond
+            for cond, uncond in ((k_cond, k_uncond), (v_cond, v_uncond))
         )
 
     def attend(self, attn, query, context):
         out = text_attention(attn, query, context)
         if self.scale != 0.0 and self._ref is not None:  # scale 0 stays bitwise equal to text-only SDXL
-            k_cond, v_cond, k_uncond, v_uncond = self._ref
             half = query.shape[0] // 2
-            ref = torch.cat([_attend(query[:half], k_uncond, v_uncond), _attend(query[half:], k_cond, v_cond)])
+            if self.joint:
+                key, value = (t.to(query.dtype).repeat_interleave(half, dim=0) for t in self._ref)
+                ref = F.scaled_dot_product_attention(query, key, value)
+            else:
+                k_cond, v_cond, k_uncond, v_uncond = self._ref
+                ref = torch.cat([_attend(query[:half], k_uncond, v_uncond), _attend(query[half:], k_cond, v_cond)])
             out = out + self.scale * ref
         return out
 

@@ -25,7 +25,8 @@ def _not_the_auth_notice(record: logging.LogRecord) -> bool:
     return not record.getMessage().startswith(_AUTH_NOTICE)
 
 
-def start(num_cpus: int, num_gpus: int, **init_args) -> None:
+def start(**init_args) -> None:
+    """ray.init(**init_args) for a local Ray of this run's own."""
     import ray
 
     global _session_root
@@ -35,7 +36,7 @@ def start(num_cpus: int, num_gpus: int, **init_args) -> None:
             _session_root = tempfile.mkdtemp(prefix="storyadapter-ray-")  # short: Ray's socket paths must fit 107 bytes
             atexit.register(stop)  # an exit that skips the caller's shutdown still removes it
         init_args["_temp_dir"] = _session_root
-    ray.init(num_cpus=num_cpus, num_gpus=num_gpus, **init_args)
+    ray.init(**init_args)
 
 
 def stop() -> None:

@@ -109,6 +109,11 @@ class ClipScorer:
                 chunks.append(self._features(out).float().cpu().numpy())
         return _normalise(np.concatenate(chunks) if chunks else np.zeros((0, self.dim), np.float32))
 
+    def image_file_embeddings(self, paths: Sequence[Path]) -> np.ndarray:
+        """Like `image_embeddings`, reading the files a chunk at a time: memory stays bounded for long stories."""
+        chunks = [self.image_embeddings([load_image(p) for p in paths[i : i + _BATCH]]) for i in range(0, len(paths), _BATCH)]
+        return np.concatenate(chunks) if chunks else np.zeros((0, self.dim), np.float32)
+
     @property
     def dim(self) -> int:
         return int(self.model.config.projection_dim)
@@ -184,7 +189,7 @@ def finished_iterations_or_fail(out_dir: Path) -> list[int]:
     return iterations
 
 
-def evaluate_render(out_dir: Path, scorer: ClipScorer) -> list[dict[str, Any]]:
+def evaluate_render(out_dir: Path, scorer) -> list[dict[str, Any]]:
     """Metrics for every finished iteration of a render directory, without writing anything."""
     out_dir = Path(out_dir)
     results = []
@@ -194,9 +199,8 @@ def evaluate_render(out_dir: Path, scorer: ClipScorer) -> list[dict[str, Any]]:
         missing = [p for p in dict.fromkeys(r.prompt for r in records) if p not in text_cache]
         if missing:
             text_cache.update(zip(missing, scorer.text_embeddings(missing)))
-        images = [load_image(out_dir / r.image_path) for r in records]
         row = metrics_from_embeddings(
-            scorer.image_embeddings(images),
+            scorer.image_file_embeddings([out_dir / r.image_path for r in records]),
             np.stack([text_cache[r.prompt] for r in records]),
             [r.characters for r in records],
         )
@@ -218,10 +222,12 @@ def evaluate_render_from_manifest(out_dir: Path) -> list[dict[str, Any]]:
     return results
 
 
-def run_metrics(out_dir: Path, scorer: ClipScorer | None) -> list[dict[str, Any]]:
+def run_metrics(out_dir: Path, scorer) -> list[dict[str, Any]]:
     """Evaluate every finished iteration and write DIR/metrics.json and DIR/metrics.png.
 
-    With no scorer, consistency comes from the manifest's embeddings and clip_t is None.
+    `scorer` offers `image_file_embeddings(paths)` and `text_embeddings(texts)`: a ClipScorer here, or the
+    render actors' (engine.ActorClipScorer). With none, consistency comes from the manifest's embeddings
+    and clip_t is None.
     """
     out_dir = Path(out_dir)
     results = evaluate_render(out_dir, scorer) if scorer is not None else evaluate_render_from_manifest(out_dir)

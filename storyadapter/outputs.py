@@ -24,8 +24,11 @@ def write_all(
     device: str = "cpu",
     clip_key: str = "eval.clip_model",
     metrics: bool = True,
+    scorer=None,
 ) -> dict[str, Any]:
     """Write metrics (CLIP-T too when `clip_model` is given), comic pages, story.gif, iterations.png, index.html.
+
+    `scorer` runs that CLIP elsewhere (the render actors, see engine.ActorClipScorer) instead of loading it here.
 
     If the CLIP model cannot be loaded, the other outputs are still written (a finished render should
     not lose its comic to a missing evaluation model) and the UserError is raised at the end.
@@ -37,7 +40,7 @@ def write_all(
     deferred: UserError | None = None
     if metrics:
         try:
-            result["metrics"] = _write_metrics(out_dir, clip_model, device, clip_key, len(iterations))
+            result["metrics"] = _write_metrics(out_dir, clip_model, device, clip_key, len(iterations), scorer)
         except UserError as exc:
             log.error("metrics: skipped: %s", exc)
             deferred = exc
@@ -55,8 +58,9 @@ def write_all(
     return result
 
 
-def _write_metrics(out_dir: Path, clip_model: str | None, device: str, clip_key: str, n_iterations: int):
-    scorer = ClipScorer(clip_model, device=device, key=clip_key) if clip_model else None
+def _write_metrics(out_dir: Path, clip_model: str | None, device: str, clip_key: str, n_iterations: int, scorer=None):
+    if scorer is None and clip_model:
+        scorer = ClipScorer(clip_model, device=device, key=clip_key)
     source = f"CLIP {clip_model}" if clip_model else "the run's own image embeddings (no eval.clip_model: no clip_t)"
     log.info("metrics: scoring %d iterations with %s", n_iterations, source)
     results = run_metrics(out_dir, scorer)

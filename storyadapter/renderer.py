@@ -25,6 +25,7 @@ class RenderSettings:
     width: int = 1024
     guidance_scale: float = 7.5
     reference_size: int = 256
+    reference_sdpa: str = "split"  # split | joint: reference attention as 2 SDPA calls per layer or 1 (grca.py)
 
 
 def initial_noise(seed: int, shape: tuple[int, ...]) -> torch.Tensor:
@@ -39,8 +40,15 @@ class StoryRenderer:
         self.pipe = pipe
         self.settings = settings
         self.projection, self.processors = grca.install(pipe.unet)
+        for proc in self.processors.values():
+            proc.joint = settings.reference_sdpa == "joint"
         self._heads = {name: self._attention_heads(name) for name in self.processors}
         self._cross_dim = int(pipe.unet.config.cross_attention_dim)
+        if pipe.vae.dtype == torch.float16 and pipe.vae.config.force_upcast:
+            # SDXL's VAE overflows in fp16. Upcast it once, so decoding casts latents, never weights (diffusers'
+            # pipeline converts the VAE fp16 -> fp32 -> fp16 on every call). Same pixels: fp16 -> fp32 is exact.
+            pipe.vae.to(torch.float32)
+        self._vae_dtype = pipe.vae.dtype
 
     @property
     def device(self) -> torch.device:
@@ -110,14 +118,10 @@ class StoryRenderer:
         return self._decode(latents)
 
     def _decode(self, latents: torch.Tensor) -> list[Image.Image]:
+        # The VAE keeps one dtype for the whole run (see __init__); only the latents are cast.
         vae = self.pipe.vae
-        upcast = vae.dtype == torch.float16 and vae.config.force_upcast  # SDXL's VAE overflows in fp16
-        if upcast:
-            vae.to(torch.float32)
-        latents = latents.to(vae.dtype) / vae.config.scaling_factor
+        latents = latents.to(self._vae_dtype) / vae.config.scaling_factor
         images = vae.decode(latents, return_dict=False)[0]
-        if upcast:
-            vae.to(torch.float16)
         return self.pipe.image_processor.postprocess(images, output_type="pil")
 
     # 4. reference embeddings ---------------------------------------------------------------------

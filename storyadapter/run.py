@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from . import config as schema
 from . import local_ray, rundir
@@ -37,6 +37,13 @@ def validate(cfg: DictConfig) -> None:
         raise UserError(f"render.guidance_scale={cfg.render.guidance_scale}: must be at least 1 (classifier-free guidance)")
     if cfg.cluster.gpus_per_worker < 0 or cfg.cluster.cpus_per_worker <= 0:
         raise UserError("cluster.gpus_per_worker must be >= 0 and cluster.cpus_per_worker > 0")
+    for index, lora in enumerate(cfg.model.loras):
+        if OmegaConf.is_missing(lora, "path") or not lora.path:
+            raise UserError(f"model.loras[{index}].path: missing; give each LoRA as {{path: FILE.safetensors, scale: 0.8}}")
+    if cfg.model.kind == "sim":
+        from .sim import validate_config
+
+        validate_config(cfg.model.sim)
 
 
 def _get(cfg: DictConfig, dotted: str):
@@ -59,25 +66,53 @@ def resolve_story_path(path: str) -> Path:
 
 def resolve_model(cfg: DictConfig):
     """Where the weights are (a ModelSource), building the offline tiny model first if asked; plus the CLIP for metrics."""
+    m = cfg.model
+    if m.kind == "sim":
+        return None, None  # no weights, and no torch import: sim.py documents what it renders instead
+    from dataclasses import replace
+
+    from .models.lora import LoraWeights
     from .models.loading import ModelSource, check_available
 
-    m = cfg.model
+    # Files the user names become absolute here: workers (and Ray Jobs' copied working dir) have another cwd.
+    extras = dict(
+        single_file_config=_absolute(m.single_file_config),
+        vae=_absolute(m.vae) if m.vae and _names_local(m.vae) else m.vae,
+        loras=tuple(LoraWeights(_absolute(lw.path), float(lw.scale)) for lw in m.loras),
+        cache_dir=_absolute(m.cache_dir),
+    )
+    eval_clip = None
     if m.kind == "tiny":
         from .models import tiny
 
         root = tiny.build(tiny.tiny_dir(Path(m.cache_dir) if m.cache_dir else None))
-        return ModelSource(str(root / "sdxl"), str(root / "ip-adapter")), str(root / "eval_clip")
-    if m.kind == "sdxl-random":
+        source = ModelSource(str(root / "sdxl"), str(root / "ip-adapter"), **extras)
+        eval_clip = str(root / "eval_clip")
+    elif m.kind == "sdxl-random":
         from .models import sdxl_random
 
-        return sdxl_random.source(), None
-    source = ModelSource(m.pretrained, m.ip_adapter, m.ip_adapter_subfolder, m.ip_adapter_weight,
-                         m.image_encoder_folder, m.variant)
+        return replace(sdxl_random.source(), **extras), None
+    else:
+        pretrained = _absolute(m.pretrained) if _names_local(m.pretrained) else m.pretrained
+        source = ModelSource(pretrained, m.ip_adapter, m.ip_adapter_subfolder, m.ip_adapter_weight,
+                             m.image_encoder_folder, m.variant, **extras)
     check_available(source)
-    return source, None
+    return source, eval_clip
+
+
+def _names_local(ref: str) -> bool:
+    return ref.startswith((".", "/", "~")) or ref.lower().endswith(".safetensors") or Path(ref).expanduser().exists()
+
+
+def _absolute(path: str | None) -> str | None:
+    return str(Path(path).expanduser().absolute()) if path else None
 
 
 def worker_spec(cfg: DictConfig, story: Story, source, out_dir: Path):
+    if cfg.model.kind == "sim":
+        from .sim import spec_from_config
+
+        return spec_from_config(cfg, out_dir)
     from .renderer import RenderSettings
     from .worker import FramePrompt, WorkerSpec
 
@@ -85,7 +120,7 @@ def worker_spec(cfg: DictConfig, story: Story, source, out_dir: Path):
     return WorkerSpec(
         source=source,
         settings=RenderSettings(steps=r.steps, height=r.height, width=r.width, guidance_scale=r.guidance_scale,
-                                reference_size=r.reference_size),
+                                reference_size=r.reference_size, reference_sdpa=r.reference_sdpa),
         prompts=tuple(FramePrompt(*story.styled(f)) for f in story.frames),
         out_dir=str(out_dir.resolve()),
         seed=r.seed,
@@ -94,15 +129,39 @@ def worker_spec(cfg: DictConfig, story: Story, source, out_dir: Path):
         dtype=cfg.model.dtype,
         threads=cfg.cluster.threads_per_worker,
         compile=cfg.model.compile,
+        deterministic=cfg.model.deterministic,
     )
 
 
-def plan_for(cfg: DictConfig, story: Story, out_dir: Path):
+def plan_for(cfg: DictConfig, story: Story, out_dir: Path, ramp_iterations: int | None = None):
     from . import driver
 
     r = cfg.render
     return driver.RunPlan(story=story, out_dir=out_dir, iterations=r.iterations, batch_size=r.batch_size,
-                          scale_start=r.scale_start, scale_end=r.scale_end, seed=r.seed, seed_policy=r.seed_policy)
+                          scale_start=r.scale_start, scale_end=r.scale_end, seed=r.seed, seed_policy=r.seed_policy,
+                          ramp_iterations=ramp_iterations)
+
+
+def needs_gpu(cfg: DictConfig) -> bool:
+    """Real and full-size models run on GPUs; they go to CPU only when the user says model.device=cpu."""
+    if cfg.model.device == "auto":
+        return cfg.model.kind in ("hub", "sdxl-random")
+    return cfg.model.device.startswith("cuda")
+
+
+def actor_devices(cfg: DictConfig) -> bool:
+    """Whether the render actors reserve GPUs. Refuses CPU actors for a GPU model on a fixed cluster without GPUs."""
+    import ray
+
+    has_gpus = ray.cluster_resources().get("GPU", 0) > 0
+    if cfg.model.device == "cpu":
+        return False
+    if needs_gpu(cfg):
+        if not has_gpus and cfg.cluster.mode == "local":
+            raise UserError(f"model={cfg.model.name} needs a GPU and this machine has none; pass model.device=cpu "
+                            "to render on CPU (hours per frame at full size)")
+        return True  # a Ray cluster without GPUs yet may be autoscaling: the placement waits for them
+    return has_gpus
 
 
 def execute(cfg: DictConfig, out_dir: Path) -> Path:
@@ -110,27 +169,59 @@ def execute(cfg: DictConfig, out_dir: Path) -> Path:
     validate(cfg)
     story = load_story(resolve_story_path(cfg.story.path), cfg.story.style, cfg.story.get("title"))
     log.info("story %s", describe(story))
-    fresh = rundir.check(out_dir, cfg, story, cfg.resume)
+    state = rundir.check(out_dir, cfg, story, cfg.resume)
     rundir.probe_writable(out_dir)  # before the model and Ray start: a bad output_dir is found in a second
-    source, eval_clip = resolve_model(cfg)
-    from . import driver, engine, outputs
+    from . import outputs
 
+    scored, deferred = False, None
+    if state.finished:  # nothing to render: no cluster, no model
+        log.info("all %d iterations of %s are finished; writing the outputs only", cfg.render.iterations + 1, out_dir)
+    else:
+        scored, deferred = _render(cfg, story, out_dir, state)
+    if cfg.outputs.enabled:
+        outputs.write_all(out_dir, clip_model=cfg.eval.clip_model, metrics=not scored and deferred is None,
+                          layout=cfg.outputs.comic_layout, caption_position=cfg.outputs.caption_position)
+    if deferred is not None:  # the comic and gallery are written even when the evaluation CLIP is missing
+        raise deferred
+    log.info("done: %s", out_dir)
+    return out_dir
+
+
+def _render(cfg: DictConfig, story: Story, out_dir: Path, state: rundir.RunDir) -> tuple[bool, UserError | None]:
+    """Start the cluster and the actors, render every unfinished iteration, then score the metrics that need
+    CLIP on the actors (their GPUs) before releasing them. Returns whether metrics were written, and the
+    error to raise once the other outputs are written."""
+    from . import driver, engine
+
+    source, eval_clip = resolve_model(cfg)
     c = cfg.cluster
     started = engine.connect(c.mode, c.address, c.workers, c.cpus_per_worker)
     executor = None
     try:
-        res = engine.ActorResources(c.workers, c.gpus_per_worker, c.cpus_per_worker, c.max_restarts, c.ready_timeout_s)
-        executor = engine.RayExecutor(worker_spec(cfg, story, source, out_dir), res)
-        if fresh:  # only once the cluster and the workers are up, so a failed start leaves nothing behind
-            rundir.write_config(out_dir, cfg, story)
-        driver.run(plan_for(cfg, story, out_dir), executor)
+        res = engine.ActorResources(c.workers, c.gpus_per_worker, c.cpus_per_worker, c.max_restarts, c.ready_timeout_s,
+                                    c.batch_timeout_s, c.batch_timeout_factor, c.capacity_timeout_s)
+        executor = engine.RayExecutor(worker_spec(cfg, story, source, out_dir), res, use_gpu=actor_devices(cfg),
+                                      fixed_cluster=c.mode == "local")
+        if state.fresh or state.extends:  # only once the workers are up, so a failed start leaves nothing behind
+            rundir.write_config(out_dir, cfg, story, state.ramp_iterations)
+        if state.extends:
+            log.info("extending to %d iterations: the new ones run at scale_end=%g (the ramp was %d iterations)",
+                     cfg.render.iterations, cfg.render.scale_end, state.ramp_iterations)
+        driver.run(plan_for(cfg, story, out_dir, state.ramp_iterations), executor)
+        clip = cfg.eval.clip_model or eval_clip
+        if cfg.outputs.enabled and clip:
+            from . import metrics
+
+            log.info("metrics: scoring every iteration with CLIP %s on the render actors", clip)
+            try:
+                metrics.run_metrics(out_dir, engine.ActorClipScorer(executor, clip))
+            except UserError as exc:
+                log.error("metrics: skipped: %s", exc)
+                return False, exc
+            return True, None
+        return False, None
     finally:
         if started:  # a Ray we started goes down whole, actors included (killing them first makes Ray announce retries)
             local_ray.stop()
         elif executor is not None:
             executor.shutdown()
-    if cfg.outputs.enabled:
-        outputs.write_all(out_dir, clip_model=cfg.eval.clip_model or eval_clip,
-                          layout=cfg.outputs.comic_layout, caption_position=cfg.outputs.caption_position)
-    log.info("done: %s", out_dir)
-    return out_dir

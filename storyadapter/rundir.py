@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
+from . import manifest
 from .atomic import replacing
 from .errors import UserError
 from .story import Story
@@ -16,13 +18,36 @@ from .story import Story
 CONFIG_FILE = "config.yaml"
 # Settings that change pixels. Everything else (cluster layout, outputs, resume, logging) may differ on resume.
 _PIXEL_KEYS = ("model", "render")
-_IGNORED_MODEL_KEYS = ("device", "compile", "cache_dir")
+# compile and deterministic pick kernels, not arithmetic: at most the last bits of a frame differ, so a render
+# may resume with them flipped (README, "Same pixels").
+_IGNORED_MODEL_KEYS = ("device", "compile", "deterministic", "cache_dir", "sim")
+_SIM_PIXEL_KEYS = ("embedding_dim", "image_size")  # model=sim: timings may differ on resume, outputs may not
+# How many iterations to render is checked on its own: a finished render may be extended.
+_IGNORED_RENDER_KEYS = ("iterations",)
+
+
+@dataclass(frozen=True)
+class RunDir:
+    fresh: bool  # nothing there yet: `write_config` starts it
+    ramp_iterations: int  # the scale ramp's length (the first render's render.iterations)
+    finished: bool  # every requested iteration is on disk: nothing to render
+    extends: bool  # resume=true with more iterations than the finished render had
 
 
 def fingerprint(cfg: DictConfig, story: Story) -> dict:
     resolved = OmegaConf.to_container(cfg, resolve=True)
     fp = {k: resolved[k] for k in _PIXEL_KEYS}
     fp["model"] = {k: v for k, v in fp["model"].items() if k not in _IGNORED_MODEL_KEYS}
+    fp["render"] = {k: v for k, v in fp["render"].items() if k not in _IGNORED_RENDER_KEYS}
+    if not fp["model"].get("loras"):
+        fp["model"].pop("loras", None)  # no LoRA: the same fingerprint as renders made before the key existed
+    else:
+        from .models.lora import digest
+
+        # A LoRA is its bytes: the same file moved elsewhere resumes, another file under the same name does not.
+        fp["model"]["loras"] = [{"sha256": digest(lw["path"]), "scale": lw["scale"]} for lw in fp["model"]["loras"]]
+    if fp["model"].get("kind") == "sim":
+        fp["model"]["sim"] = {k: resolved["model"]["sim"][k] for k in _SIM_PIXEL_KEYS}
     fp["story"] = {"digest": story.digest, "style": story.style}
     return fp
 
@@ -39,10 +64,11 @@ def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
     return diffs
 
 
-def check(out_dir: Path, cfg: DictConfig, story: Story, resume: bool) -> bool:
+def check(out_dir: Path, cfg: DictConfig, story: Story, resume: bool) -> RunDir:
     """Refuse to touch an existing render unless resuming it with the same pixel settings.
 
-    Writes nothing. Returns True when the directory is fresh and `write_config` should start it.
+    `render.iterations` may grow on resume once every iteration of the render is finished: the new
+    iterations continue at the end of the scale ramp. Writes nothing.
     """
     config_path = out_dir / CONFIG_FILE
     new = fingerprint(cfg, story)
@@ -58,17 +84,35 @@ def check(out_dir: Path, cfg: DictConfig, story: Story, resume: bool) -> bool:
             saved = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
         except (yaml.YAMLError, UnicodeDecodeError) as exc:
             raise UserError(f"{config_path}: unreadable ({type(exc).__name__})") from None
-        diffs = _differences(saved.get("fingerprint", {}), new)
+        old_fp = saved.get("fingerprint", {})
+        old_fp["render"] = {k: v for k, v in old_fp.get("render", {}).items() if k not in _IGNORED_RENDER_KEYS}
+        diffs = _differences(old_fp, new)
         if diffs:
             raise UserError(f"resume=true refused: {config_path} was rendered with different settings: {'; '.join(diffs[:4])}")
-        return False
-    return True
+        return _iterations_on_resume(out_dir, saved, int(cfg.render.iterations))
+    return RunDir(fresh=True, ramp_iterations=int(cfg.render.iterations), finished=False, extends=False)
 
 
-def write_config(out_dir: Path, cfg: DictConfig, story: Story) -> None:
+def _iterations_on_resume(out_dir: Path, saved: dict, wanted: int) -> RunDir:
+    had = int(saved.get("render", {}).get("iterations", wanted))
+    ramp = int(saved.get("schedule", {}).get("ramp_iterations", had))
+    done = manifest.finished_iterations(out_dir)
+    finished_had = done[: had + 1] == list(range(had + 1))
+    if wanted < had:
+        raise UserError(f"render.iterations={wanted}: resume=true cannot drop iterations from a render of {had} "
+                        f"(its output_dir keeps them); pass render.iterations={had}")
+    if wanted > had and not finished_had:
+        raise UserError(f"render.iterations={wanted}: this render of {had} iterations is not finished; "
+                        f"finish it first with render.iterations={had} resume=true, then extend it")
+    finished = done[: wanted + 1] == list(range(wanted + 1))
+    return RunDir(fresh=False, ramp_iterations=ramp, finished=finished, extends=wanted > had)
+
+
+def write_config(out_dir: Path, cfg: DictConfig, story: Story, ramp_iterations: int) -> None:
     config_path = out_dir / CONFIG_FILE
     out_dir.mkdir(parents=True, exist_ok=True)
-    document = {**OmegaConf.to_container(cfg, resolve=True), "title": story.title, "fingerprint": fingerprint(cfg, story)}
+    document = {**OmegaConf.to_container(cfg, resolve=True), "title": story.title, "fingerprint": fingerprint(cfg, story),
+                "schedule": {"ramp_iterations": ramp_iterations}}
     with replacing(config_path) as tmp:
         tmp.write_text(yaml.safe_dump(document, sort_keys=False, allow_unicode=True), encoding="utf-8")
 

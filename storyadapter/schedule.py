@@ -4,9 +4,13 @@ from __future__ import annotations
 
 
 def adapter_scale(iteration: int, iterations: int, start: float, end: float) -> float:
-    """0 for the text-only iteration 0, then linear from `start` (iteration 1) to `end` (iteration L)."""
+    """0 for the text-only iteration 0, then linear from `start` (iteration 1) to `end` (iteration L).
+
+    Iterations past L (a finished run extended with resume=true) stay at `end`.
+    """
     if iteration == 0:
         return 0.0
+    iteration = min(iteration, iterations)
     if iterations <= 1:
         return float(start)
     return float(start + (end - start) * (iteration - 1) / (iterations - 1))

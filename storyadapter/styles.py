@@ -1,8 +1,9 @@
 """Style templates: wrap a frame prompt in a style's positive text and pick its negative prompt.
 
 The first nine are StoryDiffusion's style list (HVision-NKU/StoryDiffusion, utils/style_template.py),
-retyped so the same story renders in the same styles as there. The last three are the styles
-Story-Adapter's paper shows (comic, film, realistic); their wording is ours.
+retyped so the same story renders in the same styles as there. The last three are
+Story-Adapter's (comic, film, realistic), worded exactly as its run.py builds them, so `render=paper`
+reproduces upstream's prompts as well as its sampler.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ _SD_NOT_PAINTED = (
     "cross-eyed, closed eyes, bad anatomy, ugly, disfigured, mutated, realism, realistic, "
     "impressionism, expressionism, oil, acrylic"
 )
+
+_STORY_ADAPTER_NEGATIVE = "monochrome, lowres, bad anatomy, worst quality, low quality"
 
 _STYLES: tuple[Style, ...] = (
     Style(DEFAULT_STYLE, "{prompt}", ""),
@@ -97,27 +100,20 @@ _STYLES: tuple[Style, ...] = (
         "100mm lens, 3d blender render",
         _SD_NOT_PAINTED + ", " + _SD_BAD,
     ),
-    # Story-Adapter's three.
+    # Story-Adapter's three, as its run.py writes them (one shared negative).
     Style(
         "comic",
-        "{prompt}, comic book style, bold ink lines, flat colors, cel shading, clean panel art",
-        "photograph, photorealistic, 3d render, blurry, noisy, deformed, extra limbs, text, "
-        "watermark, signature, low quality",
+        "best quality, high quality, comic {prompt} . graphic illustration, comic art, graphic novel art, "
+        "vibrant, highly detailed",
+        _STORY_ADAPTER_NEGATIVE,
     ),
     Style(
         "film",
-        "cinematic film still of {prompt}, 35mm film, anamorphic lens, dramatic lighting, "
-        "shallow depth of field, film grain, color graded",
-        "cartoon, anime, drawing, illustration, painting, deformed, disfigured, oversaturated, "
-        "text, watermark, low quality",
+        "best quality, high quality, cinematic film still, {prompt} . shallow depth of field, vignette, "
+        "highly detailed, high budget, bokeh, cinemascope, moody, epic, gorgeous, film grain, grainy",
+        _STORY_ADAPTER_NEGATIVE,
     ),
-    Style(
-        "realistic",
-        "a realistic photo of {prompt}, natural lighting, sharp focus, highly detailed, 8k, "
-        "professional photography",
-        "cartoon, anime, drawing, painting, illustration, cgi, deformed, disfigured, bad anatomy, "
-        "blurry, text, watermark, low quality",
-    ),
+    Style("realistic", "best quality, high quality, {prompt}", _STORY_ADAPTER_NEGATIVE),
 )
 
 _BY_KEY: dict[str, Style] = {s.name.casefold(): s for s in _STYLES}

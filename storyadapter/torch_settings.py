@@ -14,13 +14,14 @@ import torch
 
 
 @contextmanager
-def reproducible(threads: int = 0) -> Iterator[None]:
-    """Within the block: `threads` CPU threads (0: leave as is), deterministic cuDNN without benchmarking."""
+def reproducible(threads: int = 0, deterministic: bool = True) -> Iterator[None]:
+    """Within the block: `threads` CPU threads (0: leave as is); cuDNN deterministic without autotuning, or
+    (deterministic=False) autotuned for speed."""
     cudnn = torch.backends.cudnn
     before = torch.get_num_threads(), cudnn.benchmark, cudnn.deterministic
     if threads:
         torch.set_num_threads(threads)
-    cudnn.benchmark, cudnn.deterministic = False, True
+    cudnn.benchmark, cudnn.deterministic = not deterministic, deterministic
     try:
         yield
     finally:

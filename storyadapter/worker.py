@@ -14,10 +14,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .atomic import replacing
 from . import manifest, schedule, torch_settings
+from .frame_writer import FrameWriter
 from .models.loading import ModelSource, load_pipeline, pick_device, pick_dtype
 from .renderer import RenderSettings, StoryRenderer
+from .results import BatchResult, FrameResult, StaleIterationError, fsync_dir
 
 
 @dataclass(frozen=True)
@@ -40,38 +41,21 @@ class WorkerSpec:
     dtype: str = "auto"
     threads: int = 0  # 0: leave torch's default
     compile: bool = False
+    deterministic: bool = True  # cuDNN: deterministic kernels, no autotuning (see ModelConfig.deterministic)
 
-
-@dataclass(frozen=True)
-class FrameResult:
-    frame: int
-    image_path: str  # relative to out_dir
-    embedding: np.ndarray
-
-
-@dataclass(frozen=True)
-class BatchResult:
-    frames: list[FrameResult]
-    busy_s: float  # time spent rendering, for the driver's overhead accounting
-    started_at: float = 0.0  # time.time() at the start, comparable across processes on one machine
-    worker_pid: int = 0
-
-
-def write_png_atomically(image, path: Path) -> None:
-    # Lossless like the default level 6, but ~7x faster on a 1024² frame (90 vs 610 ms here) for ~20% more bytes;
-    # the encode runs on the worker between two frames, with the GPU idle.
-    with replacing(path) as tmp:
-        image.save(tmp, format="PNG", compress_level=1)
+    def build(self) -> "FrameWorker":
+        return FrameWorker(self)
 
 
 def _reproducible(method):
-    """Run a FrameWorker method with its spec's thread count and deterministic cuDNN, restoring the caller's
-    settings afterwards (they are process-wide; tests and notebooks share the process)."""
+    """Run a FrameWorker method with its spec's thread count and cuDNN mode (deterministic unless
+    model.deterministic=false), restoring the caller's settings afterwards: they are process-wide, and tests
+    and notebooks share the process."""
 
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
         spec = getattr(self, "spec", None) or args[0]
-        with torch_settings.reproducible(spec.threads):
+        with torch_settings.reproducible(spec.threads, spec.deterministic):
             return method(self, *args, **kwargs)
 
     return wrapper
@@ -93,8 +77,9 @@ class FrameWorker:
 
         self._windows = story_windows(pipe, [p for fp in spec.prompts for p in (fp.prompt, fp.negative)])
         self._text: dict[int, object] = {}
-        self._bank_iteration: int | None = None
+        self._iteration: int | None = None  # the iteration whose bank the renderer holds
         self.image_encodes = 0  # images passed through the CLIP image encoder, for tests and benchmarks
+        self._writer = FrameWriter()
 
     @property
     def embedding_dim(self) -> int:
@@ -108,22 +93,31 @@ class FrameWorker:
         return self._text[frame]
 
     @_reproducible
-    def render_batch(self, iteration: int, frames: list[int], bank: np.ndarray | None, scale: float) -> BatchResult:
+    def begin_iteration(self, iteration: int, bank: np.ndarray | None, scale: float) -> None:
+        """Load this iteration's bank: reference K/V once per iteration, shared by all its batches."""
+        self.renderer.set_references(bank, scale)
+        self._iteration = iteration
+
+    @_reproducible
+    def render_batch(self, iteration: int, frames: list[int]) -> BatchResult:
+        if iteration != self._iteration:
+            raise StaleIterationError(f"batch for iteration {iteration}, but the worker holds the bank of {self._iteration}")
         started_at, start = time.time(), time.perf_counter()
-        if self._bank_iteration != iteration:  # reference K/V once per iteration, shared by all batches
-            self.renderer.set_references(bank, scale)
-            self._bank_iteration = iteration
         seeds = [schedule.frame_seed(self.spec.seed, self.spec.seed_policy, f) for f in frames]
         images = self.renderer.render([self._text_for(f) for f in frames], seeds)
         out_dir = Path(self.spec.out_dir)
         rel_dir = manifest.iteration_dirname(iteration)
-        (out_dir / rel_dir).mkdir(parents=True, exist_ok=True)
-        paths = []
-        for frame, image in zip(frames, images):
-            rel = f"{rel_dir}/{manifest.frame_filename(frame)}"
-            write_png_atomically(image, out_dir / rel)
-            paths.append(rel)
-        embeddings = self.renderer.embed_images(images)
+        if not (out_dir / rel_dir).is_dir():
+            (out_dir / rel_dir).mkdir(parents=True, exist_ok=True)
+            fsync_dir(out_dir)  # the new directory's entry must be durable before any record names a file in it
+        paths = [f"{rel_dir}/{manifest.frame_filename(frame)}" for frame in frames]
+        # PNGs are written in the background while the CLIP pass runs (frame_writer.py explains the choice);
+        # the batch is reported only once every file is durable, and a failed write fails it.
+        writes = [self._writer.submit(image, out_dir / rel) for image, rel in zip(images, paths)]
+        try:
+            embeddings = self.renderer.embed_images(images)
+        finally:
+            self._writer.wait(writes)
         self.image_encodes += len(images)
         results = [FrameResult(f, p, e) for f, p, e in zip(frames, paths, embeddings)]
         return BatchResult(results, time.perf_counter() - start, started_at, os.getpid())

@@ -11,7 +11,7 @@ import pytest
 from storyadapter.driver import RunPlan, run
 from storyadapter.story import load_story
 from storyadapter.timeline import BatchTimeline
-from storyadapter.worker import BatchResult, FrameResult
+from storyadapter.results import BatchResult, FrameResult
 
 from .conftest import write_story
 

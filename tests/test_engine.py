@@ -49,7 +49,7 @@ def overrides(story_file: Path, tiny_cache: Path, out_dir: Path, workers: int, *
 def local_ray():
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False)
     yield ray
     ray.shutdown()
 
@@ -66,14 +66,14 @@ def reference(local_ray, story_file, tiny_cache, tmp_path_factory) -> Path:
     return render(story_file, tiny_cache, tmp_path_factory.mktemp("ref") / "out", 1)
 
 
-def assert_same_render(a: Path, b: Path) -> None:
-    for it in range(ITERATIONS + 1):
-        for f in range(N_FRAMES):
+def assert_same_render(a: Path, b: Path, iterations: int = ITERATIONS, frames: int = N_FRAMES) -> None:
+    for it in range(iterations + 1):
+        for f in range(frames):
             rel = f"{manifest.iteration_dirname(it)}/{manifest.frame_filename(f)}"
             pa, pb = (np.asarray(__import__("PIL.Image").Image.open(d / rel)) for d in (a, b))
             assert np.array_equal(pa, pb), f"{rel} differs"
         np.testing.assert_array_equal(manifest.read_bank(a, it), manifest.read_bank(b, it))
-    assert manifest.finished_iterations(b) == list(range(ITERATIONS + 1))
+    assert manifest.finished_iterations(b) == list(range(iterations + 1))
 
 
 def test_driver_killed_after_iteration_1_resumes_to_identical_output(story_file, tiny_cache, tmp_path, request):
@@ -218,3 +218,109 @@ def test_too_few_cpus_or_gpus_is_a_clear_error(local_ray):
         check_capacity(ActorResources(3, 1.0, 1.0, 0, 10.0), use_gpu=False)
     with pytest.raises(UserError, match=r"needs 1 GPUs; the Ray cluster has 0"):
         check_capacity(ActorResources(2, 0.5, 1.0, 0, 10.0), use_gpu=True)
+
+
+def _kill_tree(proc: subprocess.Popen) -> None:
+    family = [proc.pid] + [c.pid for c in psutil.Process(proc.pid).children(recursive=True)] if proc.poll() is None else []
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray it started, as if the node died
+    for pid in family:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait()
+
+
+def test_driver_killed_mid_iteration_resumes_without_rendering_finished_frames_again(story_file, tiny_cache, tmp_path, request):
+    from storyadapter import journal
+
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "storyadapter.launch", *overrides(story_file, tiny_cache, out, 1)]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    deadline = time.monotonic() + 240
+    try:
+        while len(journal.read(out, 1)) < 4:  # two batches of iteration 1 are durable
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            assert time.monotonic() < deadline, "iteration 1 never progressed"
+            time.sleep(0.005)
+    finally:
+        _kill_tree(proc)
+    assert 1 not in manifest.finished_iterations(out), "the driver must be killed inside iteration 1"
+    kept = journal.read(out, 1)
+    stamps = {f: (out / r.image_path).stat() for f, r in kept.items()}
+
+    reference = request.getfixturevalue("reference")
+    render(story_file, tiny_cache, out, 2, "resume=true")
+    for f, before in stamps.items():
+        after = (out / kept[f].image_path).stat()
+        assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns), f"frame {f} was rendered again"
+    assert not journal.journal_path(out, 1).exists()
+    assert_same_render(reference, out)
+
+
+def test_a_finished_run_is_extended_and_a_finished_resume_starts_no_actor(reference, story_file, tiny_cache, tmp_path, monkeypatch):
+    import shutil
+
+    from storyadapter import engine
+
+    out = tmp_path / "out"
+    shutil.copytree(reference, out)
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("frame_*.png")}
+    with pytest.raises(UserError, match="render.iterations=1: resume=true cannot drop"):
+        render(story_file, tiny_cache, out, 1, "resume=true", "render.iterations=1")
+    render(story_file, tiny_cache, out, 2, "resume=true", f"render.iterations={ITERATIONS + 1}")
+    assert manifest.finished_iterations(out) == list(range(ITERATIONS + 2))
+    assert all(p.stat().st_mtime_ns == t for p, t in before.items()), "finished iterations were rendered again"
+    scales = [r.scale for r in manifest.read_records(out, ITERATIONS + 1)]
+    assert scales == pytest.approx([0.5] * N_FRAMES), "iterations past the ramp run at scale_end"
+
+    def no_actors(*args, **kwargs):
+        raise AssertionError("a finished render started actors")
+
+    monkeypatch.setattr(engine, "RayExecutor", no_actors)
+    render(story_file, tiny_cache, out, 2, "resume=true", f"render.iterations={ITERATIONS + 1}")
+
+    unfinished = tmp_path / "unfinished"
+    shutil.copytree(reference, unfinished)
+    manifest.part_path(unfinished, ITERATIONS).unlink()
+    with pytest.raises(UserError, match="is not finished"):
+        render(story_file, tiny_cache, unfinished, 2, "resume=true", f"render.iterations={ITERATIONS + 1}")
+
+
+def test_an_actor_that_stops_answering_loses_its_batches_at_the_deadline(reference, story_file, tiny_cache, tmp_path, caplog):
+    """SIGSTOP one actor for good mid-iteration (a hung GPU, an unreachable node): after the batch deadline its
+    batches go to the other actor and the run finishes with the same pixels."""
+    out = tmp_path / "out"
+    caplog.set_level(logging.INFO, logger="storyadapter.engine")
+    errors: list[BaseException] = []
+
+    def run():
+        try:
+            render(story_file, tiny_cache, out, 2, "cluster.batch_timeout_s=3")
+        except BaseException as exc:  # noqa: BLE001 - surfaced by the assertion below
+            errors.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    from storyadapter import journal
+
+    stopped = None
+    deadline = time.monotonic() + 600
+    try:
+        while stopped is None and thread.is_alive() and time.monotonic() < deadline:
+            actors = _render_actors()
+            if len(actors) == 2 and journal.journal_path(out, 1).exists():  # iteration 1 has begun
+                stopped = actors[0]
+                stopped.suspend()
+            time.sleep(0.002)
+        assert stopped is not None, "no render actor was caught in iteration 1"
+        thread.join(timeout=600)
+    finally:
+        try:
+            stopped and stopped.resume()
+        except psutil.NoSuchProcess:
+            pass
+    assert not thread.is_alive() and not errors, errors
+    assert any("within its deadline" in r.getMessage() for r in caplog.records), [r.getMessage() for r in caplog.records]
+    assert_same_render(reference, out)

@@ -128,6 +128,18 @@ def test_missing_real_weights_offline_says_how_to_fetch(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_gpu_model_without_a_gpu_is_refused_unless_asked(tmp_path):
+    """No silent fallback to CPU actors for full-size SDXL: the user must say model.device=cpu."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    proc = launch(f"story.path={EXAMPLES / 'garden.yaml'}", "model=sdxl-random", "render=tiny",
+                  f"output_dir={tmp_path / 'out'}", cwd=tmp_path)
+    assert_one_line_error(proc, "model=sdxl-random needs a GPU", "model.device=cpu")
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.slow
 def test_multirun_sweep_renders_each_point_in_its_own_folder(tmp_path, tiny_cache):
     story = write_story(tmp_path / "two.txt", ["a fox in the snow", "a fox by the river"])

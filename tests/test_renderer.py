@@ -85,7 +85,8 @@ def test_changing_one_reference_changes_every_other_frame(renderer):
         assert not np.array_equal(pixels(before[i]), pixels(after[i])), f"frame {i} ignored reference 0"
 
 
-def test_grca_layer_equals_direct_joint_softmax():
+@pytest.mark.parametrize("joint", [False, True], ids=["split-sdpa", "joint-sdpa"])
+def test_grca_layer_equals_direct_joint_softmax(joint):
     """softmax(QK_txt)V_txt + lambda * softmax(QK_ref)V_ref with ONE softmax over all 4N reference tokens."""
     from diffusers.models.attention_processor import Attention
 
@@ -93,6 +94,7 @@ def test_grca_layer_equals_direct_joint_softmax():
     dim, heads, cross, n_refs = 16, 2, 12, 5
     attn = Attention(query_dim=dim, cross_attention_dim=cross, heads=heads, dim_head=dim // heads)
     proc = grca.GlobalReferenceAttnProcessor(torch.nn.Linear(cross, dim, bias=False), torch.nn.Linear(cross, dim, bias=False))
+    proc.joint = joint
     attn.set_processor(proc)
     x = torch.randn(4, 7, dim)  # batch: 2 unconditional + 2 conditional
     text = torch.randn(4, 9, cross)
@@ -184,3 +186,91 @@ def test_reproducible_settings_apply_inside_the_block_only_even_when_it_fails():
         assert (torch.get_num_threads(), cudnn.benchmark, cudnn.deterministic) == (outside[0], True, outside[2])
     finally:
         cudnn.benchmark = outside[1]
+
+
+def test_scale_past_the_ramp_stays_at_the_end():
+    """An extended run (render.iterations raised on resume) keeps refining at scale_end."""
+    assert schedule.adapter_scale(13, 10, 0.3, 0.5) == pytest.approx(0.5)
+    assert driver.RunPlan(None, None, 15, 1, 0.3, 0.5, 1, "shared", ramp_iterations=10).scale(12) == pytest.approx(0.5)
+    assert driver.RunPlan(None, None, 15, 1, 0.3, 0.5, 1, "shared").scale(12) < 0.5
+
+
+def test_a_worker_never_renders_with_a_stale_bank(tiny_source, tmp_path):
+    """The bank arrives with begin_iteration; a batch for any other iteration is refused, and a new bank
+    gives exactly what a fresh worker gives with it (nothing of the old bank lingers)."""
+    from storyadapter.results import StaleIterationError
+
+    story = load_story(write_story(tmp_path / "s.txt", [f"a fox in a lantern shop, scene {i}" for i in range(2)]))
+    spec = WorkerSpec(source=tiny_source, settings=SETTINGS,
+                      prompts=tuple(FramePrompt(*story.styled(f)) for f in story.frames),
+                      out_dir=str(tmp_path / "out"), seed=3, seed_policy="per_frame", threads=1)
+    rng = np.random.default_rng(0)
+    worker = FrameWorker(spec)
+    old, new = (rng.normal(size=(2, worker.embedding_dim)).astype(np.float32) for _ in range(2))
+    with pytest.raises(StaleIterationError):
+        worker.render_batch(1, [0])  # no bank yet
+    worker.begin_iteration(1, old, 0.5)
+    with_old = worker.render_batch(1, [0]).frames[0].embedding
+    worker.begin_iteration(2, new, 0.5)
+    with pytest.raises(StaleIterationError):
+        worker.render_batch(1, [0])
+    with_new = worker.render_batch(2, [0]).frames[0].embedding
+
+    fresh = FrameWorker(spec)
+    fresh.begin_iteration(2, new, 0.5)
+    np.testing.assert_array_equal(fresh.render_batch(2, [0]).frames[0].embedding, with_new)
+    assert not np.array_equal(with_old, with_new)
+
+
+def test_fp16_vae_is_upcast_once_and_pixels_match_diffusers(tiny_source):
+    """An fp16 pipeline decodes with an fp32 VAE converted once at start-up, never per batch, and its frames
+    equal diffusers' pipeline, which converts the VAE fp16 -> fp32 -> fp16 on every call."""
+    from diffusers import DDIMScheduler, StableDiffusionXLPipeline
+
+    from storyadapter.models.loading import load_pipeline
+
+    r = StoryRenderer(load_pipeline(tiny_source, torch.device("cpu"), torch.float16), SETTINGS)
+    vae = r.pipe.vae
+    assert r.dtype == torch.float16 and vae.config.force_upcast
+    weights = {name: (p.dtype, p.data_ptr()) for name, p in vae.named_parameters()}
+    assert {dtype for dtype, _ in weights.values()} == {torch.float32}
+    conversions = []
+    for module in vae.modules():  # any nn.Module.to/half/float goes through _apply
+        original = module._apply
+        module._apply = lambda fn, *a, _orig=original, **k: (conversions.append(fn), _orig(fn, *a, **k))[1]
+
+    prompt = "a lighthouse keeper climbs the stairs"
+    text = r.encode_text(prompt, "")
+    r.set_references(None, 0.0)
+    ours = [r.render([text, text], [11, 12]) for _ in range(2)]
+    assert conversions == []
+    assert {name: (p.dtype, p.data_ptr()) for name, p in vae.named_parameters()} == weights
+    assert all(np.array_equal(pixels(a), pixels(b)) for a, b in zip(*ours))
+
+    plain = StableDiffusionXLPipeline.from_pretrained(tiny_source.pretrained, torch_dtype=torch.float16)
+    plain.scheduler = DDIMScheduler.from_config(plain.scheduler.config)
+    plain.set_progress_bar_config(disable=True)
+    assert plain.vae.dtype == torch.float16  # diffusers upcasts it inside each call
+    theirs = plain(prompt=prompt, num_inference_steps=2, guidance_scale=7.5, height=64, width=64,
+                   latents=initial_noise(11, (1, 4, 8, 8)).half()).images[0]
+    assert np.array_equal(pixels(ours[0][0]), pixels(theirs))
+
+
+def test_joint_reference_sdpa_renders_like_split(tiny_source):
+    """One SDPA call for both CFG halves: the same frames up to rounding, and bitwise text-only at scale 0."""
+    from storyadapter.models.loading import load_pipeline
+
+    split = StoryRenderer(load_pipeline(tiny_source, torch.device("cpu"), torch.float32), SETTINGS)
+    joint = StoryRenderer(load_pipeline(tiny_source, torch.device("cpu"), torch.float32),
+                          RenderSettings(steps=2, height=64, width=64, guidance_scale=7.5, reference_sdpa="joint"))
+    assert all(p.joint for p in joint.processors.values()) and not any(p.joint for p in split.processors.values())
+    bank = np.random.default_rng(2).normal(size=(3, split.embedding_dim)).astype(np.float32)
+    frames = {}
+    for scale in (0.0, 0.5):
+        for name, r in (("split", split), ("joint", joint)):
+            texts = [r.encode_text(f"a lantern on a bridge, view {i}", "") for i in range(2)]
+            r.set_references(bank, scale)
+            frames[name, scale] = [pixels(im) for im in r.render(texts, [4, 5])]
+    assert all(np.array_equal(a, b) for a, b in zip(frames["split", 0.0], frames["joint", 0.0]))
+    assert all(np.abs(a - b).max() <= 2 for a, b in zip(frames["split", 0.5], frames["joint", 0.5]))
+    assert not all(np.array_equal(a, b) for a, b in zip(frames["split", 0.0], frames["split", 0.5]))  # references count

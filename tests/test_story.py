@@ -431,6 +431,21 @@ def test_storydiffusion_templates_are_the_real_ones():
     assert get_style("(No style)").negative_prompt == ""
 
 
+def test_story_adapter_templates_are_upstreams_exactly():
+    """Story-Adapter's run.py: the prompt p is spliced in as below, with one negative for all three."""
+    p = "a fox {reads} a map"
+    negative = "monochrome, lowres, bad anatomy, worst quality, low quality"
+    expected = {
+        "comic": "best quality, high quality, comic " + p
+        + " . graphic illustration, comic art, graphic novel art, vibrant, highly detailed",
+        "film": f"best quality, high quality, cinematic film still, {p} . shallow depth of field, vignette, "
+        "highly detailed, high budget, bokeh, cinemascope, moody, epic, gorgeous, film grain, grainy",
+        "realistic": f"best quality, high quality, {p}",
+    }
+    for name, positive in expected.items():
+        assert get_style(name).apply(p) == (positive, negative), name
+
+
 def test_styled_output(tmp_path):
     s = load_story(EXAMPLES / "garden.yaml")
     pos, neg = s.styled(s.frames[4])
@@ -443,8 +458,9 @@ def test_styled_output(tmp_path):
     assert plain.styled(plain.frames[0]) == (plain.frames[0].prompt, "")
     comic = load_story(EXAMPLES / "explorer_24.txt", style="comic")
     pos, neg = comic.styled(comic.frames[0])
-    assert pos.startswith(comic.frames[0].prompt + ", comic book style")
-    assert neg and "photorealistic" in neg
+    assert pos == ("best quality, high quality, comic " + comic.frames[0].prompt
+                   + " . graphic illustration, comic art, graphic novel art, vibrant, highly detailed")
+    assert neg == "monochrome, lowres, bad anatomy, worst quality, low quality"
     # braces in a prompt are text, not format fields
     braces = load_story(write(tmp_path, "b.txt", "a sign reading {hello}\n"), style="Line art")
     assert "{hello}" in braces.styled(braces.frames[0])[0]

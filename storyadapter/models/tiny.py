@@ -19,13 +19,15 @@ from .clip_vocab import VOCAB_SIZE, write_tokenizer_files
 
 log = logging.getLogger(__name__)
 
-LAYOUT_VERSION = "tiny-v1"  # bump when the architecture below changes, so stale caches are rebuilt
+LAYOUT_VERSION = "tiny-v2"  # bump when the architecture below changes, so stale caches are rebuilt
 _DONE = ".complete"
 
 # Tiny dims that keep every SDXL mechanism: two text encoders (hidden states concatenated),
 # pooled text + time ids ("text_time" addition embedding), a VAE with 8x downsampling,
 # cross-attention transformer blocks, and a projected CLIP vision encoder for IP-Adapter.
-TE1_HIDDEN, TE2_HIDDEN, TE2_PROJ = 32, 32, 32
+# The two text encoders differ in width, as in SDXL (768 vs 1280): diffusers' single-file loader tells them apart
+# by their widths, so equal ones would load a checkpoint's first encoder into the second.
+TE1_HIDDEN, TE2_HIDDEN, TE2_PROJ = 32, 48, 32
 CROSS_DIM = TE1_HIDDEN + TE2_HIDDEN
 TIME_EMBED = 8
 IMAGE_EMBED_DIM = 32
