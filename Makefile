@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= outputs/demo
 
-.PHONY: install test demo ui bench bench-gpu bench-sim slurm-demo clean
+.PHONY: install test demo ui bench bench-gpu bench-sim bench-methods slurm-demo clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -49,6 +49,7 @@ slurm-demo: install
 # length, driver overhead. Results in bench/results/<name>.{json,md,png}.
 bench: install
 	HF_HUB_OFFLINE=1 $(PY) -m bench.throughput preset=cpu
+	HF_HUB_OFFLINE=1 $(PY) -m bench.early_stop
 
 # Full-size random-weight SDXL on a GPU (bf16, SDPA, 1024², 50 steps); needs a CUDA build of torch.
 # COMPILE=1 adds torch.compile; PEAK_TFLOPS is one GPU's dense bf16 peak (H100 SXM: 989).
@@ -63,3 +64,9 @@ bench-gpu: install
 # Results in bench/results/sim.{json,md}.
 bench-sim: install
 	$(PY) -m bench.sim
+
+# Per-method CPU cost on the tiny model (one process per method: peak RSS is per process) and the ID bank of
+# the full-size model counted on the meta device; see README, "Methods".
+bench-methods: install
+	for m in story_adapter storydiffusion hybrid; do HF_HUB_OFFLINE=1 $(PY) -m bench.methods $$m || exit 1; done
+	HF_HUB_OFFLINE=1 $(PY) -m bench.csa_bank

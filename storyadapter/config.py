@@ -78,6 +78,28 @@ class RenderConfig:
     # split | joint: GRCA's reference attention as two SDPA calls per layer (one per CFG half) or one.
     # Equal up to rounding (last bits of a frame), so it is a pixel setting.
     reference_sdpa: str = "split"
+    # uniform: every frame attends to all references alike (the paper) | characters: references that share one of
+    # the frame's named characters get their attention logits raised by log(character_weight)
+    reference_weighting: str = "uniform"
+    character_weight: float = 4.0
+    # Stop once the mean 1 - cosine between a frame's embedding and its previous iteration's falls below this
+    # (checked after each refinement); None: always run all iterations.
+    stop_when_stable: Optional[float] = None
+
+
+@dataclass
+class MethodConfig:
+    """How character consistency is made: Story-Adapter's GRCA iterations, StoryDiffusion's consistent
+    self-attention (CSA, one pass), or a hybrid whose iteration 0 is the CSA pass (storyadapter/csa.py)."""
+
+    name: str = "story_adapter"  # story_adapter | storydiffusion | hybrid
+    id_length: int = 4  # identity frames per character rendered together (the write phase)
+    sa32: float = 0.5  # share of each identity image's tokens kept in the ID bank at 1/32 resolution
+    sa64: float = 0.5  # ... and at 1/16 resolution
+    plain_steps: int = 1  # the first denoising steps use plain self-attention
+    early_steps: int = 20  # steps before this apply CSA with probability early_rate ...
+    early_rate: float = 0.7
+    late_rate: float = 0.9  # ... and from it on with late_rate
 
 
 @dataclass
@@ -114,6 +136,7 @@ class Config:
     story: StoryConfig = field(default_factory=StoryConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     render: RenderConfig = field(default_factory=RenderConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     outputs: OutputsConfig = field(default_factory=OutputsConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -125,15 +148,17 @@ class Config:
 CHOICES = {
     "model.kind": ("hub", "tiny", "sdxl-random", "sim"),
     "render.seed_policy": ("shared", "per_frame"),
+    "render.reference_weighting": ("uniform", "characters"),
     "render.reference_sdpa": ("split", "joint"),
+    "method.name": ("story_adapter", "storydiffusion", "hybrid"),
     "cluster.mode": ("local", "ray"),
     "outputs.comic_layout": ("classic", "four", "single"),
     "outputs.caption_position": ("below", "above"),
 }
-POSITIVE = ("render.steps", "render.height", "render.width", "render.batch_size", "render.reference_size",
+POSITIVE = ("render.steps", "render.height", "render.width", "render.batch_size", "render.reference_size", "render.character_weight",
             "cluster.workers", "cluster.threads_per_worker", "cluster.ready_timeout_s", "cluster.batch_timeout_s",
             "cluster.batch_timeout_factor", "cluster.capacity_timeout_s", "model.sim.embedding_dim",
-            "model.sim.image_size", "model.sim.slowdown")
+            "model.sim.image_size", "model.sim.slowdown", "method.id_length")
 
 
 def register() -> None:

@@ -16,7 +16,7 @@ from typing import Callable, Protocol
 import numpy as np
 from tqdm import tqdm
 
-from . import journal, manifest, schedule
+from . import convergence, journal, manifest, references, schedule
 from .story import Story
 from .timeline import BatchTimeline
 from .results import BatchResult, FrameResult, Worker
@@ -43,6 +43,7 @@ class RunPlan:
     seed: int
     seed_policy: str
     ramp_iterations: int | None = None  # the scale ramp's length; a run extended past it stays at scale_end
+    stop_when_stable: float | None = None  # convergence.py: stop once the frames' embeddings settle
 
     def scale(self, iteration: int) -> float:
         ramp = self.iterations if self.ramp_iterations is None else self.ramp_iterations
@@ -91,7 +92,10 @@ def run(plan: RunPlan, executor: Executor) -> list[IterationStats]:
     groups = schedule.batches(n, plan.batch_size)
     bank = manifest.read_bank(plan.out_dir, start - 1) if start > 0 else None
     stats = []
+    if convergence.stable_before_resume(plan.out_dir, start, plan.stop_when_stable):
+        return stats
     for it in range(start, plan.iterations + 1):
+        previous = bank
         st, bank = _run_iteration(plan, executor, it, groups, bank)
         stats.append(st)
         log.info(
@@ -101,13 +105,15 @@ def run(plan: RunPlan, executor: Executor) -> list[IterationStats]:
             st.barrier_s, st.driver_s,
             f", {st.resumed_frames} frames kept from before the restart" if st.resumed_frames else "",
         )
+        if convergence.stop_after(it, previous, bank, plan.stop_when_stable, plan.iterations):
+            break
     return stats
 
 
 def _run_iteration(plan: RunPlan, executor: Executor, it: int, groups: list[list[int]], bank):
     """One iteration, every finished batch journaled as it arrives; returns its stats and the next bank."""
     n = len(plan.story.frames)
-    scale = plan.scale(it)
+    scale = references.iteration_scale(bool(plan.story.photos), it, plan.scale(it), plan.scale_start)
     results = journal.read(plan.out_dir, it)  # batches finished before a driver restart
     todo = [b for b in groups if not all(f in results for f in b)]
     if results:
@@ -155,7 +161,7 @@ def _finish_iteration(plan: RunPlan, iteration: int, scale: float, results: list
             caption=f.caption,
             characters=tuple(f.characters),
             seed=schedule.frame_seed(plan.seed, plan.seed_policy, f.index),
-            scale=scale,
+            scale=references.frame_scale(plan.story.photo_names(), f.characters, iteration, scale),
             image_path=by_frame[f.index].image_path,
             embedding=by_frame[f.index].embedding,
         )

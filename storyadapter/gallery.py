@@ -151,7 +151,7 @@ def _metrics_table(out_dir: Path) -> str:
         return ""  # a broken metrics file should not take the gallery down with it
     if not isinstance(rows, list):
         return ""
-    cols = ["iteration", "n_frames", "clip_t", "consistency", "consistency_all"]
+    cols = ["iteration", "n_frames", "clip_t", "consistency", "consistency_all", "embedding_change"]
 
     def cell(v: object) -> str:
         return "-" if v is None else (f"{v:.4f}" if isinstance(v, float) else _esc(str(v)))
@@ -160,6 +160,17 @@ def _metrics_table(out_dir: Path) -> str:
     head = "".join(f"<th>{c}</th>" for c in cols)
     plot = f'<p><img src="{_href(METRICS_PNG)}" alt="metrics per iteration" loading="lazy"></p>' if (out_dir / METRICS_PNG).is_file() else ""
     return f'<h2 id="metrics">Metrics</h2><table><tr>{head}</tr>{body}</table>{plot}'
+
+
+def _photos_section(out_dir: Path) -> str:
+    from .photos import read_sidecar
+
+    figures = "".join(
+        f'<figure><a href="{_href(e["copy"])}"><img src="{_href(e["copy"])}" alt="photo of {_esc(str(e.get("character")))}"></a>'
+        f'<figcaption><b>{_esc(str(e.get("character")))}</b><span class="prompt">{_esc(str(e.get("image")))}</span></figcaption></figure>'
+        for e in read_sidecar(out_dir) if isinstance(e.get("copy"), str)
+    )
+    return f'<h2 id="photos">Character photos</h2><div class="grid">{figures}</div>' if figures else ""
 
 
 def _story_title(out_dir: Path) -> str:
@@ -198,6 +209,7 @@ def write_index(out_dir: Path) -> Path:
         f"<h1>{_esc(title)}</h1>",
         f"<p>{len(by_iter[last])} frames, {len(iterations)} iterations (final: iteration {last}).</p>",
         f"<nav>{''.join(nav)}</nav>",
+        _photos_section(out_dir),
         f'<h2 id="final">Final frames</h2><div class="grid">{"".join(_figure(out_dir, r) for r in by_iter[last])}</div>',
     ]
     if (out_dir / GIF_NAME).is_file():

@@ -13,6 +13,14 @@ CFG batch, K/V broadcast over each half) or one (`joint`: both halves in one cal
 4 tokens are tiled to the conditional half's 4N, which leaves its softmax unchanged up to rounding, and
 each K/V is repeated over its half of the batch). `joint` saves a kernel launch and the concatenation of the
 halves but does up to twice the reference-attention FLOPs; which wins depends on the device and on N.
+
+Optional per-frame weights (references.py), set per batch and only on the conditional branch:
+
+    softmax(Q K_ref^T / sqrt(d) + bias_f) V_ref,   multiplied by scale * gate_f
+
+`bias_f` raises the logits of references that show frame f's characters; `gate_f` (0 or 1) switches the
+reference branch of a frame off. The unconditional branch needs no bias: its references are N identical
+copies of one all-zero embedding, and any weighting of identical copies gives the same average.
 """
 
 from __future__ import annotations
@@ -22,11 +30,16 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def _attend(query, key, value):
-    """Attention of a batch of queries to one shared set of keys/values (batch 1, broadcast)."""
+def _attend(query, key, value, bias=None):
+    """Attention of a batch of queries to one shared set of keys/values (batch 1, broadcast).
+
+    `bias`: None, or additive logits (batch, 1, 1, keys) broadcast over heads and queries.
+    """
     batch = query.shape[0]
     key, value = (t.to(query.dtype).expand(batch, -1, -1, -1) for t in (key, value))
-    return F.scaled_dot_product_attention(query, key, value)
+    if bias is None:
+        return F.scaled_dot_product_attention(query, key, value)
+    return F.scaled_dot_product_attention(query, key, value, attn_mask=bias.to(query.dtype))
 
 
 def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
@@ -91,6 +104,8 @@ class GlobalReferenceAttnProcessor(CrossAttentionProcessor):
         self.scale = 0.0
         self.joint = False  # one SDPA call for both CFG halves (see the module docstring)
         self._ref: tuple[torch.Tensor, ...] | None = None  # split: (k_cond, v_cond, k_uncond, v_uncond); joint: (k, v)
+        self.ref_bias: torch.Tensor | None = None  # (batch, 1, 1, 4N) logits added on the conditional branch
+        self.ref_gate: torch.Tensor | None = None  # (2 * batch, 1, 1, 1) per-frame multiplier of the branch
 
     @torch.no_grad()
     def set_references(self, cond_tokens: torch.Tensor | None, uncond_tokens: torch.Tensor | None, heads: int):
@@ -118,11 +133,12 @@ class GlobalReferenceAttnProcessor(CrossAttentionProcessor):
             half = query.shape[0] // 2
             if self.joint:
                 key, value = (t.to(query.dtype).repeat_interleave(half, dim=0) for t in self._ref)
-                ref = F.scaled_dot_product_attention(query, key, value)
+                bias = None if self.ref_bias is None else torch.cat([torch.zeros_like(self.ref_bias), self.ref_bias])
+                ref = F.scaled_dot_product_attention(query, key, value, attn_mask=None if bias is None else bias.to(query.dtype))
             else:
                 k_cond, v_cond, k_uncond, v_uncond = self._ref
-                ref = torch.cat([_attend(query[:half], k_uncond, v_uncond), _attend(query[half:], k_cond, v_cond)])
-            out = out + self.scale * ref
+                ref = torch.cat([_attend(query[:half], k_uncond, v_uncond), _attend(query[half:], k_cond, v_cond, self.ref_bias)])
+            out = out + (self.scale if self.ref_gate is None else self.scale * self.ref_gate.to(ref.dtype)) * ref
         return out
 
 

@@ -205,7 +205,7 @@ def evaluate_render(out_dir: Path, scorer) -> list[dict[str, Any]]:
             [r.characters for r in records],
         )
         results.append({"iteration": it, **row})
-    return results
+    return _with_embedding_change(out_dir, results)
 
 
 def evaluate_render_from_manifest(out_dir: Path) -> list[dict[str, Any]]:
@@ -219,7 +219,16 @@ def evaluate_render_from_manifest(out_dir: Path) -> list[dict[str, Any]]:
         emb = _normalise(np.stack([r.embedding for r in records]))
         row = metrics_from_embeddings(emb, emb, [r.characters for r in records])
         results.append({"iteration": it, **row, "clip_t": None})
-    return results
+    return _with_embedding_change(out_dir, results)
+
+
+def _with_embedding_change(out_dir: Path, results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Add each iteration's mean 1 - cosine to the previous one, from the run's own embeddings (the number
+    render.stop_when_stable compares with EPS); None for iteration 0."""
+    from .convergence import changes
+
+    change = changes(out_dir, [r["iteration"] for r in results])
+    return [{**r, "embedding_change": change.get(r["iteration"])} for r in results]
 
 
 def run_metrics(out_dir: Path, scorer) -> list[dict[str, Any]]:
@@ -265,7 +274,17 @@ def plot_metrics(results: Sequence[dict[str, Any]], path: Path) -> Path:
     ax.set_ylabel("cosine similarity")
     ax.set_xticks(iterations)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    changes = [(i, r["embedding_change"]) for i, r in zip(iterations, results) if r.get("embedding_change") is not None]
+    if changes:  # another unit (1 - cosine, small): its own axis on the right
+        right = ax.twinx()
+        xs, ys = zip(*changes)
+        right.plot(xs, ys, marker="s", linestyle="--", color="tab:red", label="embedding change (1 - cos to previous)")
+        right.set_ylabel("embedding change")
+        lines, labels = ax.get_legend_handles_labels()
+        more, more_labels = right.get_legend_handles_labels()
+        ax.legend(lines + more, labels + more_labels, fontsize=8)
+    else:
+        ax.legend(fontsize=8)
     ax.set_title("Story-Adapter refinement")
     fig.tight_layout()
     path = Path(path)
@@ -277,7 +296,7 @@ def plot_metrics(results: Sequence[dict[str, Any]], path: Path) -> Path:
 
 def format_table(results: Sequence[dict[str, Any]], first: str = "iteration") -> str:
     """A small fixed-width table for terminals."""
-    cols = [first, "n_frames", "clip_t", "consistency", "consistency_all"]
+    cols = [first, "n_frames", "clip_t", "consistency", "consistency_all", "embedding_change"]
 
     def cell(v: Any) -> str:
         if v is None:

@@ -3,8 +3,12 @@
 Reads top to bottom as the algorithm:
   1. `encode_text`       - prompt embeddings, once per frame for the whole run;
   2. `set_references`    - CLIP global embeddings of all N reference frames -> 4N tokens -> K/V, once per iteration;
+     `set_reference_weights` - optional per-frame logits/gates over those references, per batch (references.py);
   3. `render`            - DDIM denoising with classifier-free guidance for a batch of frames;
   4. `embed_images`      - each new frame resized to 256 px and encoded once: the next iteration's bank.
+With consistent self-attention (method=storydiffusion|hybrid, csa.py), step 3 comes in two phases:
+  3a. `render_identity`  - a character's identity frames as one batch, filling its ID bank;
+  3b. `render_consistent` - frames attending to the ID banks of the characters they name.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import grca, text
+from . import csa, grca, text
 
 
 @dataclass(frozen=True)
@@ -34,7 +38,7 @@ def initial_noise(seed: int, shape: tuple[int, ...]) -> torch.Tensor:
 
 
 class StoryRenderer:
-    def __init__(self, pipe, settings: RenderSettings):
+    def __init__(self, pipe, settings: RenderSettings, consistency: csa.CSASettings | None = None):
         if pipe.image_encoder is None:
             raise ValueError("the pipeline needs an IP-Adapter image encoder (call load_ip_adapter first)")
         self.pipe = pipe
@@ -42,8 +46,11 @@ class StoryRenderer:
         self.projection, self.processors = grca.install(pipe.unet)
         for proc in self.processors.values():
             proc.joint = settings.reference_sdpa == "joint"
+        # CSA goes in after GRCA, which re-creates every processor; None leaves SDXL's self-attention untouched.
+        self.csa = csa.install(pipe.unet, consistency) if consistency is not None else None
         self._heads = {name: self._attention_heads(name) for name in self.processors}
         self._cross_dim = int(pipe.unet.config.cross_attention_dim)
+        self._tokens_per_reference = 0  # IP-Adapter tokens per bank row, known once a bank is loaded
         if pipe.vae.dtype == torch.float16 and pipe.vae.config.force_upcast:
             # SDXL's VAE overflows in fp16. Upcast it once, so decoding casts latents, never weights (diffusers'
             # pipeline converts the VAE fp16 -> fp32 -> fp16 on every call). Same pixels: fp16 -> fp32 is exact.
@@ -73,7 +80,11 @@ class StoryRenderer:
     # 2. references -------------------------------------------------------------------------------
     @torch.no_grad()
     def set_references(self, bank: np.ndarray | None, scale: float) -> None:
-        """Load the iteration's reference bank (N, D) into every GRCA layer; None means text only."""
+        """Load the iteration's reference bank (N, D) into every GRCA layer; None means text only.
+
+        Clears any per-frame weights: they index the rows of one bank.
+        """
+        self.set_reference_weights(None, None)
         if bank is None or scale == 0.0:
             for proc in self.processors.values():
                 proc.set_references(None, None, 0)
@@ -84,9 +95,24 @@ class StoryRenderer:
         # The unconditional branch sees the tokens of an all-zero embedding. Its N copies are identical,
         # and a softmax over identical copies equals one over a single copy, so 4 tokens suffice.
         uncond = self.projection(torch.zeros_like(embeds[:1])).reshape(1, -1, self._cross_dim)
+        self._tokens_per_reference = cond.shape[1] // len(embeds)
         for name, proc in self.processors.items():
             proc.set_references(cond, uncond, self._heads[name])
             proc.scale = float(scale)
+
+    @torch.no_grad()
+    def set_reference_weights(self, bias: np.ndarray | None, gate: np.ndarray | None) -> None:
+        """Per-frame weights for the next `render` call: `bias` (batch, N) logits added to each bank row's
+        tokens, `gate` (batch,) multiplier of each frame's reference branch. None, None: uniform (the paper)."""
+        bias_t = gate_t = None
+        if bias is not None:
+            bias_t = torch.tensor(np.asarray(bias), dtype=self.dtype, device=self.device)
+            bias_t = bias_t.repeat_interleave(self._tokens_per_reference, dim=1)[:, None, None, :]
+        if gate is not None:
+            g = torch.tensor(np.asarray(gate), dtype=self.dtype, device=self.device)
+            gate_t = torch.cat([g, g])[:, None, None, None]  # unconditional half first, as in `render`
+        for proc in self.processors.values():
+            proc.ref_bias, proc.ref_gate = bias_t, gate_t
 
     # 3. denoising --------------------------------------------------------------------------------
     @torch.no_grad()
@@ -109,13 +135,28 @@ class StoryRenderer:
         time_ids = torch.tensor([list(size + (0, 0) + size)], dtype=dtype, device=device).repeat(2 * batch, 1)
         added = {"text_embeds": pooled, "time_ids": time_ids}
 
-        for t in scheduler.timesteps:
+        for step, t in enumerate(scheduler.timesteps):
+            if self.csa is not None:
+                self.csa.begin_step(step)
             model_in = scheduler.scale_model_input(torch.cat([latents] * 2), t)
             noise = pipe.unet(model_in, t, encoder_hidden_states=tokens, added_cond_kwargs=added, return_dict=False)[0]
             uncond, cond = noise.chunk(2)
             noise = uncond + s.guidance_scale * (cond - uncond)
             latents = scheduler.step(noise, t, latents, return_dict=False)[0]
         return self._decode(latents)
+
+    # 3a/3b. consistent self-attention -----------------------------------------------------------
+    def render_identity(self, character: str, embeddings: list[text.TextEmbedding], seeds: list[int],
+                        draw_seed: int) -> list[Image.Image]:
+        """Write phase: `character`'s identity frames in one batch, each attending to the others; stores its ID bank."""
+        with self.csa.writing(character, len(embeddings), draw_seed):
+            return self.render(embeddings, seeds)
+
+    def render_consistent(self, embeddings: list[text.TextEmbedding], seeds: list[int],
+                          characters: list[tuple[str, ...]], draw_seeds: list[int]) -> list[Image.Image]:
+        """Read phase: each frame attends to the ID banks of its characters (none: plain self-attention)."""
+        with self.csa.reading(characters, draw_seeds):
+            return self.render(embeddings, seeds)
 
     def _decode(self, latents: torch.Tensor) -> list[Image.Image]:
         # The VAE keeps one dtype for the whole run (see __init__); only the latents are cast.

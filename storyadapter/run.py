@@ -10,6 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 from . import config as schema
 from . import local_ray, rundir
 from .errors import UserError
+from .photos import write_sidecar
 from .story import Story, describe, load_story
 
 # torch, diffusers and Ray are imported inside the functions that need them, so bad input is
@@ -35,6 +36,14 @@ def validate(cfg: DictConfig) -> None:
             raise UserError(f"{key}={_get(cfg, key)}: must be a multiple of 8 (the VAE downsamples by 8)")
     if cfg.render.guidance_scale < 1.0:
         raise UserError(f"render.guidance_scale={cfg.render.guidance_scale}: must be at least 1 (classifier-free guidance)")
+    for key in ("method.sa32", "method.sa64", "method.early_rate", "method.late_rate"):
+        if not 0.0 <= _get(cfg, key) <= 1.0:
+            raise UserError(f"{key}={_get(cfg, key)}: must be a probability, between 0 and 1")
+    if cfg.method.plain_steps < 0:
+        raise UserError(f"method.plain_steps={cfg.method.plain_steps}: must be 0 or more")
+    stop = cfg.render.stop_when_stable
+    if stop is not None and stop <= 0:
+        raise UserError(f"render.stop_when_stable={stop}: must be positive (or null to run every iteration)")
     if cfg.cluster.gpus_per_worker < 0 or cfg.cluster.cpus_per_worker <= 0:
         raise UserError("cluster.gpus_per_worker must be >= 0 and cluster.cpus_per_worker > 0")
     for index, lora in enumerate(cfg.model.loras):
@@ -121,7 +130,7 @@ def worker_spec(cfg: DictConfig, story: Story, source, out_dir: Path):
         source=source,
         settings=RenderSettings(steps=r.steps, height=r.height, width=r.width, guidance_scale=r.guidance_scale,
                                 reference_size=r.reference_size, reference_sdpa=r.reference_sdpa),
-        prompts=tuple(FramePrompt(*story.styled(f)) for f in story.frames),
+        prompts=tuple(FramePrompt(*story.styled(f), characters=f.characters) for f in story.frames),
         out_dir=str(out_dir.resolve()),
         seed=r.seed,
         seed_policy=r.seed_policy,
@@ -130,16 +139,38 @@ def worker_spec(cfg: DictConfig, story: Story, source, out_dir: Path):
         threads=cfg.cluster.threads_per_worker,
         compile=cfg.model.compile,
         deterministic=cfg.model.deterministic,
+        consistent=consistent_pass(cfg, story),
+        reference_weighting=r.reference_weighting,
+        character_weight=r.character_weight,
+        photos=tuple(story.photos.values()),
     )
+
+
+def consistent_pass(cfg: DictConfig, story: Story):
+    """The CSA pass of method=storydiffusion|hybrid (iteration 0), or None for story_adapter."""
+    m = cfg.method
+    if m.name == "story_adapter":
+        return None
+    from .csa import CSASettings
+    from .identity import consistent_pass as plan
+
+    settings = CSASettings(id_length=m.id_length, sa32=m.sa32, sa64=m.sa64, plain_steps=m.plain_steps,
+                           early_steps=m.early_steps, early_rate=m.early_rate, late_rate=m.late_rate)
+    return plan(story, settings, cfg.render.seed, cfg.render.seed_policy)
 
 
 def plan_for(cfg: DictConfig, story: Story, out_dir: Path, ramp_iterations: int | None = None):
     from . import driver
 
     r = cfg.render
-    return driver.RunPlan(story=story, out_dir=out_dir, iterations=r.iterations, batch_size=r.batch_size,
+    return driver.RunPlan(story=story, out_dir=out_dir, iterations=iterations_to_render(cfg), batch_size=r.batch_size,
                           scale_start=r.scale_start, scale_end=r.scale_end, seed=r.seed, seed_policy=r.seed_policy,
-                          ramp_iterations=ramp_iterations)
+                          ramp_iterations=ramp_iterations, stop_when_stable=r.stop_when_stable)
+
+
+def iterations_to_render(cfg: DictConfig) -> int:
+    """Refinements after iteration 0: method=storydiffusion is its one consistent pass, nothing after it."""
+    return 0 if cfg.method.name == "storydiffusion" else int(cfg.render.iterations)
 
 
 def needs_gpu(cfg: DictConfig) -> bool:
@@ -169,13 +200,13 @@ def execute(cfg: DictConfig, out_dir: Path) -> Path:
     validate(cfg)
     story = load_story(resolve_story_path(cfg.story.path), cfg.story.style, cfg.story.get("title"))
     log.info("story %s", describe(story))
-    state = rundir.check(out_dir, cfg, story, cfg.resume)
+    state = rundir.check(out_dir, cfg, story, cfg.resume, iterations_to_render(cfg))
     rundir.probe_writable(out_dir)  # before the model and Ray start: a bad output_dir is found in a second
     from . import outputs
 
     scored, deferred = False, None
     if state.finished:  # nothing to render: no cluster, no model
-        log.info("all %d iterations of %s are finished; writing the outputs only", cfg.render.iterations + 1, out_dir)
+        log.info("all %d iterations of %s are finished; writing the outputs only", iterations_to_render(cfg) + 1, out_dir)
     else:
         scored, deferred = _render(cfg, story, out_dir, state)
     if cfg.outputs.enabled:
@@ -203,7 +234,8 @@ def _render(cfg: DictConfig, story: Story, out_dir: Path, state: rundir.RunDir) 
         executor = engine.RayExecutor(worker_spec(cfg, story, source, out_dir), res, use_gpu=actor_devices(cfg),
                                       fixed_cluster=c.mode == "local")
         if state.fresh or state.extends:  # only once the workers are up, so a failed start leaves nothing behind
-            rundir.write_config(out_dir, cfg, story, state.ramp_iterations)
+            rundir.write_config(out_dir, cfg, story, iterations_to_render(cfg), state.ramp_iterations)
+        write_sidecar(out_dir, story.photos)  # which photo each character used, beside the manifest
         if state.extends:
             log.info("extending to %d iterations: the new ones run at scale_end=%g (the ramp was %d iterations)",
                      cfg.render.iterations, cfg.render.scale_end, state.ramp_iterations)

@@ -23,7 +23,10 @@ _PIXEL_KEYS = ("model", "render")
 _IGNORED_MODEL_KEYS = ("device", "compile", "deterministic", "cache_dir", "sim")
 _SIM_PIXEL_KEYS = ("embedding_dim", "image_size")  # model=sim: timings may differ on resume, outputs may not
 # How many iterations to render is checked on its own: a finished render may be extended.
-_IGNORED_RENDER_KEYS = ("iterations",)
+# stop_when_stable too: a render that stopped early may be resumed with another EPS (or none) to refine further.
+_IGNORED_RENDER_KEYS = ("iterations", "stop_when_stable")
+# Render keys added after renders existed: at these values they are left out, so older renders still resume.
+_LATER_RENDER_DEFAULTS = {"reference_weighting": "uniform", "character_weight": 4.0}
 
 
 @dataclass(frozen=True)
@@ -38,7 +41,8 @@ def fingerprint(cfg: DictConfig, story: Story) -> dict:
     resolved = OmegaConf.to_container(cfg, resolve=True)
     fp = {k: resolved[k] for k in _PIXEL_KEYS}
     fp["model"] = {k: v for k, v in fp["model"].items() if k not in _IGNORED_MODEL_KEYS}
-    fp["render"] = {k: v for k, v in fp["render"].items() if k not in _IGNORED_RENDER_KEYS}
+    fp["render"] = {k: v for k, v in fp["render"].items()
+                    if k not in _IGNORED_RENDER_KEYS and not (k in _LATER_RENDER_DEFAULTS and _LATER_RENDER_DEFAULTS[k] == v)}
     if not fp["model"].get("loras"):
         fp["model"].pop("loras", None)  # no LoRA: the same fingerprint as renders made before the key existed
     else:
@@ -48,7 +52,11 @@ def fingerprint(cfg: DictConfig, story: Story) -> dict:
         fp["model"]["loras"] = [{"sha256": digest(lw["path"]), "scale": lw["scale"]} for lw in fp["model"]["loras"]]
     if fp["model"].get("kind") == "sim":
         fp["model"]["sim"] = {k: resolved["model"]["sim"][k] for k in _SIM_PIXEL_KEYS}
+    if resolved.get("method", {}).get("name", "story_adapter") != "story_adapter":
+        fp["method"] = resolved["method"]  # absent for the default, so renders from before methods still resume
     fp["story"] = {"digest": story.digest, "style": story.style}
+    if story.photos:  # the story file names its photos; their pixels are fingerprinted here
+        fp["story"]["photos"] = {name: photo.sha256 for name, photo in story.photos.items()}
     return fp
 
 
@@ -64,7 +72,7 @@ def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
     return diffs
 
 
-def check(out_dir: Path, cfg: DictConfig, story: Story, resume: bool) -> RunDir:
+def check(out_dir: Path, cfg: DictConfig, story: Story, resume: bool, iterations: int) -> RunDir:
     """Refuse to touch an existing render unless resuming it with the same pixel settings.
 
     `render.iterations` may grow on resume once every iteration of the render is finished: the new
@@ -89,12 +97,12 @@ def check(out_dir: Path, cfg: DictConfig, story: Story, resume: bool) -> RunDir:
         diffs = _differences(old_fp, new)
         if diffs:
             raise UserError(f"resume=true refused: {config_path} was rendered with different settings: {'; '.join(diffs[:4])}")
-        return _iterations_on_resume(out_dir, saved, int(cfg.render.iterations))
-    return RunDir(fresh=True, ramp_iterations=int(cfg.render.iterations), finished=False, extends=False)
+        return _iterations_on_resume(out_dir, saved, iterations)
+    return RunDir(fresh=True, ramp_iterations=iterations, finished=False, extends=False)
 
 
 def _iterations_on_resume(out_dir: Path, saved: dict, wanted: int) -> RunDir:
-    had = int(saved.get("render", {}).get("iterations", wanted))
+    had = int(saved.get("schedule", {}).get("iterations", saved.get("render", {}).get("iterations", wanted)))
     ramp = int(saved.get("schedule", {}).get("ramp_iterations", had))
     done = manifest.finished_iterations(out_dir)
     finished_had = done[: had + 1] == list(range(had + 1))
@@ -108,11 +116,11 @@ def _iterations_on_resume(out_dir: Path, saved: dict, wanted: int) -> RunDir:
     return RunDir(fresh=False, ramp_iterations=ramp, finished=finished, extends=wanted > had)
 
 
-def write_config(out_dir: Path, cfg: DictConfig, story: Story, ramp_iterations: int) -> None:
+def write_config(out_dir: Path, cfg: DictConfig, story: Story, iterations: int, ramp_iterations: int) -> None:
     config_path = out_dir / CONFIG_FILE
     out_dir.mkdir(parents=True, exist_ok=True)
     document = {**OmegaConf.to_container(cfg, resolve=True), "title": story.title, "fingerprint": fingerprint(cfg, story),
-                "schedule": {"ramp_iterations": ramp_iterations}}
+                "schedule": {"iterations": iterations, "ramp_iterations": ramp_iterations}}
     with replacing(config_path) as tmp:
         tmp.write_text(yaml.safe_dump(document, sort_keys=False, allow_unicode=True), encoding="utf-8")
 

@@ -4,11 +4,13 @@ Formats (chosen by extension):
 
 * ``.txt`` plain: one frame per non-blank line, ``prompt #caption`` (the caption is optional).
 * ``.txt`` StoryDiffusion form: the first non-blank line looks like ``[Name] description`` and a
-  blank line ends that character block; every later non-blank line is a frame. ``[Name]`` tags in
+  blank line ends that character block; every later non-blank line is a frame. A character line may end
+  with ``(photo: tom.png)``: that character's reference photo, relative to the story file. ``[Name]`` tags in
   frames refer to characters, a leading ``[NC]`` marks a frame with no character, and ``#caption``
   works as in the plain form.
 * ``.yaml``/``.yml``/``.json``: a mapping with keys ``title``, ``style``, ``characters``
-  (name: description) and ``frames`` (a list of ``{prompt, caption}`` mappings or plain strings).
+  (name: description, or name: ``{description: ..., image: tom.png}`` with a reference photo relative
+  to the story file) and ``frames`` (a list of ``{prompt, caption}`` mappings or plain strings).
   ``[Name]`` tags are expanded the same way; ``#`` is an ordinary character there.
 
 Tag expansion: StoryDiffusion replaces ``[Name]`` by the character's description. We keep the
@@ -42,6 +44,7 @@ from typing import NamedTuple
 import yaml
 
 from storyadapter.errors import UserError
+from storyadapter.photos import CharacterPhoto, load_photo
 from storyadapter.styles import get_style
 
 MAX_FILE_BYTES = 8 * 1024 * 1024
@@ -51,6 +54,7 @@ MAX_NESTING = 32  # the schema needs 3 levels; anything deeper is a mistake or a
 NO_CHARACTER = "NC"
 _KEYS = ("title", "style", "characters", "frames")
 _FRAME_KEYS = ("prompt", "caption")
+_CHARACTER_KEYS = ("description", "image")
 
 
 class StoryError(UserError):
@@ -77,6 +81,10 @@ class Story:
     frames: tuple[Frame, ...]
     source: str
     digest: str  # sha256 hex of the file bytes
+    photos: dict[str, CharacterPhoto] = field(default_factory=dict, hash=False)  # name -> reference photo
+
+    def photo_names(self) -> tuple[str, ...]:
+        return tuple(self.photos)
 
     @property
     def slug(self) -> str:
@@ -109,6 +117,7 @@ class _Char(NamedTuple):
     name: str
     description: str
     line: int
+    image: str | None = None  # photo path as written
 
 
 class _FrameSpec(NamedTuple):
@@ -155,6 +164,7 @@ def load_story(path: str | os.PathLike[str], style: str | None = None, title_ove
             raise StoryError(src, parsed.style_line, str(e)) from None
 
     characters = _characters(parsed.characters, src)
+    photos = _photos(parsed.characters, src)
     if not parsed.frames:
         raise StoryError(src, 1, "no frames")
     frames = tuple(_frame(i, spec, characters, src) for i, spec in enumerate(parsed.frames))
@@ -170,6 +180,7 @@ def load_story(path: str | os.PathLike[str], style: str | None = None, title_ove
         frames=frames,
         source=src,
         digest=hashlib.sha256(data).hexdigest(),
+        photos=photos,
     )
 
 
@@ -214,6 +225,7 @@ def _decode(data: bytes, src: str) -> str:
 
 _CHAR_START = re.compile(r"\[(?!NC\])[^\[\]]+\]\s")  # "[Name] " opens a StoryDiffusion file
 _CHAR_LINE = re.compile(r"\[([^\[\]]*)\](.*)")
+_PHOTO_SUFFIX = re.compile(r"\s*\(photo:\s*([^()]*?)\s*\)\s*$")  # "... (photo: tom.png)" ends a character line
 
 
 def _parse_txt(text: str, src: str) -> _Parsed:
@@ -233,7 +245,13 @@ def _parse_txt(text: str, src: str) -> _Parsed:
                 raise StoryError(
                     src, i + 1, "expected '[Name] description' in the character block (a blank line ends it)"
                 )
-            chars.append(_Char(m.group(1), m.group(2), i + 1))
+            description, image = m.group(2), None
+            photo = _PHOTO_SUFFIX.search(description)
+            if photo is not None:
+                description, image = description[: photo.start()], photo.group(1)
+                if not image:
+                    raise StoryError(src, i + 1, "empty photo path in '(photo: ...)'")
+            chars.append(_Char(m.group(1), description, i + 1, image))
         body = blank
 
     frames: list[_FrameSpec] = []
@@ -411,7 +429,17 @@ def _parse_tree(root: yaml.Node | None, src: str) -> _Parsed:
             raise StoryError(src, _line(cnode), f"characters must be a mapping of name: description, got {_kind(cnode)}")
         for k, v in cnode.value:
             name = _string(k, "a character name", src)
-            chars.append(_Char(name or "", _string(v, f"the description of {name!r}", src) or "", _line(k)))
+            image = None
+            if isinstance(v, yaml.MappingNode):
+                fields = _mapping(v, f"character {name!r}", _CHARACTER_KEYS, src)
+                if "description" not in fields:
+                    raise StoryError(src, _line(v), f"character {name!r} has no 'description'")
+                v = fields["description"]
+                if "image" in fields:
+                    image = _string(fields["image"], f"the image of {name!r}", src)
+                    if not image:
+                        raise StoryError(src, _line(fields["image"]), f"the image of {name!r} is empty")
+            chars.append(_Char(name or "", _string(v, f"the description of {name!r}", src) or "", _line(k), image))
 
     fnode = top.get("frames")
     if fnode is None:
@@ -462,7 +490,7 @@ def _one_line(text: str, what: str, src: str, line: int) -> str:
 
 def _characters(chars: list[_Char], src: str) -> dict[str, str]:
     out: dict[str, str] = {}
-    for raw, desc, line in chars:
+    for raw, desc, line, _ in chars:
         name = _one_line(raw, "a character name", src, line)
         if not name:
             raise StoryError(src, line, "empty character name")
@@ -478,6 +506,16 @@ def _characters(chars: list[_Char], src: str) -> dict[str, str]:
         if "[" in description or "]" in description:
             raise StoryError(src, line, f"the description of {name!r} cannot contain '[' or ']'")
         out[name] = description
+    return out
+
+
+def _photos(chars: list[_Char], src: str) -> dict[str, CharacterPhoto]:
+    """Read and check every character photo now: a bad one fails the story before any worker starts."""
+    out: dict[str, CharacterPhoto] = {}
+    for raw, _, line, image in chars:
+        if image is not None:
+            name = " ".join(raw.split())  # as _characters normalised it
+            out[name] = load_photo(image, src, line, name)
     return out
 
 

@@ -30,7 +30,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from .errors import ArgumentParser, UserError, report
 from .styles import style_names
-from .webui_jobs import MAX_STORY_BYTES, MODELS, Limits, RenderQueue, RenderRequest
+from .webui_jobs import MAX_REQUEST_BYTES, MODELS, Limits, RenderQueue, RenderRequest
 
 log = logging.getLogger(__name__)
 SERVED_SUFFIXES = {".png", ".gif", ".html", ".json", ".yaml", ".parquet", ".log", ".txt"}
@@ -218,7 +218,7 @@ class Handler(BaseHTTPRequestHandler):
             length = int(self.headers.get("Content-Length") or 0)
         except ValueError:
             length = -1
-        if not 0 < length <= 2 * MAX_STORY_BYTES:
+        if not 0 < length <= MAX_REQUEST_BYTES:
             self._error(HTTPStatus.BAD_REQUEST, "request: missing or oversized body")
             return
         try:

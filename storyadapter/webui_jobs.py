@@ -10,6 +10,8 @@ Each job's state lives in its folder (`job.json`), so a restarted server lists t
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import os
 import queue
@@ -32,7 +34,12 @@ from .styles import style_names
 
 MAX_STORY_BYTES = 256 * 1024
 MAX_TITLE_CHARS = 120
+MAX_PHOTOS = 8  # one per character, attached to the request by file name
+MAX_PHOTO_UPLOAD_BYTES = 4 * 1024 * 1024
+MAX_REQUEST_BYTES = 2 * MAX_STORY_BYTES + MAX_PHOTOS * (MAX_PHOTO_UPLOAD_BYTES * 4 // 3 + 256)  # base64 is 4/3
+_PHOTO_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\.(png|jpe?g|webp)$", re.IGNORECASE)
 MODELS = ("tiny", "sdxl-random", "realvisxl", "sdxl")
+METHODS = ("story_adapter", "storydiffusion", "hybrid")  # README, "Methods"
 STORY_FORMATS = {"txt": ".txt", "yaml": ".yaml", "json": ".json"}
 JOB_FILE = "job.json"
 CANCEL_GRACE_S = 30.0  # after SIGINT, how long the launcher gets to stop Ray before its process group is killed
@@ -69,6 +76,13 @@ class RenderRequest:
     size: int = 64
     workers: int = 1
     seed: int = 2024
+    method: str = "story_adapter"
+    photos: tuple[tuple[str, bytes], ...] = ()  # (file name the story uses, bytes): saved beside the story
+
+    @property
+    def iterations_run(self) -> int:
+        """Refinements the render writes: storydiffusion is one pass whatever `iterations` says."""
+        return 0 if self.method == "storydiffusion" else self.iterations
 
     @classmethod
     def from_json(cls, data: object, limits: Limits = Limits()) -> "RenderRequest":
@@ -96,6 +110,9 @@ class RenderRequest:
         model = data.get("model", "tiny")
         if model not in MODELS:
             raise UserError(f"request.model: {model!r} is not one of {', '.join(MODELS)}")
+        method = data.get("method", "story_adapter")
+        if method not in METHODS:
+            raise UserError(f"request.method: {method!r} is not one of {', '.join(METHODS)}")
         numbers = {}
         for name, low, high in (("iterations", 0, 50), ("steps", 1, limits.steps), ("size", 64, limits.size),
                                 ("workers", 1, limits.workers), ("seed", 0, 2**31 - 1)):
@@ -105,17 +122,41 @@ class RenderRequest:
             numbers[name] = value
         if numbers["size"] % 8:
             raise UserError(f"request.size: must be a multiple of 8, got {numbers['size']}")
-        return cls(story=story, story_format=fmt, title=title and title.strip(), style=style, model=model, **numbers)
+        return cls(story=story, story_format=fmt, title=title and title.strip(), style=style, model=model, method=method,
+                   photos=_photos(data.get("photos")), **numbers)
 
     def overrides(self, story_file: str, out_dir: str) -> list[str]:
         out = [f"story.path={hydra_quote(story_file)}", f"model={self.model}", f"render.iterations={self.iterations}",
                f"render.steps={self.steps}", f"render.height={self.size}", f"render.width={self.size}",
                f"render.seed={self.seed}", f"cluster.workers={self.workers}", f"output_dir={hydra_quote(out_dir)}"]
+        if self.method != "story_adapter":
+            out.append(f"method={self.method}")
         if self.style:
             out.append(f"story.style={hydra_quote(self.style)}")
         if self.title:
             out.append(f"story.title={hydra_quote(self.title)}")
         return out
+
+
+def _photos(value: object) -> tuple[tuple[str, bytes], ...]:
+    """`{"tom.png": "<base64>"}`: plain file names (the story names them), a size limit per photo.
+    Whether each is a usable image is checked when the story is loaded, with the story's line."""
+    if value is None:
+        return ()
+    if not isinstance(value, dict) or len(value) > MAX_PHOTOS:
+        raise UserError(f"request.photos: expected an object of at most {MAX_PHOTOS} file name: base64 entries")
+    out = []
+    for name, encoded in value.items():
+        if not _PHOTO_NAME.match(name) or name.lower().startswith("story."):
+            raise UserError(f"request.photos: {name!r} is not a plain .png/.jpg/.webp file name")
+        if not isinstance(encoded, str) or len(encoded) > MAX_PHOTO_UPLOAD_BYTES * 4 // 3 + 4:
+            raise UserError(f"request.photos.{name}: over {MAX_PHOTO_UPLOAD_BYTES // (1024 * 1024)} MiB (or not a base64 string)")
+        try:
+            data = base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError):
+            raise UserError(f"request.photos.{name}: not valid base64") from None
+        out.append((name, data))
+    return tuple(out)
 
 
 @dataclass
@@ -145,7 +186,8 @@ class RenderJob:
 
     def save(self) -> None:
         """The job's state into its folder, so a restarted server lists it again."""
-        record = {"id": self.id, "request": asdict(self.request), "frames": self.frames, "state": self.state,
+        # Photo bytes stay out of the record: the files already sit beside the story in this folder.
+        record = {"id": self.id, "request": {**asdict(self.request), "photos": ()}, "frames": self.frames, "state": self.state,
                   "error": self.error, "returncode": self.returncode, "started": self.started, "finished": self.finished}
         with replacing(self.folder / JOB_FILE) as tmp:
             tmp.write_text(json.dumps(record, indent=1), encoding="utf-8")
@@ -162,7 +204,7 @@ class RenderJob:
         """Per iteration, the frames written so far (relative to the output folder). PNGs are written
         atomically, so a listed frame is complete."""
         found = []
-        for it in range(self.request.iterations + 1):
+        for it in range(self.request.iterations_run + 1):
             d = self.out_dir / manifest.iteration_dirname(it)
             found.append([f"{d.name}/{f.name}" for f in sorted(d.glob("frame_*.png"))] if d.is_dir() else [])
         return found
@@ -172,7 +214,7 @@ class RenderJob:
         comic = sorted(p.name for p in (self.out_dir / "comic").glob("page_*.png")) if (self.out_dir / "comic").is_dir() else []
         frames = self._frames_on_disk()
         per_iteration = [len(f) for f in frames]
-        progress = {"frames_done": sum(per_iteration), "frames_total": self.frames * (self.request.iterations + 1),
+        progress = {"frames_done": sum(per_iteration), "frames_total": self.frames * (self.request.iterations_run + 1),
                     "per_iteration": per_iteration}
         latest = next((f for f in reversed(frames) if f), [])  # the newest iteration that has frames
         return {"id": self.id, "state": self.state, "error": self.error, "returncode": self.returncode,
@@ -233,6 +275,9 @@ class RenderQueue:
         try:
             with replacing(job.story_path) as tmp:
                 tmp.write_text(request.story, encoding="utf-8")
+            for name, data in request.photos:  # beside the story, which names them; the run copies them to out/photos/
+                with replacing(job.folder / name) as tmp:
+                    tmp.write_bytes(data)
             job.frames = len(load_story(job.story_path, request.style).frames)
             renders = job.frames * (request.iterations + 1)
             if renders > self.limits.frame_renders:

@@ -14,9 +14,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import manifest, schedule, torch_settings
+from . import manifest, references, schedule, torch_settings
 from .frame_writer import FrameWriter
+from .identity import ConsistentPass, IdentityBatch
 from .models.loading import ModelSource, load_pipeline, pick_device, pick_dtype
+from .photos import CharacterPhoto
 from .renderer import RenderSettings, StoryRenderer
 from .results import BatchResult, FrameResult, StaleIterationError, fsync_dir
 
@@ -25,6 +27,7 @@ from .results import BatchResult, FrameResult, StaleIterationError, fsync_dir
 class FramePrompt:
     prompt: str  # styled
     negative: str
+    characters: tuple[str, ...] = ()  # named in the frame: they pick its references under `characters` weighting
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,10 @@ class WorkerSpec:
     threads: int = 0  # 0: leave torch's default
     compile: bool = False
     deterministic: bool = True  # cuDNN: deterministic kernels, no autotuning (see ModelConfig.deterministic)
+    consistent: ConsistentPass | None = None  # method=storydiffusion|hybrid: iteration 0 by CSA
+    reference_weighting: str = references.UNIFORM
+    character_weight: float = 1.0
+    photos: tuple[CharacterPhoto, ...] = ()  # file bytes travel with the spec to actors on any node
 
     def build(self) -> "FrameWorker":
         return FrameWorker(self)
@@ -72,14 +79,23 @@ class FrameWorker:
         if spec.compile:
             pipe.unet = torch.compile(pipe.unet)
         self.spec = spec
-        self.renderer = StoryRenderer(pipe, spec.settings)
+        consistent = spec.consistent
+        self.renderer = StoryRenderer(pipe, spec.settings, consistent.settings if consistent else None)
         from .text import story_windows
 
-        self._windows = story_windows(pipe, [p for fp in spec.prompts for p in (fp.prompt, fp.negative)])
+        texts = [p for fp in spec.prompts for p in (fp.prompt, fp.negative)]
+        if consistent:  # identity prompts share the story's text windows (one conditioning length for all)
+            texts += [p for b in consistent.identities for pair in b.prompts for p in pair]
+        self._windows = story_windows(pipe, texts)
+        self._identity_images: dict[str, dict[int, object]] = {}  # character -> its shown identity frames
         self._text: dict[int, object] = {}
         self._iteration: int | None = None  # the iteration whose bank the renderer holds
         self.image_encodes = 0  # images passed through the CLIP image encoder, for tests and benchmarks
         self._writer = FrameWriter()
+        self.identity_renders = 0  # identity frames rendered for ID banks, for tests and benchmarks
+        self._photo_bank = self._encode_photos()
+        self._rows: list[tuple[str, ...]] = []  # characters of each row of the loaded bank
+        self._photos_only = False
 
     @property
     def embedding_dim(self) -> int:
@@ -92,19 +108,44 @@ class FrameWorker:
             self._text[frame] = self.renderer.encode_text(fp.prompt, fp.negative, self._windows)
         return self._text[frame]
 
+    def _encode_photos(self) -> np.ndarray | None:
+        # Once per worker for the whole run, at render.reference_size like every other reference.
+        if not self.spec.photos:
+            return None
+        from .photos import decode
+
+        self.image_encodes += len(self.spec.photos)
+        return self.renderer.embed_images([decode(p.data) for p in self.spec.photos])
+
     @_reproducible
     def begin_iteration(self, iteration: int, bank: np.ndarray | None, scale: float) -> None:
-        """Load this iteration's bank: reference K/V once per iteration, shared by all its batches."""
+        """Load this iteration's bank: reference K/V once per iteration, shared by all its batches.
+
+        Character photos join `bank` as extra rows; in iteration 0 (no bank) they are the whole bank.
+        """
+        frames = [fp.characters for fp in self.spec.prompts]
+        bank, self._rows, self._photos_only = references.assemble_bank(
+            bank, frames, self._photo_bank, [p.character for p in self.spec.photos])
         self.renderer.set_references(bank, scale)
         self._iteration = iteration
+        if iteration > 0 and self.renderer.csa is not None:  # the ID banks serve iteration 0 only
+            self.renderer.csa.banks.clear()
+            self._identity_images.clear()
 
     @_reproducible
     def render_batch(self, iteration: int, frames: list[int]) -> BatchResult:
         if iteration != self._iteration:
             raise StaleIterationError(f"batch for iteration {iteration}, but the worker holds the bank of {self._iteration}")
         started_at, start = time.time(), time.perf_counter()
-        seeds = [schedule.frame_seed(self.spec.seed, self.spec.seed_policy, f) for f in frames]
-        images = self.renderer.render([self._text_for(f) for f in frames], seeds)
+        if iteration == 0 and self.spec.consistent is not None:
+            images = self._render_consistent(frames)  # character photos weigh uniformly here (README, Methods)
+        else:
+            seeds = [schedule.frame_seed(self.spec.seed, self.spec.seed_policy, f) for f in frames]
+            if self._rows:
+                self.renderer.set_reference_weights(*references.batch_weights(
+                    [self.spec.prompts[f].characters for f in frames], self._rows,
+                    self.spec.reference_weighting, self.spec.character_weight, self._photos_only))
+            images = self.renderer.render([self._text_for(f) for f in frames], seeds)
         out_dir = Path(self.spec.out_dir)
         rel_dir = manifest.iteration_dirname(iteration)
         if not (out_dir / rel_dir).is_dir():
@@ -121,3 +162,35 @@ class FrameWorker:
         self.image_encodes += len(images)
         results = [FrameResult(f, p, e) for f, p, e in zip(frames, paths, embeddings)]
         return BatchResult(results, time.perf_counter() - start, started_at, os.getpid())
+
+    # consistent self-attention (iteration 0 of method=storydiffusion|hybrid) --------------------------
+    def _render_consistent(self, frames: list[int]) -> list:
+        """Identity frames come from their character's write batch; the others read the banks they need.
+
+        Every actor renders the identity batches it needs itself (once, cached): they are deterministic, so
+        the banks, and the pixels, are the same whatever the worker count (README, "Methods").
+        """
+        plan = self.spec.consistent
+        shown = {}
+        for f in frames:
+            owner = plan.owner_of(f)
+            if owner is not None:
+                shown[f] = self._identity(owner)[f]
+        readers = [f for f in frames if f not in shown]
+        for name in sorted({c for f in readers for c in plan.characters[f]}):
+            self._identity(next(b for b in plan.identities if b.character == name))
+        if readers:
+            seeds = [schedule.frame_seed(self.spec.seed, self.spec.seed_policy, f) for f in readers]
+            images = self.renderer.render_consistent([self._text_for(f) for f in readers], seeds,
+                                                     [plan.characters[f] for f in readers],
+                                                     [plan.draw_seeds[f] for f in readers])
+            shown.update(zip(readers, images))
+        return [shown[f] for f in frames]
+
+    def _identity(self, batch: IdentityBatch) -> dict[int, object]:
+        if batch.character not in self._identity_images:
+            texts = [self.renderer.encode_text(p, n, self._windows) for p, n in batch.prompts]
+            images = self.renderer.render_identity(batch.character, texts, list(batch.seeds), batch.draw_seed)
+            self.identity_renders += len(images)
+            self._identity_images[batch.character] = {f: im for f, im in zip(batch.frames, images) if f is not None}
+        return self._identity_images[batch.character]

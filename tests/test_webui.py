@@ -90,12 +90,24 @@ def test_page_and_choices(ui):
     assert status == 200 and kind == "image/svg+xml" and icon.startswith(b"<svg")
 
 
+def test_the_method_picker_reaches_the_launcher_and_storydiffusion_counts_one_pass(ui):
+    from storyadapter.renders import RenderRequest
+
+    assert b'id="method"' in call(ui, "GET", "/")[2]
+    sd = RenderRequest.from_json({"story": "a cat", "method": "storydiffusion", "iterations": 3})
+    assert "method=storydiffusion" in sd.overrides(Path("s.txt"), Path("out")) and sd.iterations_run == 0
+    default = RenderRequest.from_json({"story": "a cat", "iterations": 3})
+    assert not any(o.startswith("method=") for o in default.overrides(Path("s.txt"), Path("out")))
+    assert default.iterations_run == 3
+
+
 @pytest.mark.parametrize("request_body, message", [
     ({"story": "[Mia] a girl\n\n[Bob] runs away\n"}, "story.txt:3: undefined character [Bob]"),
     ({"story": "   "}, "request.story: the story text is empty"),
     ({"story": "a cat", "steps": "abc"}, "request.steps: expected a whole number"),
     ({"story": "a cat", "style": "Cubism"}, "request.style: unknown style 'Cubism'"),
     ({"story": "a cat", "model": "sd15"}, "request.model: 'sd15' is not one of"),
+    ({"story": "a cat", "method": "dreambooth"}, "request.method: 'dreambooth' is not one of"),
     ({"story": "a cat", "size": 100}, "request.size: must be a multiple of 8"),
     ({"story": "a cat", "colour": 1}, "request.colour: unknown field"),
     ({"story": "a cat", "title": "two\nlines"}, "request.title: expected one line"),

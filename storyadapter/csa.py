@@ -1,0 +1,205 @@
+"""Consistent Self-Attention (StoryDiffusion, arXiv 2405.01434, Sec. 3.1), in the up blocks of the UNet.
+
+A frame's self-attention (attn1) also attends to sampled tokens of its characters' identity images:
+
+    out = softmax(Q K^T / sqrt(d)) V,   Q = to_q(x),  [K; V] = [to_k; to_v]([S_1; ...; S_m; x])
+
+where x is the layer's input (the normed hidden states) and S_c the tokens kept by a Bernoulli mask
+(rate sa32 at 1/32 resolution, sa64 at 1/16) from the identity images. Two phases, per character:
+  * write: its identity frames render as one batch; each image attends to the others' sampled tokens,
+    and every image's sampled tokens are stored per layer and step: the character's ID bank;
+  * read: every other frame attends to the banks of the characters it names, at the same layer and step.
+The masks are redrawn every step and shared by all layers of one resolution; step < plain_steps uses
+plain self-attention, later steps apply CSA on a layer call with probability early_rate/late_rate.
+All draws come from generators seeded per identity batch or per frame, so the pattern is deterministic.
+Banks live on the host and each layer's slice moves to the accelerator when used (see README, "Methods").
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class CSASettings:
+    id_length: int = 4
+    sa32: float = 0.5
+    sa64: float = 0.5
+    plain_steps: int = 1
+    early_steps: int = 20
+    early_rate: float = 0.7
+    late_rate: float = 0.9
+
+    def rate(self, step: int) -> float:
+        """Probability that a layer call at this denoising step uses CSA."""
+        if step < self.plain_steps:
+            return 0.0
+        return self.early_rate if step < self.early_steps else self.late_rate
+
+
+class IdBank:
+    """One character's sampled identity tokens, (2, T, C) [unconditional; conditional] per (step, layer)."""
+
+    def __init__(self, character: str):
+        self.character = character
+        self.tokens: dict[tuple[int, str], torch.Tensor] = {}
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.tokens.values())
+
+
+@dataclass
+class _Write:
+    bank: IdBank
+    images: int
+    generator: torch.Generator
+    masks: dict[tuple[int, str], torch.Tensor]  # (step, resolution) -> (images, tokens) bool
+
+
+@dataclass
+class _Read:
+    characters: list[tuple[str, ...]]  # per frame of the batch
+    generators: list[torch.Generator]
+
+
+class ConsistentSelfAttention:
+    """State shared by every CSA processor of one UNet: phase, denoising step, random streams, ID banks."""
+
+    def __init__(self, settings: CSASettings, bank_device: torch.device | str = "cpu"):
+        self.settings = settings
+        self.bank_device = torch.device(bank_device)  # the host: banks outgrow an accelerator (README)
+        self.banks: dict[str, IdBank] = {}
+        self.step = 0
+        self._phase: _Write | _Read | None = None
+
+    def begin_step(self, step: int) -> None:
+        """Called by the renderer at each denoising step, so an interrupted render cannot leave a stale count."""
+        self.step = step
+
+    @contextmanager
+    def writing(self, character: str, images: int, seed: int):
+        """Render `images` identity frames of `character` as one batch and store its ID bank."""
+        bank = IdBank(character)
+        self._phase = _Write(bank, images, torch.Generator("cpu").manual_seed(seed), {})
+        try:
+            yield bank
+            self.banks[character] = bank
+        finally:
+            self._phase = None
+
+    @contextmanager
+    def reading(self, characters: list[tuple[str, ...]], seeds: list[int]):
+        """Render a batch of frames, each attending to the banks of the characters it names."""
+        missing = sorted({c for cs in characters for c in cs} - set(self.banks))
+        if missing:
+            raise RuntimeError(f"no ID bank for {missing}: render their identity frames first")
+        self._phase = _Read(list(characters), [torch.Generator("cpu").manual_seed(s) for s in seeds])
+        try:
+            yield
+        finally:
+            self._phase = None
+
+    def _mask(self, phase: _Write, resolution: str, tokens: int) -> torch.Tensor:
+        key = (self.step, resolution)
+        if key not in phase.masks:
+            rate = self.settings.sa32 if resolution == "sa32" else self.settings.sa64
+            phase.masks[key] = torch.rand((phase.images, tokens), generator=phase.generator) < rate
+        return phase.masks[key]
+
+    def _gate(self, generator: torch.Generator) -> bool:
+        rate = self.settings.rate(self.step)
+        return rate > 0.0 and torch.rand((), generator=generator).item() < rate
+
+
+def attention_with_context(attn, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    """attn1 with its queries from x and its keys/values from `context` (both already normed, (B, T, C))."""
+    batch = x.shape[0]
+    heads = attn.heads
+    query, key, value = attn.to_q(x), attn.to_k(context), attn.to_v(context)
+    head_dim = key.shape[-1] // heads
+    query, key, value = (t.view(batch, -1, heads, head_dim).transpose(1, 2) for t in (query, key, value))
+    out = F.scaled_dot_product_attention(query, key, value)
+    out = out.transpose(1, 2).reshape(batch, -1, heads * head_dim).to(query.dtype)
+    out = attn.to_out[1](attn.to_out[0](out))
+    if attn.residual_connection:
+        out = out + x
+    return out / attn.rescale_output_factor
+
+
+class ConsistentSelfAttnProcessor(nn.Module):
+    """attn1 processor of one up-block layer; plain self-attention (diffusers' own) outside a CSA phase."""
+
+    def __init__(self, state: ConsistentSelfAttention, layer: str, resolution: str):
+        super().__init__()
+        from diffusers.models.attention_processor import AttnProcessor2_0
+
+        self.state, self.layer, self.resolution = state, layer, resolution
+        self.plain = AttnProcessor2_0()
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
+        phase = self.state._phase
+        if phase is None or encoder_hidden_states is not None or attention_mask is not None or hidden_states.ndim != 3 \
+                or attn.spatial_norm is not None or attn.group_norm is not None:
+            return self.plain(attn, hidden_states, encoder_hidden_states, attention_mask, temb, **kwargs)
+        if isinstance(phase, _Write):
+            return self._write(attn, hidden_states, phase)
+        return self._read(attn, hidden_states, phase)
+
+    def _write(self, attn, hidden_states, phase: _Write):
+        state, n = self.state, phase.images
+        if state.settings.rate(state.step) == 0.0:  # plain steps never read the bank: nothing to store
+            return self.plain(attn, hidden_states)
+        x = hidden_states.view(2, n, *hidden_states.shape[1:])  # classifier-free guidance: [uncond; cond]
+        mask = self._mask_on(phase, x.shape[2], x.device)
+        sampled = [x[:, i][:, mask[i]] for i in range(n)]
+        phase.bank.tokens[(state.step, self.layer)] = torch.cat(sampled, dim=1).to(state.bank_device, copy=True)
+        if not state._gate(phase.generator):
+            return self.plain(attn, hidden_states)
+        outs = [attention_with_context(attn, x[:, i], torch.cat(sampled[:i] + sampled[i + 1:] + [x[:, i]], dim=1))
+                for i in range(n)]
+        return torch.stack(outs, dim=1).reshape(hidden_states.shape[0], *outs[0].shape[1:])
+
+    def _mask_on(self, phase: _Write, tokens: int, device) -> torch.Tensor:
+        return self.state._mask(phase, self.resolution, tokens).to(device)
+
+    def _read(self, attn, hidden_states, phase: _Read):
+        state = self.state
+        gates = [bool(chars) and state._gate(g) for chars, g in zip(phase.characters, phase.generators)]
+        if not any(gates):  # the whole batch exactly as plain SDXL: [NC] frames equal text-only renders
+            return self.plain(attn, hidden_states)
+        m = len(phase.characters)
+        x = hidden_states.view(2, m, *hidden_states.shape[1:])
+        outs = []
+        for f, use in enumerate(gates):
+            if not use:
+                outs.append(self.plain(attn, x[:, f]))
+                continue
+            bank = [state.banks[c].tokens[(state.step, self.layer)].to(x.device, x.dtype, non_blocking=True)
+                    for c in phase.characters[f]]
+            outs.append(attention_with_context(attn, x[:, f], torch.cat(bank + [x[:, f]], dim=1)))
+        return torch.stack(outs, dim=1).reshape(hidden_states.shape[0], *outs[0].shape[1:])
+
+
+def install(unet, settings: CSASettings, bank_device: torch.device | str = "cpu") -> ConsistentSelfAttention:
+    """Swap the self-attention processors of the up blocks for CSA ones; every other processor stays.
+
+    Call after `load_ip_adapter` and `grca.install`: both re-create processors. The lowest-resolution up
+    block with attention samples at sa32, the next ones at sa64 (SDXL: 30 layers at 1/32, 6 at 1/16).
+    """
+    state = ConsistentSelfAttention(settings, bank_device)
+    processors = dict(unet.attn_processors)
+    blocks = sorted({int(name.split(".")[1]) for name in processors
+                     if name.startswith("up_blocks.") and name.endswith("attn1.processor")})
+    if not blocks:
+        raise RuntimeError("the UNet has no self-attention in its up blocks")
+    for name in processors:
+        if name.startswith("up_blocks.") and name.endswith("attn1.processor"):
+            resolution = "sa32" if int(name.split(".")[1]) == blocks[0] else "sa64"
+            processors[name] = ConsistentSelfAttnProcessor(state, name.removesuffix(".processor"), resolution)
+    unet.set_attn_processor(processors)
+    return state

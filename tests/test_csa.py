@@ -1,0 +1,236 @@
+"""Consistent self-attention (method=storydiffusion|hybrid) on the tiny model, in one process."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from storyadapter import csa, identity, rundir
+from storyadapter.errors import UserError
+from storyadapter.story import Frame, Story, load_story
+
+from .conftest import write_story
+
+TOM_LISA = [
+    "[Tom] A boy with a red cap and a blue backpack.",
+    "[Lisa] A girl with long black hair and a yellow raincoat.",
+    "",
+    "[Tom] walks to school #0",
+    "[Lisa] reads under a tree #1",
+    "[Tom] and [Lisa] meet at the school gate #2",
+    "[NC] An empty classroom at dusk #3",
+    "[Tom] runs home in the rain #4",
+    "[Tom] eats dinner with his dog #5",
+]
+TOM_READS, BOTH, NC = 5, 2, 3  # with id_length=2 Tom's identity frames are 0 and 4; Lisa has frame 1 + one synthesized
+
+
+def config(story: Path, out: Path, tiny_cache: Path, method: str, *extra: str):
+    from storyadapter.launch import compose_config
+
+    return compose_config([
+        f"story.path={story}", "model=tiny", f"model.cache_dir={tiny_cache}", "render=tiny", "render.steps=3",
+        f"method={method}", "method.id_length=2", "method.early_rate=1.0", "cluster.threads_per_worker=1",
+        f"output_dir={out}", *extra,
+    ])
+
+
+def worker_for(story_path: Path, out: Path, tiny_cache: Path, method: str, *extra: str):
+    from storyadapter.run import resolve_model, worker_spec
+
+    cfg = config(story_path, out, tiny_cache, method, *extra)
+    story = load_story(story_path)
+    return worker_spec(cfg, story, resolve_model(cfg)[0], out).build()
+
+
+def frame_pixels(worker, frames: list[int]) -> dict[int, np.ndarray]:
+    worker.begin_iteration(0, None, 0.0)
+    batch = worker.render_batch(0, frames)
+    return {r.frame: np.asarray(Image.open(Path(worker.spec.out_dir) / r.image_path)) for r in batch.frames}
+
+
+# --- the formula --------------------------------------------------------------------------------------
+
+
+def _attention(dim: int, heads: int):
+    from diffusers.models.attention_processor import Attention
+
+    torch.manual_seed(0)
+    return Attention(query_dim=dim, heads=heads, dim_head=dim // heads).double()
+
+
+def _direct(attn, x: torch.Tensor, context: torch.Tensor, heads: int) -> torch.Tensor:
+    """softmax(Q K^T / sqrt(d)) V per head, written out: Q from x, K and V from context."""
+    d = x.shape[-1] // heads
+
+    def split(t):
+        return t.view(t.shape[0], t.shape[1], heads, d).transpose(1, 2)
+
+    q, k, v = split(attn.to_q(x)), split(attn.to_k(context)), split(attn.to_v(context))
+    out = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(d), dim=-1) @ v
+    return attn.to_out[0](out.transpose(1, 2).reshape(x.shape[0], x.shape[1], heads * d))
+
+
+def test_csa_processor_equals_the_formula_for_a_given_mask():
+    dim, heads, tokens, n = 8, 2, 6, 3
+    attn = _attention(dim, heads)
+    always = csa.CSASettings(plain_steps=0, early_rate=1.0, late_rate=1.0)
+    state = csa.ConsistentSelfAttention(always)
+    attn.set_processor(csa.ConsistentSelfAttnProcessor(state, "layer", "sa32"))
+    x = torch.randn(2 * n, tokens, dim, dtype=torch.float64)  # [uncond x3; cond x3]
+    mask = torch.tensor([[1, 0, 1, 0, 0, 1], [0, 0, 0, 1, 1, 1], [1, 1, 0, 0, 0, 0]], dtype=torch.bool)
+
+    with state.writing("Tom", n, seed=0):
+        state.begin_step(2)
+        state._phase.masks[(2, "sa32")] = mask
+        got = attn(x)
+    rows = x.view(2, n, tokens, dim)
+    sampled = [rows[:, i][:, mask[i]] for i in range(n)]
+    for i in range(n):
+        context = torch.cat([sampled[j] for j in range(n) if j != i] + [rows[:, i]], dim=1)
+        expected = _direct(attn, rows[:, i], context, heads)
+        torch.testing.assert_close(got.view(2, n, tokens, dim)[:, i], expected)
+    torch.testing.assert_close(state.banks["Tom"].tokens[(2, "layer")], torch.cat(sampled, dim=1))
+
+    # Read phase: frame 0 names Tom, frame 1 nobody (plain self-attention).
+    y = torch.randn(4, tokens, dim, dtype=torch.float64)
+    with state.reading([("Tom",), ()], seeds=[1, 2]):
+        state.begin_step(2)
+        got = attn(y).view(2, 2, tokens, dim)
+    y = y.view(2, 2, tokens, dim)
+    torch.testing.assert_close(got[:, 0], _direct(attn, y[:, 0], torch.cat(sampled + [y[:, 0]], dim=1), heads))
+    torch.testing.assert_close(got[:, 1], _direct(attn, y[:, 1], y[:, 1], heads))
+
+
+def test_step_schedule_and_gates_are_deterministic():
+    s = csa.CSASettings()
+    assert [s.rate(k) for k in (0, 1, 19, 20, 49)] == [0.0, 0.7, 0.7, 0.9, 0.9]
+    state = csa.ConsistentSelfAttention(s)
+
+    def draws(seed):
+        state.begin_step(5)
+        g = torch.Generator("cpu").manual_seed(seed)
+        return [state._gate(g) for _ in range(200)]
+
+    assert draws(3) == draws(3) and draws(3) != draws(4)
+    assert 0.6 < np.mean(draws(3)) < 0.8
+
+
+def test_csa_replaces_only_the_up_blocks_self_attention(tiny_source):
+    from storyadapter.models.loading import load_pipeline
+    from storyadapter.renderer import RenderSettings, StoryRenderer
+
+    renderer = StoryRenderer(load_pipeline(tiny_source, torch.device("cpu"), torch.float32), RenderSettings(),
+                             csa.CSASettings())
+    procs = renderer.pipe.unet.attn_processors
+    replaced = {n for n, p in procs.items() if isinstance(p, csa.ConsistentSelfAttnProcessor)}
+    assert replaced == {n for n in procs if n.startswith("up_blocks.") and n.endswith("attn1.processor")}
+    assert replaced
+    assert all(procs[n] is p for n, p in renderer.processors.items())  # GRCA's cross-attention stays
+    by_resolution = {procs[n].resolution for n in replaced if n.startswith("up_blocks.0.")}
+    assert by_resolution == {"sa32"} and {procs[n].resolution for n in replaced} == {"sa32", "sa64"}
+
+
+# --- identity planning ------------------------------------------------------------------------------
+
+
+def test_missing_identity_frames_are_synthesized_from_the_description(tmp_path):
+    story = load_story(write_story(tmp_path / "s.txt", TOM_LISA))
+    plans = identity.plan_identities(story, 3)
+    assert [f.frame for f in plans["Tom"].frames] == [0, 4, 5]
+    lisa = plans["Lisa"].frames
+    assert [f.frame for f in lisa] == [1, None, None]
+    for f in lisa[1:]:
+        assert f.prompt.startswith("Lisa, A girl with long black hair and a yellow raincoat, ")
+    assert lisa[1].prompt != lisa[2].prompt
+    shown = identity.consistent_pass(story, csa.CSASettings(id_length=3), seed=1, seed_policy="shared")
+    assert {f: b.character for f in range(6) if (b := shown.owner_of(f))} == {0: "Tom", 4: "Tom", 5: "Tom", 1: "Lisa"}
+
+
+def test_a_character_with_no_frame_of_its_own_and_no_description_is_one_error():
+    story = Story(title="t", style="(No style)", characters={"Ghost": ""},
+                  frames=(Frame(0, "Ghost and a dog", "", ("Ghost",), 1), Frame(1, "Ghost and a cat", "", ("Ghost",), 2)),
+                  source="s.txt", digest="")
+    identity.plan_identities(story, 2)  # solo frames, no description: synthesized from the frames
+    story = Story(title="t", style="(No style)", characters={"Ghost": "a pale ghost"},
+                  frames=(Frame(0, "Ghost, a dog", "", ("Ghost", "Dog"), 1),), source="s.txt", digest="")
+    with pytest.raises(UserError, match="'Dog' has no frame of its own and no description"):
+        identity.plan_identities(story, 2)
+
+
+# --- the renders --------------------------------------------------------------------------------------
+
+
+def test_story_adapter_default_has_no_csa_and_an_unchanged_fingerprint(tmp_path, tiny_cache):
+    from storyadapter.run import consistent_pass, plan_for
+
+    story_path = write_story(tmp_path / "s.txt", TOM_LISA)
+    story = load_story(story_path)
+    from storyadapter.launch import compose_config
+
+    default = compose_config([f"story.path={story_path}", "model=tiny", "render=tiny", f"output_dir={tmp_path}"])
+    assert default.method.name == "story_adapter" and consistent_pass(default, story) is None
+    assert "method" not in rundir.fingerprint(default, story)
+    assert plan_for(default, story, tmp_path).iterations == 2
+    sd = config(story_path, tmp_path, tiny_cache, "storydiffusion")
+    assert plan_for(sd, story, tmp_path).iterations == 0  # one pass: iter_00 only
+    assert rundir.fingerprint(sd, story)["method"]["name"] == "storydiffusion"
+
+
+def test_nc_frame_equals_text_only_and_csa_changes_character_frames(tmp_path, tiny_cache):
+    story = write_story(tmp_path / "s.txt", TOM_LISA)
+    consistent = frame_pixels(worker_for(story, tmp_path / "a", tiny_cache, "storydiffusion"), [NC, TOM_READS, BOTH])
+    text_only = frame_pixels(worker_for(story, tmp_path / "b", tiny_cache, "story_adapter"), [NC, TOM_READS, BOTH])
+    assert np.array_equal(consistent[NC], text_only[NC])
+    assert not np.array_equal(consistent[TOM_READS], text_only[TOM_READS])
+    assert not np.array_equal(consistent[BOTH], text_only[BOTH])
+
+
+def test_idle_csa_leaves_grca_iterations_bitwise_unchanged(tmp_path, tiny_cache):
+    """Hybrid iterations >= 1 must render exactly as story_adapter's: CSA processors idle = diffusers' own."""
+    story = write_story(tmp_path / "s.txt", TOM_LISA)
+    bank = np.random.default_rng(0).normal(size=(len(TOM_LISA) - 3, 32)).astype(np.float32)
+    out = {}
+    for method in ("hybrid", "story_adapter"):
+        w = worker_for(story, tmp_path / method, tiny_cache, method)
+        w.begin_iteration(1, bank, 0.4)
+        r = w.render_batch(1, [BOTH])
+        out[method] = np.asarray(Image.open(tmp_path / method / r.frames[0].image_path))
+    assert np.array_equal(out["hybrid"], out["story_adapter"])
+
+
+def test_a_frame_sees_only_the_banks_of_the_characters_it_names(tmp_path, tiny_cache):
+    """Changing Lisa's identity frame leaves Tom-only frames alone and changes the frame with both."""
+    first = write_story(tmp_path / "a.txt", TOM_LISA)
+    changed = list(TOM_LISA)
+    changed[4] = "[Lisa] paints a green fence #1"
+    second = write_story(tmp_path / "b.txt", changed)
+    frames = [0, BOTH, TOM_READS]
+    a = frame_pixels(worker_for(first, tmp_path / "a", tiny_cache, "storydiffusion"), frames)
+    b = frame_pixels(worker_for(second, tmp_path / "b", tiny_cache, "storydiffusion"), frames)
+    assert np.array_equal(a[0], b[0])  # Tom's identity frame
+    assert np.array_equal(a[TOM_READS], b[TOM_READS])
+    assert not np.array_equal(a[BOTH], b[BOTH])
+
+
+def test_three_characters_each_frame_reads_all_it_names(tmp_path, tiny_cache):
+    lines = [
+        "[Ann] A woman with a green hat.", "[Bo] A man with a white beard.", "[Cy] A child with a kite.", "",
+        "[Ann] waters flowers", "[Bo] fixes a bicycle", "[Cy] flies a kite",
+        "[Ann], [Bo] and [Cy] have a picnic", "[Ann] and [Bo] walk by the river",
+    ]
+    first = write_story(tmp_path / "a.txt", lines)
+    lines[6] = "[Cy] jumps into a puddle"
+    second = write_story(tmp_path / "b.txt", lines)
+    wa = worker_for(first, tmp_path / "a", tiny_cache, "storydiffusion")
+    a = frame_pixels(wa, [3, 4])
+    b = frame_pixels(worker_for(second, tmp_path / "b", tiny_cache, "storydiffusion"), [3, 4])
+    assert wa.identity_renders == 3 * 2  # each character's batch once: its frame + one synthesized
+    assert set(wa.renderer.csa.banks) == {"Ann", "Bo", "Cy"}
+    assert not np.array_equal(a[3], b[3])  # the picnic names Cy
+    assert np.array_equal(a[4], b[4])  # the walk does not

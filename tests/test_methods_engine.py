@@ -1,0 +1,87 @@
+"""method=storydiffusion|hybrid on a real local Ray with CPU actors: worker count and resume never move pixels."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from storyadapter import manifest
+
+from .conftest import write_story
+from .test_csa import TOM_LISA
+
+pytestmark = pytest.mark.slow
+N_FRAMES = len(TOM_LISA) - 3
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def story_file(tmp_path_factory) -> Path:
+    return write_story(tmp_path_factory.mktemp("story") / "tom_lisa.txt", TOM_LISA)
+
+
+def render(story_file, tiny_cache, out_dir, method, workers, *extra) -> Path:
+    from storyadapter.launch import compose_config
+    from storyadapter.run import execute
+
+    cfg = compose_config([
+        f"story.path={story_file}", "model=tiny", f"model.cache_dir={tiny_cache}", "render=tiny", "render.steps=3",
+        "render.iterations=1", "render.batch_size=2", f"method={method}", "method.id_length=2",
+        f"cluster.workers={workers}", "outputs.enabled=false", f"output_dir={out_dir}", *extra,
+    ])
+    return execute(cfg, out_dir)
+
+
+def frames(out: Path, iteration: int) -> list[np.ndarray]:
+    d = out / manifest.iteration_dirname(iteration)
+    return [np.asarray(Image.open(d / manifest.frame_filename(f))) for f in range(N_FRAMES)]
+
+
+def assert_same(a: Path, b: Path, iterations: int) -> None:
+    for it in range(iterations + 1):
+        for f, (pa, pb) in enumerate(zip(frames(a, it), frames(b, it))):
+            assert np.array_equal(pa, pb), f"iteration {it} frame {f} differs"
+        np.testing.assert_array_equal(manifest.read_bank(a, it), manifest.read_bank(b, it))
+
+
+@pytest.fixture(scope="module")
+def hybrid_one_worker(local_ray, story_file, tiny_cache, tmp_path_factory) -> Path:
+    return render(story_file, tiny_cache, tmp_path_factory.mktemp("h1") / "out", "hybrid", 1)
+
+
+def test_storydiffusion_on_two_workers_equals_one_worker_and_writes_one_pass(hybrid_one_worker, story_file, tiny_cache,
+                                                                              tmp_path):
+    sd = render(story_file, tiny_cache, tmp_path / "sd2", "storydiffusion", 2)
+    assert manifest.finished_iterations(sd) == [0]  # one pass, written as iter_00
+    assert not (sd / manifest.iteration_dirname(1)).exists()
+    assert_same(hybrid_one_worker, sd, 0)  # hybrid's iteration 0 is the same CSA pass, here on 1 worker
+
+
+def test_hybrid_on_two_workers_resumed_after_iteration_0_equals_one_uninterrupted_worker(
+        hybrid_one_worker, story_file, tiny_cache, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    real_write = manifest.write_part
+
+    def crash_after_iteration_0(out_dir, records):
+        real_write(out_dir, records)
+        raise KeyboardInterrupt  # the driver dies once iteration 0 is on disk
+
+    monkeypatch.setattr(manifest, "write_part", crash_after_iteration_0)
+    with pytest.raises(KeyboardInterrupt):
+        render(story_file, tiny_cache, out, "hybrid", 2)
+    monkeypatch.setattr(manifest, "write_part", real_write)
+    assert manifest.finished_iterations(out) == [0]
+    render(story_file, tiny_cache, out, "hybrid", 2, "resume=true")
+    assert manifest.finished_iterations(out) == [0, 1]
+    assert_same(hybrid_one_worker, out, 1)
