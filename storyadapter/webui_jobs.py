@@ -58,9 +58,10 @@ class Limits:
     workers: int = 16
 
 
-def hydra_quote(value: str) -> str:
+def hydra_quote(value: object) -> str:
     """`value` as a single-quoted Hydra override value that reads back verbatim: no grammar
     characters ( [ { = , # ' take effect, and `${...}` is not interpolated."""
+    value = str(value)
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'").replace("${", "\\${") + "'"
 
 

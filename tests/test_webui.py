@@ -91,7 +91,7 @@ def test_page_and_choices(ui):
 
 
 def test_the_method_picker_reaches_the_launcher_and_storydiffusion_counts_one_pass(ui):
-    from storyadapter.renders import RenderRequest
+    from storyadapter.webui_jobs import RenderRequest
 
     assert b'id="method"' in call(ui, "GET", "/")[2]
     sd = RenderRequest.from_json({"story": "a cat", "method": "storydiffusion", "iterations": 3})
