@@ -26,7 +26,7 @@ from PIL import Image, ImageDraw, ImageFont
 from .atomic import replacing
 from . import manifest
 from .fonts import CaptionFont
-from .errors import ArgumentParser, UserError, report
+from .errors import ArgumentParser, UserError, environment_error, report
 
 log = logging.getLogger(__name__)
 
@@ -392,6 +392,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:
         report(exc)
         return exc.exit_code
+    except OSError as exc:  # a full or read-only disk: the one line, like the launcher's
+        err = environment_error(exc, args.dir)
+        if err is None:
+            raise
+        report(err)
+        return err.exit_code
     return 0
 
 

@@ -25,6 +25,7 @@ import ray
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from . import local_ray
 from .deadlines import BatchDeadlines
 from .dispatch import BatchQueues
 from .errors import UserError
@@ -340,8 +341,8 @@ def connect(mode: str, address: str | None, workers: int, cpus_per_worker: float
         # Ray starts workers at niceness 15; here the render actors are the job, so they run at normal priority.
         # GPUs: Ray's own detection (NVML, CUDA_VISIBLE_DEVICES), so the driver never imports torch (model=sim).
         # address="local": a new Ray even when this machine already runs one (a `ray start`, another render).
-        ray.init(address="local", num_cpus=cpus, include_dashboard=False,
-                 log_to_driver=True, configure_logging=False, _system_config={"worker_niceness": 0})
+        local_ray.start(address="local", num_cpus=cpus, include_dashboard=False,
+                        log_to_driver=True, configure_logging=False, _system_config={"worker_niceness": 0})
         return True
     target = address or os.environ.get("RAY_ADDRESS") or "auto"
     try:

@@ -5,6 +5,7 @@ Config errors are caught before Hydra runs, so users get one line naming the key
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 
@@ -118,6 +119,9 @@ def main() -> None:
 
     from .config import register
 
+    # Ctrl-C and the web UI's cancel (SIGINT) stop the render cleanly even when the parent started us with
+    # SIGINT ignored (a background `&` job), which Python would otherwise keep.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         validate_overrides(sys.argv[1:])
         register()

@@ -8,7 +8,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from . import config as schema
-from . import rundir
+from . import local_ray, rundir
 from .errors import UserError
 from .photos import write_sidecar
 from .story import Story, describe, load_story
@@ -223,8 +223,6 @@ def _render(cfg: DictConfig, story: Story, out_dir: Path, state: rundir.RunDir) 
     """Start the cluster and the actors, render every unfinished iteration, then score the metrics that need
     CLIP on the actors (their GPUs) before releasing them. Returns whether metrics were written, and the
     error to raise once the other outputs are written."""
-    import ray
-
     from . import driver, engine
 
     source, eval_clip = resolve_model(cfg)
@@ -256,7 +254,7 @@ def _render(cfg: DictConfig, story: Story, out_dir: Path, state: rundir.RunDir) 
             return True, None
         return False, None
     finally:
-        if executor is not None:
+        if started:  # a Ray we started goes down whole, actors included (killing them first makes Ray announce retries)
+            local_ray.stop()
+        elif executor is not None:
             executor.shutdown()
-        if started:
-            ray.shutdown()

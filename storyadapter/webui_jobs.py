@@ -42,7 +42,7 @@ MODELS = ("tiny", "sdxl-random", "realvisxl", "sdxl")
 METHODS = ("story_adapter", "storydiffusion", "hybrid")  # README, "Methods"
 STORY_FORMATS = {"txt": ".txt", "yaml": ".yaml", "json": ".json"}
 JOB_FILE = "job.json"
-CANCEL_GRACE_S = 20.0  # after SIGINT, how long the launcher gets to stop Ray before its process group is killed
+CANCEL_GRACE_S = 30.0  # after SIGINT, how long the launcher gets to stop Ray before its process group is killed
 _JOB_ID = re.compile(r"^[0-9]{8}-[0-9]{6}-[0-9a-f]{6}$")
 _HYDRA_HINT = "Set the environment variable HYDRA_FULL_ERROR=1"
 
@@ -58,9 +58,10 @@ class Limits:
     workers: int = 16
 
 
-def hydra_quote(value: str) -> str:
+def hydra_quote(value: object) -> str:
     """`value` as a single-quoted Hydra override value that reads back verbatim: no grammar
     characters ( [ { = , # ' take effect, and `${...}` is not interpolated."""
+    value = str(value)
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'").replace("${", "\\${") + "'"
 
 

@@ -5,6 +5,7 @@ Runs in-process (tests, notebooks) or inside a Ray actor (the engine); it knows 
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from dataclasses import dataclass
@@ -13,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import manifest, references, schedule
+from . import manifest, references, schedule, torch_settings
 from .frame_writer import FrameWriter
 from .identity import ConsistentPass, IdentityBatch
 from .models.loading import ModelSource, load_pipeline, pick_device, pick_dtype
@@ -53,19 +54,27 @@ class WorkerSpec:
         return FrameWorker(self)
 
 
+def _reproducible(method):
+    """Run a FrameWorker method with its spec's thread count and cuDNN mode (deterministic unless
+    model.deterministic=false), restoring the caller's settings afterwards: they are process-wide, and tests
+    and notebooks share the process."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        spec = getattr(self, "spec", None) or args[0]
+        with torch_settings.reproducible(spec.threads, spec.deterministic):
+            return method(self, *args, **kwargs)
+
+    return wrapper
+
+
 class FrameWorker:
+    @_reproducible
     def __init__(self, spec: WorkerSpec):
-        if spec.threads:
-            torch.set_num_threads(spec.threads)  # fixed thread count keeps CPU arithmetic reproducible
         from .logs import quiet_libraries
 
         quiet_libraries()
         device = pick_device(spec.device)
-        if device.type == "cuda":
-            # Same frame, same pixels on any worker: no autotuned (run-dependent) convolution algorithms,
-            # unless model.deterministic=false trades that for cuDNN's autotuner.
-            torch.backends.cudnn.benchmark = not spec.deterministic
-            torch.backends.cudnn.deterministic = spec.deterministic
         pipe = load_pipeline(spec.source, device, pick_dtype(spec.dtype, device))
         if spec.compile:
             pipe.unet = torch.compile(pipe.unet)
@@ -108,6 +117,7 @@ class FrameWorker:
         self.image_encodes += len(self.spec.photos)
         return self.renderer.embed_images([decode(p.data) for p in self.spec.photos])
 
+    @_reproducible
     def begin_iteration(self, iteration: int, bank: np.ndarray | None, scale: float) -> None:
         """Load this iteration's bank: reference K/V once per iteration, shared by all its batches.
 
@@ -122,6 +132,7 @@ class FrameWorker:
             self.renderer.csa.banks.clear()
             self._identity_images.clear()
 
+    @_reproducible
     def render_batch(self, iteration: int, frames: list[int]) -> BatchResult:
         if iteration != self._iteration:
             raise StaleIterationError(f"batch for iteration {iteration}, but the worker holds the bank of {self._iteration}")

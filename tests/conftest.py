@@ -33,18 +33,6 @@ def tiny_source(tiny_cache):
     return ModelSource(str(d / "sdxl"), str(d / "ip-adapter"))
 
 
-@pytest.fixture(scope="session")
-def tiny_pipe(tiny_source):
-    import torch
-
-    from storyadapter.logs import quiet_libraries
-    from storyadapter.models.loading import load_pipeline
-
-    quiet_libraries()
-    torch.set_num_threads(1)
-    return load_pipeline(tiny_source, torch.device("cpu"), torch.float32)
-
-
 def write_story(path: Path, lines: list[str]) -> Path:
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path

@@ -101,9 +101,12 @@ def test_shell_scripts_parse_and_are_executable(script):
     proc = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert os.access(script, os.X_OK), f"{script} is not executable"
-    if shutil.which("shellcheck"):
-        lint = subprocess.run(["shellcheck", "-S", "warning", str(script)], capture_output=True, text=True)
-        assert lint.returncode == 0, lint.stdout
+    if not shutil.which("shellcheck"):
+        if os.environ.get("STORYADAPTER_REQUIRE_SHELLCHECK"):
+            pytest.fail("shellcheck is not installed (.ci/run installs Debian's shellcheck)")
+        pytest.skip("shellcheck is not installed: apt-get install shellcheck")
+    lint = subprocess.run(["shellcheck", "-S", "warning", str(script)], capture_output=True, text=True)
+    assert lint.returncode == 0, lint.stdout
 
 
 def test_sbatch_script_contract():

@@ -176,3 +176,25 @@ def test_environment_errors_are_unwrapped_from_chains_and_left_alone_otherwise(t
     assert environment_error(OSError(errno.ECONNREFUSED, "refused"), out) is None
     assert isinstance(environment_error(UserError("x: y"), out), UserError)
     assert root_cause(chained) is chained.__cause__
+
+
+@AS_ROOT
+@pytest.mark.parametrize("trouble", ["read-only", "full"])
+def test_regenerating_outputs_on_a_read_only_or_full_disk_is_one_line_and_keeps_the_frames(mount, trouble):
+    """`python -m storyadapter.comic DIR` writes comic pages, the GIF, contact sheet and index (no Ray, no model)."""
+    from .test_outputs import make_render_dir
+
+    disk = mount("size=1m")
+    out = make_render_dir(disk / "run", 6, iterations=2)
+    if trouble == "full":  # room for nothing more than the frames and manifests
+        with open(disk / "filler", "wb", buffering=0) as f, pytest.raises(OSError):
+            while True:
+                f.write(b"\1" * 4096)
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    if trouble == "read-only":
+        subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+    proc = subprocess.run([sys.executable, "-m", "storyadapter.comic", str(out)], env=ENV, capture_output=True,
+                          text=True, timeout=120)
+    expected = "Read-only file system" if trouble == "read-only" else "No space left on device"
+    assert one_error_line(proc) == f"error: output_dir={out}: {expected}"
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before  # nothing lost, nothing half-written

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from storyadapter import driver, grca, schedule
+from storyadapter import driver, grca, schedule, torch_settings
 from storyadapter.renderer import RenderSettings, StoryRenderer, initial_noise
 from storyadapter.story import load_story
 from storyadapter.worker import FramePrompt, FrameWorker, WorkerSpec
@@ -20,10 +20,12 @@ SETTINGS = RenderSettings(steps=2, height=64, width=64, guidance_scale=7.5)
 
 @pytest.fixture()
 def renderer(tiny_source):
-    # A fresh pipeline per test: StoryRenderer swaps the attention processors in place.
+    # A fresh pipeline per test: StoryRenderer swaps the attention processors in place. One CPU thread, as
+    # workers render (cluster.threads_per_worker): batched arithmetic depends on how threads split it.
     from storyadapter.models.loading import load_pipeline
 
-    return StoryRenderer(load_pipeline(tiny_source, torch.device("cpu"), torch.float32), SETTINGS)
+    with torch_settings.reproducible(threads=1):
+        yield StoryRenderer(load_pipeline(tiny_source, torch.device("cpu"), torch.float32), SETTINGS)
 
 
 def pixels(image) -> np.ndarray:
@@ -154,7 +156,13 @@ def test_encoder_passes_per_iteration_and_text_encoded_once(tiny_source, tmp_pat
     spec = WorkerSpec(source=tiny_source, settings=SETTINGS,
                       prompts=tuple(FramePrompt(*story.styled(f)) for f in story.frames),
                       out_dir=str(tmp_path / "out"), seed=1, seed_policy="per_frame", threads=1)
-    worker = FrameWorker(spec)
+    outside = torch.get_num_threads(), torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic
+    torch.set_num_threads(2)
+    try:
+        worker = FrameWorker(spec)
+        assert torch.get_num_threads() == 2  # the worker's one thread is its own business, not the process's
+    finally:
+        torch.set_num_threads(outside[0])
     image_calls = _count_calls(worker.renderer.pipe.image_encoder)
     text_calls = _count_calls(worker.renderer.pipe.text_encoder)
     plan = driver.RunPlan(story=story, out_dir=tmp_path / "out", iterations=2, batch_size=1, scale_start=0.3,
@@ -164,6 +172,20 @@ def test_encoder_passes_per_iteration_and_text_encoded_once(tiny_source, tmp_pat
     assert image_calls == [1] * 5 * 3  # N single-image passes per iteration, never N^2
     assert len(text_calls) == 5  # once per frame for the whole run (empty negative -> zeros)
     assert worker.image_encodes == 15
+    assert (torch.get_num_threads(), torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic) == outside
+
+
+def test_reproducible_settings_apply_inside_the_block_only_even_when_it_fails():
+    cudnn = torch.backends.cudnn
+    outside = torch.get_num_threads(), cudnn.benchmark, cudnn.deterministic
+    cudnn.benchmark = True
+    try:
+        with pytest.raises(RuntimeError), torch_settings.reproducible(threads=1):
+            assert (torch.get_num_threads(), cudnn.benchmark, cudnn.deterministic) == (1, False, True)
+            raise RuntimeError("a failed batch")
+        assert (torch.get_num_threads(), cudnn.benchmark, cudnn.deterministic) == (outside[0], True, outside[2])
+    finally:
+        cudnn.benchmark = outside[1]
 
 
 def test_scale_past_the_ramp_stays_at_the_end():
@@ -198,6 +220,8 @@ def test_a_worker_never_renders_with_a_stale_bank(tiny_source, tmp_path):
     fresh.begin_iteration(2, new, 0.5)
     np.testing.assert_array_equal(fresh.render_batch(2, [0]).frames[0].embedding, with_new)
     assert not np.array_equal(with_old, with_new)
+
+
 def test_fp16_vae_is_upcast_once_and_pixels_match_diffusers(tiny_source):
     """An fp16 pipeline decodes with an fp32 VAE converted once at start-up, never per batch, and its frames
     equal diffusers' pipeline, which converts the VAE fp16 -> fp32 -> fp16 on every call."""

@@ -7,10 +7,12 @@ import html
 import http.client
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -90,7 +92,7 @@ def test_page_and_choices(ui):
 
 
 def test_the_method_picker_reaches_the_launcher_and_storydiffusion_counts_one_pass(ui):
-    from storyadapter.renders import RenderRequest
+    from storyadapter.webui_jobs import RenderRequest
 
     assert b'id="method"' in call(ui, "GET", "/")[2]
     sd = RenderRequest.from_json({"story": "a cat", "method": "storydiffusion", "iterations": 3})
@@ -273,6 +275,13 @@ def test_a_failed_render_reports_the_launcher_s_error_line_and_a_queued_one_can_
     assert wait(ui, queued["id"])["progress"]["frames_done"] == 0
 
 
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").replace("\x00", " ")
+    except OSError:
+        return ""
+
+
 def _process_groups() -> dict[int, int]:
     """pid -> process group of every process on this machine."""
     groups = {}
@@ -299,7 +308,7 @@ def test_sigterm_stops_the_running_render_its_ray_processes_and_the_server(tmp_p
         job = json.loads(conn.getresponse().read())
         conn.close()
         folder = root / job["id"]
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 300
         while not list(folder.glob("out/iter_00/frame_*.png")):  # Ray and its actors are up
             assert time.monotonic() < deadline, (folder / "render.log").read_text()[-2000:]
             time.sleep(0.2)
@@ -308,13 +317,18 @@ def test_sigterm_stops_the_running_render_its_ray_processes_and_the_server(tmp_p
                         and (Path(f"/proc/{pid}/cwd").resolve() == folder.resolve()))
         in_group = [pid for pid, pgid in _process_groups().items() if pgid == launcher]
         assert len(in_group) > 2  # the launcher and Ray's raylet, GCS and workers
+        ray_dirs = {Path(m) for pid in in_group for m in re.findall(  # this render's Ray session folder
+            rf"{re.escape(tempfile.gettempdir())}/storyadapter-ray-[^/\s]+", _cmdline(pid))}
+        assert ray_dirs and all(d.is_dir() for d in ray_dirs)
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=60) == 0
+        assert proc.wait(timeout=120) == 0
         assert [pid for pid, pgid in _process_groups().items() if pgid == launcher] == []
         record = json.loads((folder / JOB_FILE).read_text())
         assert record["state"] == "cancelled" and record["returncode"] == 130, record
         log = (folder / "render.log").read_text(errors="replace")
         assert "error: interrupted" in log and "SIGABRT" not in log and "core dumped" not in log and "*** " not in log
+        assert "retries remaining" not in log and "Token authentication is enabled" not in log  # no noise
+        assert not any(d.exists() for d in ray_dirs)  # Ray's session folder went too
     finally:
         if proc.poll() is None:
             proc.kill()
