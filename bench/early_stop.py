@@ -35,7 +35,7 @@ def measure(story_file: Path, eps: float, iterations: int, source, work: Path) -
     plan = driver.RunPlan(story, out, iterations=iterations, batch_size=1, scale_start=0.3, scale_end=0.5, seed=2024,
                           seed_policy="shared", stop_when_stable=eps)
     out.mkdir(parents=True)
-    stats = driver.run(plan, driver.LocalExecutor(FrameWorker(spec)))
+    stats = driver.run_iterations(plan, driver.LocalExecutor(FrameWorker(spec)))
     n = len(story.frames)
     rendered = sum(s.frames for s in stats)
     return {"story": story_file.name, "frames": n, "iterations_run": manifest.finished_iterations(out)[-1],

@@ -28,7 +28,7 @@ def measure(method: str, frames: int, size: int, steps: int, iterations: int, ti
     import torch
 
     from storyadapter.launch import compose_config
-    from storyadapter.run import resolve_model, worker_spec
+    from storyadapter.render_story import resolve_model, worker_spec
     from storyadapter.story import load_story
 
     torch.set_num_threads(1)

@@ -9,7 +9,7 @@ Any field of `BenchConfig` can be overridden as key=value (typed by OmegaConf, l
 Measured side by side, same model, steps and size:
   * upstream      - bench/upstream_loop.py: one pipeline call per frame, N reference images re-encoded per
                     frame, reference K/V recomputed every step, text re-encoded every iteration;
-  * plain         - FrameWorker + LocalExecutor + driver.run in this process (no Ray), the same work as the engine;
+  * plain         - FrameWorker + LocalExecutor + driver.run_iterations in this process (no Ray), the same work as the engine;
   * engine-1      - RayExecutor with one actor; engine-all: one actor per GPU (per core on CPU).
 Then cost growth with story length (bank of N = 25/100/400 random embeddings, a fixed sample of frames),
 peak memory per worker, driver overhead from the engine runs' IterationStats, and FLOPs per frame.
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("TQDM_DISABLE", "1")  # driver.run's progress bars; before tqdm is imported
+os.environ.setdefault("TQDM_DISABLE", "1")  # driver.run_iterations's progress bars; before tqdm is imported
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -139,7 +139,7 @@ def load_config(argv: list[str]) -> BenchConfig:
 def model_source(cfg: BenchConfig):
     from omegaconf import OmegaConf
 
-    from storyadapter.run import resolve_model
+    from storyadapter.render_story import resolve_model
 
     from storyadapter.config import ModelConfig
 
@@ -279,7 +279,7 @@ def _best_round(rounds: list[dict]) -> dict:
 
 
 class DriverLoop:
-    """driver.run over an executor: the plain in-process loop (LocalExecutor) or the engine (RayExecutor)."""
+    """driver.run_iterations over an executor: the plain in-process loop (LocalExecutor) or the engine (RayExecutor)."""
 
     def __init__(self, name: str, cfg: BenchConfig, story, out_dir: Path, workers: int, iterations: int | None = None,
                  batch_size: int = 1, gpu_share: float = 1.0):
@@ -289,7 +289,7 @@ class DriverLoop:
         self.executor = None
         self.info: dict = {}
 
-    def _fresh(self) -> None:  # driver.run resumes after finished iterations; every run starts from nothing
+    def _fresh(self) -> None:  # driver.run_iterations resumes after finished iterations; every run starts from nothing
         from storyadapter import manifest
 
         shutil.rmtree(self.out_dir / manifest.MANIFEST_DIR, ignore_errors=True)
@@ -300,7 +300,7 @@ class DriverLoop:
         if self.cfg.device == "cpu":
             torch.set_num_threads(self.cfg.threads)
         self._fresh()
-        stats = driver.run(run_plan(self.cfg, story, self.out_dir, iterations, self.batch_size), self.executor)
+        stats = driver.run_iterations(run_plan(self.cfg, story, self.out_dir, iterations, self.batch_size), self.executor)
         return [dataclasses.asdict(s) for s in stats]
 
     def warm_up(self) -> None:
@@ -816,7 +816,7 @@ def markdown(result: dict) -> str:
               "- upstream: bench/upstream_loop.py (one pipeline call per frame; N reference images re-encoded per frame; "
               "to_k_ip/to_v_ip over 4N tokens at every step; text re-encoded every call). SDPA kernels, same model, "
               "noise, steps and size as the engine.",
-              "- plain: FrameWorker + LocalExecutor + driver.run in one process (no Ray).",
+              "- plain: FrameWorker + LocalExecutor + driver.run_iterations in one process (no Ray).",
               "- per-frame time at N: median over the sampled frames (the engine's after the first, which also sets the "
               "references), fastest of the repetitions, plus set_references / N for the engine (it runs once per "
               "iteration for all N frames). The N=400 / N=25 ratio is the median over repetitions of the ratio within "

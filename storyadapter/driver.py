@@ -85,7 +85,7 @@ def first_unfinished(out_dir: Path, iterations: int) -> int:
     return it
 
 
-def run(plan: RunPlan, executor: Executor) -> list[IterationStats]:
+def run_iterations(plan: RunPlan, executor: Executor) -> list[IterationStats]:
     n = len(plan.story.frames)
     start = first_unfinished(plan.out_dir, plan.iterations)
     if start > 0:

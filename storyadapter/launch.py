@@ -65,7 +65,7 @@ def validate_overrides(argv: list[str]) -> None:
         with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
             for variant in variants:
                 cfg = compose(config_name="config", overrides=variant)
-                from .run import validate
+                from .render_story import validate
 
                 validate(cfg)
     except UserError:
@@ -95,14 +95,14 @@ def _task(cfg) -> None:
     from hydra.types import RunMode
 
     from .logs import quiet_libraries
-    from .run import execute
+    from .render_story import render_story
 
     quiet_libraries()
     hc = HydraConfig.get()
     # Multirun: each job renders into its own numbered folder under output_dir.
     out_dir = Path(hc.runtime.output_dir) if hc.mode == RunMode.MULTIRUN else Path(cfg.output_dir)
     try:
-        execute(cfg, out_dir)
+        render_story(cfg, out_dir)
     except UserError as exc:
         fail(str(exc), exc.exit_code)
     except KeyboardInterrupt:

@@ -9,7 +9,7 @@ from PIL import Image
 
 from bench.upstream_loop import UpstreamStoryAdapter, run_story
 from storyadapter import schedule
-from storyadapter.driver import LocalExecutor, RunPlan, run
+from storyadapter.driver import LocalExecutor, RunPlan, run_iterations
 from storyadapter.models.loading import load_pipeline
 from storyadapter.renderer import RenderSettings
 from storyadapter.story import load_story
@@ -54,7 +54,7 @@ def test_upstream_loop_encodes_n_squared_and_matches_plain_loop(tiny_source, tmp
                       str(tmp_path / "plain"), seed=2024, seed_policy="shared", device="cpu", dtype="float32", threads=1)
     worker = FrameWorker(spec)
     plain_seen = count_images(worker.renderer.pipe.image_encoder)
-    run(RunPlan(story, tmp_path / "plain", 1, 1, 0.3, 0.5, 2024, "shared"), LocalExecutor(worker))
+    run_iterations(RunPlan(story, tmp_path / "plain", 1, 1, 0.3, 0.5, 2024, "shared"), LocalExecutor(worker))
     assert plain_seen[0] == worker.image_encodes == 2 * n  # each new frame once: N per iteration
 
     for it in (0, 1):

@@ -38,14 +38,14 @@ def story_file(tmp_path_factory) -> Path:
 
 def render(story_file, tiny_cache, out_dir, workers, *extra) -> Path:
     from storyadapter.launch import compose_config
-    from storyadapter.run import execute
+    from storyadapter.render_story import render_story
 
     cfg = compose_config([
         f"story.path={story_file}", "model=tiny", f"model.cache_dir={tiny_cache}", "render=tiny",
         "render.iterations=1", "render.batch_size=2", "render.seed_policy=per_frame",
         "render.reference_weighting=characters", "render.character_weight=6", f"cluster.workers={workers}",
         f"output_dir={out_dir}", *extra])
-    return execute(cfg, out_dir)
+    return render_story(cfg, out_dir)
 
 
 def test_one_and_two_workers_give_identical_pixels_with_photos_and_weighting(story_file, tiny_cache, tmp_path):

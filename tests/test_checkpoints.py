@@ -265,7 +265,7 @@ def test_single_file_with_lora_renders_the_same_pixels_on_one_and_two_ray_worker
     from PIL import Image
 
     from storyadapter.launch import compose_config
-    from storyadapter.run import execute
+    from storyadapter.render_story import render_story
 
     from .conftest import write_story
 
@@ -280,7 +280,7 @@ def test_single_file_with_lora_renders_the_same_pixels_on_one_and_two_ray_worker
         runs = {}
         for workers in (1, 2):
             out = tmp_path / f"w{workers}"
-            runs[workers] = execute(compose_config([*common, f"cluster.workers={workers}", f"output_dir={out}"]), out)
+            runs[workers] = render_story(compose_config([*common, f"cluster.workers={workers}", f"output_dir={out}"]), out)
     finally:
         ray.shutdown()
     frames = sorted(p.relative_to(runs[1]) for p in runs[1].glob("iter_*/frame_*.png"))

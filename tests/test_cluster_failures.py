@@ -61,9 +61,9 @@ def cluster():
 
 def render(story_file, out_dir, address, workers, *extra) -> Path:
     from storyadapter.launch import compose_config
-    from storyadapter.run import execute
+    from storyadapter.render_story import render_story
 
-    return execute(compose_config(overrides(story_file, out_dir, address, workers, *extra)), out_dir)
+    return render_story(compose_config(overrides(story_file, out_dir, address, workers, *extra)), out_dir)
 
 
 def test_a_node_lost_mid_iteration_neither_hangs_nor_changes_a_pixel(cluster, story_file, tmp_path):

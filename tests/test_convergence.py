@@ -55,7 +55,7 @@ def test_stops_at_the_first_refinement_below_eps_and_resume_keeps_it_stopped(tmp
     assert all(change[t + 1] < change[t] for t in range(1, 8))  # built to converge
     eps = (change[3] + change[4]) / 2  # iteration 4 is the first below it
     caplog.set_level(logging.INFO, logger="storyadapter")
-    stats = driver.run(plan(tmp_path, eps), driver.LocalExecutor(worker))
+    stats = driver.run_iterations(plan(tmp_path, eps), driver.LocalExecutor(worker))
     assert [s.iteration for s in stats] == [0, 1, 2, 3, 4]
     assert manifest.finished_iterations(tmp_path / "out") == [0, 1, 2, 3, 4]
     assert {it for it, _ in worker.rendered} == {0, 1, 2, 3, 4}
@@ -64,18 +64,18 @@ def test_stops_at_the_first_refinement_below_eps_and_resume_keeps_it_stopped(tmp
 
     caplog.clear()
     again = ConvergingWorker()
-    assert driver.run(plan(tmp_path, eps), driver.LocalExecutor(again)) == []
+    assert driver.run_iterations(plan(tmp_path, eps), driver.LocalExecutor(again)) == []
     assert again.rendered == [] and "nothing to resume" in caplog.text
     assert manifest.finished_iterations(tmp_path / "out") == [0, 1, 2, 3, 4]
 
 
 def test_off_by_default_and_never_before_a_refinement(tmp_path):
     worker = ConvergingWorker()
-    stats = driver.run(plan(tmp_path, None, iterations=3), driver.LocalExecutor(worker))
+    stats = driver.run_iterations(plan(tmp_path, None, iterations=3), driver.LocalExecutor(worker))
     assert [s.iteration for s in stats] == [0, 1, 2, 3]
     # Even a huge EPS renders iteration 0 and one refinement before it may stop.
     (tmp_path / "b").mkdir()
-    stats = driver.run(plan(tmp_path / "b", 10.0, iterations=3), driver.LocalExecutor(ConvergingWorker()))
+    stats = driver.run_iterations(plan(tmp_path / "b", 10.0, iterations=3), driver.LocalExecutor(ConvergingWorker()))
     assert [s.iteration for s in stats] == [0, 1]
 
 
@@ -92,7 +92,7 @@ def test_early_stop_on_the_tiny_model_keeps_manifest_and_outputs_consistent(tmp_
                           out_dir=str(out), seed=1, seed_policy="per_frame", threads=1)
         p = driver.RunPlan(story, out, iterations=3, batch_size=1, scale_start=0.3, scale_end=0.5, seed=1,
                            seed_policy="per_frame", stop_when_stable=eps)
-        driver.run(p, driver.LocalExecutor(FrameWorker(spec)))
+        driver.run_iterations(p, driver.LocalExecutor(FrameWorker(spec)))
         outputs.write_all(out, clip_model=None)
 
     full = tmp_path / "full"

@@ -41,7 +41,7 @@ def config(story: Path, out: Path, tiny_cache: Path, method: str, *extra: str):
 
 
 def worker_for(story_path: Path, out: Path, tiny_cache: Path, method: str, *extra: str):
-    from storyadapter.run import resolve_model, worker_spec
+    from storyadapter.render_story import resolve_model, worker_spec
 
     cfg = config(story_path, out, tiny_cache, method, *extra)
     story = load_story(story_path)
@@ -167,7 +167,7 @@ def test_a_character_with_no_frame_of_its_own_and_no_description_is_one_error():
 
 
 def test_story_adapter_default_has_no_csa_and_an_unchanged_fingerprint(tmp_path, tiny_cache):
-    from storyadapter.run import consistent_pass, plan_for
+    from storyadapter.render_story import consistent_pass, plan_for
 
     story_path = write_story(tmp_path / "s.txt", TOM_LISA)
     story = load_story(story_path)

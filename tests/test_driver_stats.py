@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from storyadapter.driver import RunPlan, run
+from storyadapter.driver import RunPlan, run_iterations
 from storyadapter.story import load_story
 from storyadapter.timeline import BatchTimeline
 from storyadapter.results import BatchResult, FrameResult
@@ -42,7 +42,7 @@ def plan(tmp_path, n: int) -> RunPlan:
 def test_barrier_wait_is_each_worker_s_gap_to_the_last_batch(tmp_path):
     # worker 7 finishes at t=12, worker 8 at t=10.5: worker 8 waited 1.5 s for the iteration to end.
     ends, pids = {0: 11.0, 1: 10.5, 2: 12.0, 3: 9.5}, {0: 7, 1: 8, 2: 7, 3: 8}
-    stats = run(plan(tmp_path, 4), ScriptedExecutor(ends, pids))
+    stats = run_iterations(plan(tmp_path, 4), ScriptedExecutor(ends, pids))
     assert [s.iteration for s in stats] == [0, 1]
     for s in stats:
         assert s.busy_s == pytest.approx(4.0)
@@ -51,7 +51,7 @@ def test_barrier_wait_is_each_worker_s_gap_to_the_last_batch(tmp_path):
 
 
 def test_one_worker_never_waits_at_the_barrier(tmp_path):
-    stats = run(plan(tmp_path, 3), ScriptedExecutor({0: 1.0, 1: 2.0, 2: 3.0}, {0: 5, 1: 5, 2: 5}))
+    stats = run_iterations(plan(tmp_path, 3), ScriptedExecutor({0: 1.0, 1: 2.0, 2: 3.0}, {0: 5, 1: 5, 2: 5}))
     assert all(s.barrier_s == 0.0 for s in stats)
 
 
@@ -79,7 +79,7 @@ def test_an_iteration_with_overlapping_workers_reports_when_none_rendered(tmp_pa
             time.sleep(0.5)
             return super().render_iteration(iteration, batches, bank, scale, on_batches)
 
-    stats = run(plan(tmp_path, 3), Overlapping({}, {0: 1, 1: 2, 2: 1}))
+    stats = run_iterations(plan(tmp_path, 3), Overlapping({}, {0: 1, 1: 2, 2: 1}))
     for s in stats:
         # the spans cover [now-0.8, now+0.4]; clipped to the iteration that is ~0.4 s of >= 0.5 s
         assert s.busy_s == pytest.approx(3.0)

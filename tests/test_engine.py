@@ -56,9 +56,9 @@ def local_ray():
 
 def render(story_file, tiny_cache, out_dir, workers, *extra) -> Path:
     from storyadapter.launch import compose_config
-    from storyadapter.run import execute
+    from storyadapter.render_story import render_story
 
-    return execute(compose_config(overrides(story_file, tiny_cache, out_dir, workers, *extra)), out_dir)
+    return render_story(compose_config(overrides(story_file, tiny_cache, out_dir, workers, *extra)), out_dir)
 
 
 @pytest.fixture(scope="module")

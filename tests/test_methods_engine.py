@@ -33,14 +33,14 @@ def story_file(tmp_path_factory) -> Path:
 
 def render(story_file, tiny_cache, out_dir, method, workers, *extra) -> Path:
     from storyadapter.launch import compose_config
-    from storyadapter.run import execute
+    from storyadapter.render_story import render_story
 
     cfg = compose_config([
         f"story.path={story_file}", "model=tiny", f"model.cache_dir={tiny_cache}", "render=tiny", "render.steps=3",
         "render.iterations=1", "render.batch_size=2", f"method={method}", "method.id_length=2",
         f"cluster.workers={workers}", "outputs.enabled=false", f"output_dir={out_dir}", *extra,
     ])
-    return execute(cfg, out_dir)
+    return render_story(cfg, out_dir)
 
 
 def frames(out: Path, iteration: int) -> list[np.ndarray]:

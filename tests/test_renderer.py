@@ -167,7 +167,7 @@ def test_encoder_passes_per_iteration_and_text_encoded_once(tiny_source, tmp_pat
     text_calls = _count_calls(worker.renderer.pipe.text_encoder)
     plan = driver.RunPlan(story=story, out_dir=tmp_path / "out", iterations=2, batch_size=1, scale_start=0.3,
                           scale_end=0.5, seed=1, seed_policy="per_frame")
-    stats = driver.run(plan, driver.LocalExecutor(worker))
+    stats = driver.run_iterations(plan, driver.LocalExecutor(worker))
     assert [s.iteration for s in stats] == [0, 1, 2]
     assert image_calls == [1] * 5 * 3  # N single-image passes per iteration, never N^2
     assert len(text_calls) == 5  # once per frame for the whole run (empty negative -> zeros)

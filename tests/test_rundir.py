@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 from storyadapter import rundir
 from storyadapter.config import Config
 from storyadapter.errors import UserError
-from storyadapter.run import worker_spec
+from storyadapter.render_story import worker_spec
 from storyadapter.story import load_story
 
 from .conftest import write_story
@@ -44,7 +44,7 @@ def test_deterministic_setting_reaches_the_worker(tmp_path):
 
 
 def test_reference_sdpa_is_a_checked_pixel_setting(tmp_path):
-    from storyadapter.run import validate
+    from storyadapter.render_story import validate
 
     story = load_story(write_story(tmp_path / "s.txt", ["a fox in the snow"]))
     spec = worker_spec(_cfg(tmp_path, "render.reference_sdpa=joint"), story, None, tmp_path)

@@ -338,7 +338,7 @@ def test_the_error_shown_for_a_failed_render_is_the_launcher_s_line_never_hydra_
     from storyadapter.webui_jobs import last_error_line
 
     log = tmp_path / "render.log"
-    log.write_text("12:00:00 INFO storyadapter.run: story s\nerror: output_dir=/x: No space left on device\n")
+    log.write_text("12:00:00 INFO storyadapter.render_story: story s\nerror: output_dir=/x: No space left on device\n")
     assert last_error_line(log) == "error: output_dir=/x: No space left on device"
     log.write_text("Traceback (most recent call last):\n  File \"x.py\"\nValueError: a bug\n\n"
                    "Set the environment variable HYDRA_FULL_ERROR=1 for a complete stack trace.\n")

@@ -196,7 +196,7 @@ def actor_devices(cfg: DictConfig) -> bool:
     return has_gpus
 
 
-def execute(cfg: DictConfig, out_dir: Path) -> Path:
+def render_story(cfg: DictConfig, out_dir: Path) -> Path:
     """Render a story end to end with the Ray engine. Raises UserError for anything the user can fix."""
     validate(cfg)
     story = load_story(resolve_story_path(cfg.story.path), cfg.story.style, cfg.story.get("title"))
@@ -240,7 +240,7 @@ def _render(cfg: DictConfig, story: Story, out_dir: Path, state: rundir.RunDir) 
         if state.extends:
             log.info("extending to %d iterations: the new ones run at scale_end=%g (the ramp was %d iterations)",
                      cfg.render.iterations, cfg.render.scale_end, state.ramp_iterations)
-        driver.run(plan_for(cfg, story, out_dir, state.ramp_iterations), executor)
+        driver.run_iterations(plan_for(cfg, story, out_dir, state.ramp_iterations), executor)
         clip = cfg.eval.clip_model or eval_clip
         if cfg.outputs.enabled and clip:
             from . import metrics
