@@ -22,8 +22,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# Two pytest workers: most tests wait on launcher subprocesses and Ray, so two overlap well on two cores.
+# --dist loadfile keeps each file's tests (module fixtures, the one Slurm queue) in one worker.
 test: install
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -ra
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -ra -n 2 --dist loadfile
 
 demo: install
 	HF_HUB_OFFLINE=1 $(PY) -m storyadapter.launch story=office model=tiny render=tiny \

@@ -92,7 +92,11 @@ def assemble_bank(
     parts = []
     if bank is not None:
         if len(bank) != len(frames):
-            raise ValueError(f"a bank of {len(bank)} rows for a story of {len(frames)} frames")
+            if photo_bank is not None and len(photo_bank):
+                raise ValueError(f"a bank of {len(bank)} rows for a story of {len(frames)} frames")
+            # Not this story's frames (the benchmarks' banks of N references): no row is known to be anyone's,
+            # so every frame weighs them uniformly.
+            return np.asarray(bank, dtype=np.float32), [], False
         parts.append(np.asarray(bank, dtype=np.float32))
         rows.extend(tuple(names) for names in frames)
     if photo_bank is not None and len(photo_bank):

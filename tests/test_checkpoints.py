@@ -271,7 +271,7 @@ def test_single_file_with_lora_renders_the_same_pixels_on_one_and_two_ray_worker
 
     checkpoint, configs = tiny_parts
     story = write_story(tmp_path / "story.txt", [f"a lighthouse keeper, scene {i}" for i in range(4)])
-    common = [f"story.path={story}", "model=tiny", "model.kind=hub", f"model.pretrained={checkpoint}",
+    common = [f"story.path={story}", "model=tiny", "model.kind=hub", "model.device=cpu", f"model.pretrained={checkpoint}",
               f"model.single_file_config={configs}", f"model.ip_adapter={tiny_source.ip_adapter}",
               f"model.loras=[{{path: {tiny_lora}, scale: 0.8}}]", "render.iterations=1", "render.steps=2",
               "render.height=64", "render.width=64", "render.seed_policy=per_frame", "outputs.enabled=false"]
