@@ -26,16 +26,9 @@ def _key(index: int) -> str:
 
 def check(path: str, index: int) -> None:
     """Before any worker starts: the file is there, is safetensors and holds LoRA weights."""
-    from safetensors import SafetensorError, safe_open
+    from .safetensors_header import tensor_shapes
 
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise UserError(f"{_key(index)}={path}: no such file")
-    try:
-        with safe_open(str(file), framework="pt") as handle:
-            keys = list(handle.keys())
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise UserError(f"{_key(index)}={path}: not a readable .safetensors file ({exc})") from None
+    keys = tensor_shapes(path, f"{_key(index)}={path}")
     if not any("lora" in k.lower() for k in keys):
         raise UserError(f"{_key(index)}={path}: holds no LoRA weights (no lora_A/lora_B/lora_up/lora_down tensors)")
 

@@ -39,17 +39,10 @@ def _configs(config_dir: Path) -> dict[str, dict]:
 
 def check(path: str, config_dir: Path, has_vae: bool, key: str = "model.pretrained") -> None:
     """One line naming `key` if `path` is not an SDXL checkpoint matching the component configs in `config_dir`."""
-    from safetensors import SafetensorError, safe_open
+    from .safetensors_header import tensor_shapes
 
-    file = Path(path).expanduser()
     where = f"{key}={path}"
-    if not file.is_file():
-        raise UserError(f"{where}: no such file")
-    try:
-        with safe_open(str(file), framework="pt") as handle:
-            shapes = {k: tuple(handle.get_slice(k).get_shape()) for k in handle.keys()}
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise UserError(f"{where}: not a readable .safetensors file ({exc})") from None
+    shapes = tensor_shapes(path, where)
     if any(k.startswith("cond_stage_model.") for k in shapes):
         raise UserError(f"{where}: a Stable Diffusion 1.x/2.x checkpoint, not SDXL")
     if any(k.startswith("conditioner.embedders.0.model.") for k in shapes):

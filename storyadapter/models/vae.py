@@ -20,15 +20,9 @@ def check(ref: str) -> None:
     where = f"model.vae={ref}"
     path = Path(ref).expanduser()
     if _is_file(ref):
-        from safetensors import SafetensorError, safe_open
+        from .safetensors_header import tensor_shapes
 
-        if not path.is_file():
-            raise UserError(f"{where}: no such file")
-        try:
-            with safe_open(str(path), framework="pt") as handle:
-                keys = list(handle.keys())
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise UserError(f"{where}: not a readable .safetensors file ({exc})") from None
+        keys = tensor_shapes(path, where)
         if not any(k.endswith("decoder.conv_out.weight") for k in keys):
             raise UserError(f"{where}: holds no VAE decoder weights")
         return
