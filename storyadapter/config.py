@@ -100,6 +100,9 @@ class MethodConfig:
     early_steps: int = 20  # steps before this apply CSA with probability early_rate ...
     early_rate: float = 0.7
     late_rate: float = 0.9  # ... and from it on with late_rate
+    # shared: each character's write phase runs once, on one actor, and its ID bank reaches the others through
+    # Ray's object store | rerender: every actor renders the write phases it needs itself (README, "Methods")
+    id_banks: str = "shared"
 
 
 @dataclass
@@ -151,6 +154,7 @@ CHOICES = {
     "render.reference_weighting": ("uniform", "characters"),
     "render.reference_sdpa": ("split", "joint"),
     "method.name": ("story_adapter", "storydiffusion", "hybrid"),
+    "method.id_banks": ("shared", "rerender"),
     "cluster.mode": ("local", "ray"),
     "outputs.comic_layout": ("classic", "four", "single"),
     "outputs.caption_position": ("below", "above"),

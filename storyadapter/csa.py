@@ -17,8 +17,12 @@ Banks live on the host and each layer's slice moves to the accelerator when used
 
 from __future__ import annotations
 
+import math
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
+
+import numpy as np
 
 import torch
 import torch.nn.functional as F
@@ -51,6 +55,44 @@ class IdBank:
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.tokens.values())
+
+    def pack(self) -> "PackedBank":
+        """The bank as one flat byte array plus an index: Ray stores it in the object store once per node, and
+        readers map it without copying (a list of tensors would be pickled tensor by tensor)."""
+        keys = sorted(self.tokens)
+        tensors = [self.tokens[k].contiguous() for k in keys]
+        dtype = tensors[0].dtype if tensors else torch.float16
+        flat = torch.cat([t.reshape(-1).view(torch.uint8) for t in tensors]) if tensors else torch.empty(0, dtype=torch.uint8)
+        return PackedBank(self.character, str(dtype).removeprefix("torch."),
+                          tuple((step, layer, tuple(t.shape)) for (step, layer), t in zip(keys, tensors)),
+                          flat.numpy())
+
+    @classmethod
+    def unpack(cls, packed: "PackedBank") -> "IdBank":
+        """Tensors that view `packed.data` (no copy: the data stays where Ray put it, shared by a node's actors)."""
+        bank = cls(packed.character)
+        dtype = getattr(torch, packed.dtype)
+        with warnings.catch_warnings():  # a read-only object-store buffer; the bank is only ever read
+            warnings.simplefilter("ignore", UserWarning)
+            data = torch.from_numpy(packed.data)
+        offset = 0
+        for step, layer, shape in packed.index:
+            n = math.prod(shape) * dtype.itemsize
+            bank.tokens[(step, layer)] = data[offset:offset + n].view(dtype).view(shape)
+            offset += n
+        return bank
+
+
+@dataclass(frozen=True)
+class PackedBank:
+    character: str
+    dtype: str
+    index: tuple[tuple[int, str, tuple[int, ...]], ...]  # (step, layer, shape) in data order
+    data: np.ndarray  # uint8
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.data.nbytes)
 
 
 @dataclass

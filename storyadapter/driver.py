@@ -11,7 +11,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import TYPE_CHECKING, Callable, Protocol, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -21,16 +21,20 @@ from .story import Story
 from .timeline import BatchTimeline
 from .results import BatchResult, FrameResult, Worker
 
+if TYPE_CHECKING:
+    from .identity import ConsistentPass
+
 log = logging.getLogger(__name__)
 
 
 class Executor(Protocol):
     def render_iteration(
         self, iteration: int, batches: list[list[int]], bank: np.ndarray | None, scale: float,
-        on_batches: Callable[[list[BatchResult]], None],
+        on_batches: Callable[[list[BatchResult]], None], identities: Sequence[str] = (),
     ) -> None:
         """Render every batch, calling `on_batches` with the batches that finished since the last call (a batch
-        may arrive twice after a failure)."""
+        may arrive twice after a failure). `identities` (a CSA pass): characters whose write phase runs first,
+        one worker each, and whose ID banks then reach every worker that renders `batches`."""
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,8 @@ class RunPlan:
     seed_policy: str
     ramp_iterations: int | None = None  # the scale ramp's length; a run extended past it stays at scale_end
     stop_when_stable: float | None = None  # convergence.py: stop once the frames' embeddings settle
+    # method=storydiffusion|hybrid with shared ID banks: iteration 0 writes each character's bank once (identity.py)
+    consistent: "ConsistentPass | None" = None
 
     def scale(self, iteration: int) -> float:
         ramp = self.iterations if self.ramp_iterations is None else self.ramp_iterations
@@ -70,8 +76,10 @@ class LocalExecutor:
     def __init__(self, worker: Worker):
         self.worker = worker
 
-    def render_iteration(self, iteration, batches, bank, scale, on_batches):
+    def render_iteration(self, iteration, batches, bank, scale, on_batches, identities=()):
         self.worker.begin_iteration(iteration, bank, scale)
+        for character in identities:  # the worker keeps each bank it writes: it is the only reader
+            on_batches([self.worker.write_identity(iteration, character).batch])
         for frames in batches:
             on_batches([self.worker.render_batch(iteration, frames)])
 
@@ -116,6 +124,7 @@ def _run_iteration(plan: RunPlan, executor: Executor, it: int, groups: list[list
     n = len(plan.story.frames)
     scale = references.iteration_scale(bool(plan.story.photos), it, plan.scale(it), plan.scale_start)
     results = journal.read(plan.out_dir, it)  # batches finished before a driver restart
+    groups, identities = _split_identities(plan, it, groups, results)
     todo = [b for b in groups if not all(f in results for f in b)]
     if results:
         log.info("iteration %d: %d of %d frames finished before the restart; rendering the other %d",
@@ -142,8 +151,8 @@ def _run_iteration(plan: RunPlan, executor: Executor, it: int, groups: list[list
                     results.update(fresh)
                     bar.update(len(fresh))
 
-            if todo:
-                executor.render_iteration(it, todo, bank if it > 0 else None, scale, on_batches)
+            if todo or identities:
+                executor.render_iteration(it, todo, bank if it > 0 else None, scale, on_batches, identities=identities)
         t1 = time.perf_counter()
         bank = _finish_iteration(plan, it, scale, list(results.values()))
     finally:
@@ -153,6 +162,19 @@ def _run_iteration(plan: RunPlan, executor: Executor, it: int, groups: list[list
     st = IterationStats(it, n, t2 - t0, timeline.busy_s, t2 - t1, timeline.barrier_s,
                         max(0.0, (t2 - t0) - timeline.rendering_s(wall0, wall2)), resumed, duplicates)
     return st, bank
+
+
+def _split_identities(plan: RunPlan, it: int, groups: list[list[int]], results: dict) -> tuple[list[list[int]], list[str]]:
+    """A CSA pass: the story frames that are identity frames come from their character's write phase, so they
+    leave the batches; the characters to write are those with such a frame unfinished or a reader left."""
+    if it != 0 or plan.consistent is None:
+        return groups, []
+    shown = {f: b.character for b in plan.consistent.identities for f in b.frames if f is not None}
+    readers = [[f for f in b if f not in shown] for b in groups]
+    readers = [b for b in readers if b]
+    needed = {c for b in readers if not all(f in results for f in b) for f in b for c in plan.consistent.characters[f]}
+    needed |= {c for f, c in shown.items() if f not in results}
+    return readers, [b.character for b in plan.consistent.identities if b.character in needed]
 
 
 def _finish_iteration(plan: RunPlan, iteration: int, scale: float, results: list[FrameResult]) -> np.ndarray:

@@ -11,6 +11,11 @@ deadline (deadlines.py), goes back to the queue for a healthy actor. A down acto
 restarts it (`cluster.max_restarts`), it gets the current bank again and rejoins. With no live actor
 for `cluster.capacity_timeout_s`, the run stops with one line; every finished batch is already on disk.
 Frames are deterministic, so a re-rendered batch has the same pixels.
+
+A consistent-self-attention pass (method=storydiffusion|hybrid, iteration 0) runs in two stages: each
+character's write phase on its own actor, in parallel; the bank it returns stays in that node's object
+store, owned by the driver. Then the other frames are sharded like any iteration, each batch carrying
+the banks' refs; an actor fetches the banks its frames read once (README, "Methods", says why this way).
 """
 
 from __future__ import annotations
@@ -45,11 +50,24 @@ class RenderActor:
     def begin_iteration(self, iteration, bank, scale):
         return self.worker.begin_iteration(iteration, bank, scale)
 
-    def render_batch(self, iteration, frames):
-        return self.worker.render_batch(iteration, frames)
+    def render_batch(self, iteration, frames, id_bank_refs=None):
+        # The refs arrive unresolved (nested in a dict): a worker fetches only the banks its frames read, once.
+        loaders = {c: (lambda ref=ref: ray.get(ref)) for c, ref in (id_bank_refs or {}).items()}
+        return self.worker.render_batch(iteration, frames, loaders)
+
+    @ray.method(num_returns=2)
+    def write_identity(self, iteration, character):
+        # Two objects: the driver waits on the small one; the bank stays in this node's object store until a
+        # reader fetches it (once per node, shared by that node's actors), and its owner is the driver.
+        result = self.worker.write_identity(iteration, character, keep_bank=False)
+        return result.batch, result.bank
 
     def image_encodes(self) -> int:
         return self.worker.image_encodes
+
+    def counters(self) -> dict[str, int]:
+        """The worker's work counts (images encoded, identity frames rendered, ID banks fetched)."""
+        return {k: getattr(self.worker, k, 0) for k in ("image_encodes", "identity_renders", "banks_fetched")}
 
     def clip_embeddings(self, clip_model: str, paths: list[str], texts: list[str]):
         """Evaluation CLIP on this actor's device: (image embeddings of `paths`, text embeddings of `texts`)."""
@@ -83,6 +101,13 @@ def _get_unwrapped(refs):
         return ray.get(refs)
     except ray.exceptions.RayTaskError as exc:
         raise _unwrap(exc) from None
+
+
+@dataclass(frozen=True)
+class IdentityWork:
+    """A queue item of a CSA pass: one character's write phase (its identity frames as one batch)."""
+
+    character: str
 
 
 @dataclass(frozen=True)
@@ -178,20 +203,32 @@ class RayExecutor:
         log.info("%d render actors ready (pids %s), %g GPU each", len(pids), pids, gpus)
         self.deadlines = BatchDeadlines(res.batch_timeout_s, res.batch_timeout_factor, res.ready_timeout_s)
         self.bank_puts = 0
+        self._written: dict = {}  # write_identity result ref -> (character, its bank's ref)
         self.batches_requeued = 0  # batches taken back from a dead or late actor, over the whole run
 
     # --- one iteration --------------------------------------------------------------------------------
-    def render_iteration(self, iteration, batches, bank, scale, on_batches) -> None:
+    def render_iteration(self, iteration, batches, bank, scale, on_batches, identities=()) -> None:
         bank_ref = None
         if bank is not None:
             bank_ref = ray.put(np.ascontiguousarray(bank, dtype=np.float32))  # once per iteration, shared by all
             self.bank_puts += 1
         self._begin = (iteration, bank_ref, scale)
-        self._queues = BatchQueues(batches, len(self.actors))
-        self._late: dict = {}  # ref -> actor index: batches given to others already; a result is still welcome
+        self._id_banks: dict = {}  # character -> ObjectRef of its packed ID bank (a CSA pass)
         for a in self.actors:
             if a.state == "live":
                 self._send_begin(a)
+        try:
+            if identities:  # write phases first, one character per actor, in parallel
+                self._run_stage(iteration, [IdentityWork(c) for c in identities], on_batches)
+                log.info("iteration %d: ID banks of %s written", iteration, ", ".join(identities))
+            self._run_stage(iteration, batches, on_batches)
+        finally:
+            self._id_banks, self._written = {}, {}  # the driver owns the banks: dropping the refs frees them
+
+    def _run_stage(self, iteration, items, on_batches) -> None:
+        """Render every item (a batch of frames, or a character's write phase) on whichever actors are live."""
+        self._queues = BatchQueues(items, len(self.actors))
+        self._late: dict = {}  # ref -> actor index: batches given to others already; a result is still welcome
         stalled_since = None
         while self._queues.remaining() or any(a.in_flight() for a in self.actors):
             for a in self.actors:
@@ -237,7 +274,15 @@ class RayExecutor:
                 return
             if a.in_flight() == 0:
                 a.deadline = time.monotonic() + self.deadlines.allowance()
-            a.batches[a.handle.render_batch.remote(self._begin[0], frames)] = frames
+            a.batches[self._send(a, frames)] = frames
+
+    def _send(self, a: _Actor, item):
+        iteration = self._begin[0]
+        if isinstance(item, IdentityWork):
+            result_ref, bank_ref = a.handle.write_identity.remote(iteration, item.character)
+            self._written[result_ref] = (item.character, bank_ref)
+            return result_ref
+        return a.handle.render_batch.remote(iteration, item, self._id_banks or None)
 
     def _collect(self, ref, on_batch) -> None:
         if ref in self._late:
@@ -245,7 +290,10 @@ class RayExecutor:
             try:
                 on_batch(ray.get(ref))  # the driver keeps the first copy of each frame
             except ray.exceptions.RayError:
-                pass
+                return
+            if ref in self._written:  # a late write phase: its bank is as good as the re-queued one's
+                character, bank_ref = self._written.pop(ref)
+                self._id_banks.setdefault(character, bank_ref)
             return
         a = next((x for x in self.actors if ref in x.batches or ref is x.probe), None)
         if a is None:
@@ -279,6 +327,9 @@ class RayExecutor:
         del a.batches[ref]
         if frames is None:
             return
+        if ref in self._written:
+            character, bank_ref = self._written.pop(ref)
+            self._id_banks[character] = bank_ref
         self.deadlines.observe(result.busy_s)
         a.deadline = time.monotonic() + self.deadlines.allowance() if a.in_flight() else None
         on_batch(result)
@@ -325,6 +376,10 @@ class RayExecutor:
     # --- the rest -------------------------------------------------------------------------------------
     def image_encodes(self) -> int:
         return sum(ray.get([a.handle.image_encodes.remote() for a in self.actors if a.state == "live"]))
+
+    def counters(self) -> list[dict[str, int]]:
+        """Each live actor's work counts (RenderActor.counters), for tests and benchmarks."""
+        return ray.get([a.handle.counters.remote() for a in self.actors if a.state == "live"])
 
     def shutdown(self) -> None:
         for a in self.actors if hasattr(self, "actors") else []:

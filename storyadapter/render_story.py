@@ -164,9 +164,12 @@ def plan_for(cfg: DictConfig, story: Story, out_dir: Path, ramp_iterations: int 
     from . import driver
 
     r = cfg.render
+    # Shared ID banks: the driver runs each character's write phase once; rerender leaves them to the workers.
+    shared = cfg.method.name != "story_adapter" and cfg.method.id_banks == "shared" and cfg.model.kind != "sim"
     return driver.RunPlan(story=story, out_dir=out_dir, iterations=iterations_to_render(cfg), batch_size=r.batch_size,
                           scale_start=r.scale_start, scale_end=r.scale_end, seed=r.seed, seed_policy=r.seed_policy,
-                          ramp_iterations=ramp_iterations, stop_when_stable=r.stop_when_stable)
+                          ramp_iterations=ramp_iterations, stop_when_stable=r.stop_when_stable,
+                          consistent=consistent_pass(cfg, story) if shared else None)
 
 
 def iterations_to_render(cfg: DictConfig) -> int:

@@ -53,7 +53,8 @@ def fingerprint(cfg: DictConfig, story: Story) -> dict:
     if fp["model"].get("kind") == "sim":
         fp["model"]["sim"] = {k: resolved["model"]["sim"][k] for k in _SIM_PIXEL_KEYS}
     if resolved.get("method", {}).get("name", "story_adapter") != "story_adapter":
-        fp["method"] = resolved["method"]  # absent for the default, so renders from before methods still resume
+        # Absent for the default, so renders from before methods still resume; where banks come from moves no pixel.
+        fp["method"] = {k: v for k, v in resolved["method"].items() if k != "id_banks"}
     fp["story"] = {"digest": story.digest, "style": story.style}
     if story.photos:  # the story file names its photos; their pixels are fingerprinted here
         fp["story"]["photos"] = {name: photo.sha256 for name, photo in story.photos.items()}

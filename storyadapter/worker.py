@@ -6,21 +6,34 @@ Runs in-process (tests, notebooks) or inside a Ray actor (the engine); it knows 
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Mapping
 
 import numpy as np
 import torch
 
 from . import manifest, references, schedule, torch_settings
 from .frame_writer import FrameWriter
+from .csa import IdBank, PackedBank
 from .identity import ConsistentPass, IdentityBatch
 from .models.loading import ModelSource, load_pipeline, pick_device, pick_dtype
 from .photos import CharacterPhoto
 from .renderer import RenderSettings, StoryRenderer
 from .results import BatchResult, FrameResult, StaleIterationError, fsync_dir
+
+log = logging.getLogger(__name__)
+
+BankLoader = Callable[[], PackedBank]  # fetches one character's ID bank (under Ray: ray.get of its object)
+
+
+@dataclass(frozen=True)
+class IdentityResult:
+    batch: BatchResult  # the story frames among the identity frames (synthesized ones are never shown)
+    bank: PackedBank
 
 
 @dataclass(frozen=True)
@@ -93,6 +106,7 @@ class FrameWorker:
         self.image_encodes = 0  # images passed through the CLIP image encoder, for tests and benchmarks
         self._writer = FrameWriter()
         self.identity_renders = 0  # identity frames rendered for ID banks, for tests and benchmarks
+        self.banks_fetched = 0  # ID banks another worker wrote, read from it (the object store under Ray)
         self._photo_bank = self._encode_photos()
         self._rows: list[tuple[str, ...]] = []  # characters of each row of the loaded bank
         self._photos_only = False
@@ -132,20 +146,55 @@ class FrameWorker:
             self.renderer.csa.banks.clear()
             self._identity_images.clear()
 
-    @_reproducible
-    def render_batch(self, iteration: int, frames: list[int]) -> BatchResult:
+    def _check_iteration(self, iteration: int) -> None:
         if iteration != self._iteration:
             raise StaleIterationError(f"batch for iteration {iteration}, but the worker holds the bank of {self._iteration}")
+
+    @_reproducible
+    def write_identity(self, iteration: int, character: str, keep_bank: bool = True) -> IdentityResult:
+        """A CSA write phase: `character`'s identity frames as one batch. Returns the story frames among them
+        (written and embedded like any batch) and the character's ID bank, packed for other workers.
+
+        keep_bank=False drops this worker's own copy once packed: under Ray the packed bank is the copy, in the
+        node's object store, and this worker reads it from there like any other.
+        """
+        self._check_iteration(iteration)
+        started_at, start = time.time(), time.perf_counter()
+        batch = self._identity_batch(character)
+        self._identity(batch)
+        shown = self._identity_images[character]
+        frames = [f for f in batch.frames if f is not None]
+        result = self._finish(iteration, frames, [shown[f] for f in frames], started_at, start)
+        packed = self.renderer.csa.banks[character].pack()
+        if not keep_bank:
+            del self.renderer.csa.banks[character]
+        return IdentityResult(result, packed)
+
+    def _identity_batch(self, character: str) -> IdentityBatch:
+        return next(b for b in self.spec.consistent.identities if b.character == character)
+
+    @_reproducible
+    def render_batch(self, iteration: int, frames: list[int], id_banks: Mapping[str, BankLoader] | None = None) -> BatchResult:
+        """Render `frames`. In a CSA pass, `id_banks` fetches the ID banks other workers wrote (write_identity);
+        a character without one, or whose bank cannot be fetched, has its identity frames rendered here."""
+        self._check_iteration(iteration)
         started_at, start = time.time(), time.perf_counter()
         if iteration == 0 and self.spec.consistent is not None:
-            images = self._render_consistent(frames)  # character photos weigh uniformly here (README, Methods)
+            images = self._render_consistent(frames, id_banks or {})
         else:
             seeds = [schedule.frame_seed(self.spec.seed, self.spec.seed_policy, f) for f in frames]
-            if self._rows:
-                self.renderer.set_reference_weights(*references.batch_weights(
-                    [self.spec.prompts[f].characters for f in frames], self._rows,
-                    self.spec.reference_weighting, self.spec.character_weight, self._photos_only))
+            self._weigh_references([self.spec.prompts[f].characters for f in frames])
             images = self.renderer.render([self._text_for(f) for f in frames], seeds)
+        return self._finish(iteration, frames, images, started_at, start)
+
+    def _weigh_references(self, characters: list[tuple[str, ...]]) -> None:
+        """Per-frame reference weights for the next render (character photos, `characters` weighting)."""
+        if self._rows:
+            self.renderer.set_reference_weights(*references.batch_weights(
+                characters, self._rows, self.spec.reference_weighting, self.spec.character_weight, self._photos_only))
+
+    def _finish(self, iteration: int, frames: list[int], images: list, started_at: float, start: float) -> BatchResult:
+        """Write the frames durably and embed them for the next bank."""
         out_dir = Path(self.spec.out_dir)
         rel_dir = manifest.iteration_dirname(iteration)
         if not (out_dir / rel_dir).is_dir():
@@ -164,12 +213,8 @@ class FrameWorker:
         return BatchResult(results, time.perf_counter() - start, started_at, os.getpid())
 
     # consistent self-attention (iteration 0 of method=storydiffusion|hybrid) --------------------------
-    def _render_consistent(self, frames: list[int]) -> list:
-        """Identity frames come from their character's write batch; the others read the banks they need.
-
-        Every actor renders the identity batches it needs itself (once, cached): they are deterministic, so
-        the banks, and the pixels, are the same whatever the worker count (README, "Methods").
-        """
+    def _render_consistent(self, frames: list[int], id_banks: Mapping[str, BankLoader]) -> list:
+        """Identity frames come from their character's write batch; the others read the banks they need."""
         plan = self.spec.consistent
         shown = {}
         for f in frames:
@@ -178,18 +223,37 @@ class FrameWorker:
                 shown[f] = self._identity(owner)[f]
         readers = [f for f in frames if f not in shown]
         for name in sorted({c for f in readers for c in plan.characters[f]}):
-            self._identity(next(b for b in plan.identities if b.character == name))
+            self._load_bank(name, id_banks.get(name))
         if readers:
             seeds = [schedule.frame_seed(self.spec.seed, self.spec.seed_policy, f) for f in readers]
+            self._weigh_references([plan.characters[f] for f in readers])
             images = self.renderer.render_consistent([self._text_for(f) for f in readers], seeds,
                                                      [plan.characters[f] for f in readers],
                                                      [plan.draw_seeds[f] for f in readers])
             shown.update(zip(readers, images))
         return [shown[f] for f in frames]
 
+    def _load_bank(self, character: str, loader: BankLoader | None) -> None:
+        """A character's ID bank: from the worker that wrote it, or, failing that, written here (the same bank:
+        the write phase is deterministic, so pixels never depend on where it ran)."""
+        banks = self.renderer.csa.banks
+        if character in banks:
+            return
+        if loader is not None:
+            try:
+                banks[character] = IdBank.unpack(loader())
+                self.banks_fetched += 1
+                return
+            except Exception as exc:  # noqa: BLE001 - a lost object, a dead owner: render it here instead
+                log.warning("ID bank of %s could not be fetched (%s); rendering its identity frames here",
+                            character, type(exc).__name__)
+        self._identity(self._identity_batch(character))
+
     def _identity(self, batch: IdentityBatch) -> dict[int, object]:
-        if batch.character not in self._identity_images:
+        """Render a character's write batch here (once: its shown frames and its bank stay cached)."""
+        if batch.character not in self._identity_images or batch.character not in self.renderer.csa.banks:
             texts = [self.renderer.encode_text(p, n, self._windows) for p, n in batch.prompts]
+            self._weigh_references([(batch.character,)] * len(texts))
             images = self.renderer.render_identity(batch.character, texts, list(batch.seeds), batch.draw_seed)
             self.identity_renders += len(images)
             self._identity_images[batch.character] = {f: im for f, im in zip(batch.frames, images) if f is not None}

@@ -234,3 +234,53 @@ def test_three_characters_each_frame_reads_all_it_names(tmp_path, tiny_cache):
     assert set(wa.renderer.csa.banks) == {"Ann", "Bo", "Cy"}
     assert not np.array_equal(a[3], b[3])  # the picnic names Cy
     assert np.array_equal(a[4], b[4])  # the walk does not
+
+
+# --- ID banks between workers --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_a_packed_bank_unpacks_to_the_same_bits(dtype):
+    bank = csa.IdBank("Tom")
+    g = torch.Generator().manual_seed(0)
+    bank.tokens[(1, "up_blocks.0.attn1")] = torch.randn(2, 5, 8, generator=g).to(dtype)
+    bank.tokens[(2, "up_blocks.1.attn1")] = torch.randn(2, 3, 4, generator=g).to(dtype)
+    packed = bank.pack()
+    assert packed.nbytes == bank.nbytes()
+    packed.data.setflags(write=False)  # as Ray hands it over from the object store
+    back = csa.IdBank.unpack(packed)
+    assert back.character == "Tom" and set(back.tokens) == set(bank.tokens)
+    for key, t in bank.tokens.items():
+        assert back.tokens[key].dtype == dtype and torch.equal(back.tokens[key], t)
+
+
+def test_a_bank_written_by_another_worker_gives_the_pixels_of_one_written_here(tmp_path, tiny_cache):
+    """The shared-bank path (write once, fetch elsewhere) and the fallback (fetch fails: write here) agree."""
+    story = write_story(tmp_path / "s.txt", TOM_LISA)
+    writer = worker_for(story, tmp_path / "w", tiny_cache, "storydiffusion")
+    writer.begin_iteration(0, None, 0.0)
+    tom, lisa = (writer.write_identity(0, c, keep_bank=False) for c in ("Tom", "Lisa"))
+    assert [r.frame for r in tom.batch.frames] == [0, 4] and [r.frame for r in lisa.batch.frames] == [1]
+    assert writer.identity_renders == 4 and not writer.renderer.csa.banks  # keep_bank=False: the packed copy only
+    readers = [BOTH, TOM_READS]
+
+    def pixels(worker, banks):
+        worker.begin_iteration(0, None, 0.0)
+        batch = worker.render_batch(0, readers, banks)
+        return [np.asarray(Image.open(Path(worker.spec.out_dir) / r.image_path)) for r in batch.frames]
+
+    fetched = worker_for(story, tmp_path / "f", tiny_cache, "storydiffusion")
+    shared = pixels(fetched, {"Tom": lambda: tom.bank, "Lisa": lambda: lisa.bank})
+    assert (fetched.banks_fetched, fetched.identity_renders) == (2, 0)
+
+    def lost():
+        raise ConnectionError("object lost")
+
+    local = worker_for(story, tmp_path / "l", tiny_cache, "storydiffusion")
+    written_here = pixels(local, {"Tom": lost})  # Tom's fetch fails, Lisa has no bank on offer
+    assert (local.banks_fetched, local.identity_renders) == (0, 4)
+    for a, b in zip(shared, written_here):
+        assert np.array_equal(a, b)
+    # the identity frames a write phase shows are the ones a worker rendering them in place shows
+    shown = np.asarray(Image.open(tmp_path / "w" / tom.batch.frames[1].image_path))
+    assert np.array_equal(shown, frame_pixels(local, [4])[4])

@@ -85,3 +85,32 @@ def test_hybrid_on_two_workers_resumed_after_iteration_0_equals_one_uninterrupte
     render(story_file, tiny_cache, out, "hybrid", 2, "resume=true")
     assert manifest.finished_iterations(out) == [0, 1]
     assert_same(hybrid_one_worker, out, 1)
+
+
+def test_each_write_phase_runs_once_on_one_actor_and_its_bank_reaches_the_others(local_ray, story_file, tiny_cache,
+                                                                                   hybrid_one_worker, tmp_path):
+    from storyadapter import driver, engine
+    from storyadapter.launch import compose_config
+    from storyadapter.render_story import plan_for, resolve_model, worker_spec
+    from storyadapter.story import load_story
+
+    out = tmp_path / "sd"
+    cfg = compose_config([
+        f"story.path={story_file}", "model=tiny", f"model.cache_dir={tiny_cache}", "render=tiny", "render.steps=3",
+        "render.batch_size=2", "method=storydiffusion", "method.id_length=2", "outputs.enabled=false",
+        f"output_dir={out}",
+    ])
+    story = load_story(story_file)
+    res = engine.ActorResources(workers=2, gpus_per_worker=0, cpus_per_worker=1, max_restarts=0, ready_timeout_s=120)
+    executor = engine.RayExecutor(worker_spec(cfg, story, resolve_model(cfg)[0], out), res, use_gpu=False,
+                                  fixed_cluster=True)
+    try:
+        driver.run_iterations(plan_for(cfg, story, out), executor)
+        counts = executor.counters()
+    finally:
+        executor.shutdown()
+    # Tom (frames 0, 4) and Lisa (frame 1 + one synthesized): 4 identity frames in all, each rendered once,
+    # the two write phases on different actors; every frame that reads a bank fetched it rather than re-rendering.
+    assert sorted(c["identity_renders"] for c in counts) == [2, 2]
+    assert sum(c["banks_fetched"] for c in counts) >= 2
+    assert_same(hybrid_one_worker, out, 0)  # two actors sharing banks, one actor writing its own: the same pixels
