@@ -55,6 +55,7 @@ slurm-demo: install
 bench: install
 	HF_HUB_OFFLINE=1 $(PY) -m bench.throughput preset=cpu
 	HF_HUB_OFFLINE=1 $(PY) -m bench.early_stop
+	HF_HUB_OFFLINE=1 $(PY) -m bench.methods all
 
 # Full-size random-weight SDXL on a GPU (bf16, SDPA, 1024², 50 steps); needs a CUDA build of torch.
 # COMPILE=1 adds torch.compile; PEAK_TFLOPS is one GPU's dense bf16 peak (H100 SXM: 989).
@@ -65,6 +66,7 @@ PARTS ?= growth,sweeps,loops,shared
 bench-gpu: install
 	HF_HUB_OFFLINE=1 $(PY) -m bench.throughput preset=gpu peak_tflops=$(PEAK_TFLOPS) 'parts=[$(PARTS)]' \
 		compile=$(if $(filter 1 true yes,$(COMPILE)),true,false)
+	HF_HUB_OFFLINE=1 $(PY) -m bench.methods all --model sdxl-random --size 1024 --steps 50 --frames 8 --name methods-gpu
 
 # Wheels the lent GPU machine lacks (diffusers, hydra, omegaconf, antlr4, ray in two parts ...) into the git-ignored
 # .whl, .whl-ray1, .whl-ray2; scripts/gpu-setup.sh installs them there. Needs network to PyPI.
@@ -77,8 +79,9 @@ gpu-wheels: install
 bench-sim: install
 	$(PY) -m bench.sim
 
-# Per-method CPU cost on the tiny model (one process per method: peak RSS is per process) and the ID bank of
-# the full-size model counted on the meta device; see README, "Methods".
+# Per-method cost on the tiny model (also part of `make bench`), the ID bank of the full-size model counted on the
+# meta device, and how ID banks should reach the actors (object store vs re-render); see README, "Methods".
 bench-methods: install
-	for m in story_adapter storydiffusion hybrid; do HF_HUB_OFFLINE=1 $(PY) -m bench.methods $$m || exit 1; done
+	HF_HUB_OFFLINE=1 $(PY) -m bench.methods all
 	HF_HUB_OFFLINE=1 $(PY) -m bench.csa_bank
+	HF_HUB_OFFLINE=1 $(PY) -m bench.id_banks

@@ -216,13 +216,15 @@ class ConsistentSelfAttnProcessor(nn.Module):
             return self.plain(attn, hidden_states)
         m = len(phase.characters)
         x = hidden_states.view(2, m, *hidden_states.shape[1:])
+        # Each bank slice crosses to the accelerator once per layer call, however many frames of the batch read it.
+        needed = sorted({c for f, use in enumerate(gates) if use for c in phase.characters[f]})
+        slices = {c: state.banks[c].tokens[(state.step, self.layer)].to(x.device, x.dtype, non_blocking=True) for c in needed}
         outs = []
         for f, use in enumerate(gates):
             if not use:
                 outs.append(self.plain(attn, x[:, f]))
                 continue
-            bank = [state.banks[c].tokens[(state.step, self.layer)].to(x.device, x.dtype, non_blocking=True)
-                    for c in phase.characters[f]]
+            bank = [slices[c] for c in phase.characters[f]]
             outs.append(attention_with_context(attn, x[:, f], torch.cat(bank + [x[:, f]], dim=1)))
         return torch.stack(outs, dim=1).reshape(hidden_states.shape[0], *outs[0].shape[1:])
 

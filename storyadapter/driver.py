@@ -151,8 +151,10 @@ def _run_iteration(plan: RunPlan, executor: Executor, it: int, groups: list[list
                     results.update(fresh)
                     bar.update(len(fresh))
 
-            if todo or identities:
-                executor.render_iteration(it, todo, bank if it > 0 else None, scale, on_batches, identities=identities)
+            if identities:
+                executor.render_iteration(it, todo, None, scale, on_batches, identities=identities)
+            elif todo:
+                executor.render_iteration(it, todo, bank if it > 0 else None, scale, on_batches)
         t1 = time.perf_counter()
         bank = _finish_iteration(plan, it, scale, list(results.values()))
     finally:

@@ -52,7 +52,9 @@ class RenderActor:
 
     def render_batch(self, iteration, frames, id_bank_refs=None):
         # The refs arrive unresolved (nested in a dict): a worker fetches only the banks its frames read, once.
-        loaders = {c: (lambda ref=ref: ray.get(ref)) for c, ref in (id_bank_refs or {}).items()}
+        if not id_bank_refs:
+            return self.worker.render_batch(iteration, frames)
+        loaders = {c: (lambda ref=ref: ray.get(ref)) for c, ref in id_bank_refs.items()}
         return self.worker.render_batch(iteration, frames, loaders)
 
     @ray.method(num_returns=2)

@@ -284,3 +284,26 @@ def test_a_bank_written_by_another_worker_gives_the_pixels_of_one_written_here(t
     # the identity frames a write phase shows are the ones a worker rendering them in place shows
     shown = np.asarray(Image.open(tmp_path / "w" / tom.batch.frames[1].image_path))
     assert np.array_equal(shown, frame_pixels(local, [4])[4])
+
+
+def test_a_photo_reaches_only_the_frames_and_write_phase_of_its_character(tmp_path, tiny_cache):
+    """In a CSA pass, Tom's photo changes Tom's identity and reading frames; Ana's (her bank included) stay."""
+    from .conftest import EXAMPLES
+
+    (tmp_path / "tom.png").write_bytes((EXAMPLES / "tom.png").read_bytes())
+    story = write_story(tmp_path / "s.txt", [
+        "[Tom] a boy with a red cap (photo: tom.png)", "[Ana] a girl with a blue scarf", "",
+        "[Tom] walks to school", "[Ana] reads a book", "[Tom] eats an apple", "[Ana] paints a fence",
+        "[Ana] sings a song", "[Tom] runs home", "[NC] an empty street",
+    ])
+    tom, ana = [0, 2, 5], [1, 3, 4]  # id_length=2: 0, 2 and 1, 3 are identity frames; 5 and 4 read the banks
+
+    def pass_at(scale, out):
+        worker = worker_for(story, tmp_path / out, tiny_cache, "storydiffusion")
+        worker.begin_iteration(0, None, scale)
+        batch = worker.render_batch(0, list(range(7)))
+        return {r.frame: np.asarray(Image.open(tmp_path / out / r.image_path)) for r in batch.frames}
+
+    with_photo, without = pass_at(0.3, "photo"), pass_at(0.0, "none")
+    assert all(not np.array_equal(with_photo[f], without[f]) for f in tom)
+    assert all(np.array_equal(with_photo[f], without[f]) for f in ana + [6])
