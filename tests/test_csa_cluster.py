@@ -1,0 +1,82 @@
+"""A CSA pass (method=storydiffusion) on a real two-node Ray (ray.cluster_utils.Cluster) losing a node.
+
+The ID banks live in the object store of the node whose actor wrote them. A node lost after the write phase
+takes its bank with it: the surviving actor must finish the pass, rendering that write phase itself if it had
+not fetched the bank yet, with the pixels of an undisturbed run.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from storyadapter import journal
+
+from .conftest import write_story
+from .test_cluster_failures import _capture
+from .test_engine import assert_same_render
+
+pytestmark = pytest.mark.slow
+READERS = 12
+STORY = ["[Tom] A boy with a red cap.", "[Lisa] A girl with a yellow raincoat.", "",
+         "[Tom] walks to school", "[Lisa] reads under a tree", "[Tom] feeds a cat", "[Lisa] paints a fence",
+         *(f"[Tom] and [Lisa] at the fair, scene {i}" for i in range(READERS))]
+N_FRAMES = len(STORY) - 3
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A head without CPUs (the driver's) and two 1-CPU worker nodes: one render actor on each."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    if ray.is_initialized():
+        ray.shutdown()
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+    nodes = [c.add_node(num_cpus=1) for _ in range(2)]
+    c.wait_for_nodes()
+    ray.init(address=c.address, configure_logging=False)
+    yield c, nodes
+    ray.shutdown()
+    c.shutdown()
+
+
+def render(story_file, tiny_cache, out: Path, address: str) -> Path:
+    from storyadapter.launch import compose_config
+    from storyadapter.render_story import render_story
+
+    cfg = compose_config([
+        f"story.path={story_file}", "model=tiny", f"model.cache_dir={tiny_cache}", "render=tiny", "render.steps=4",
+        "render.height=96", "render.width=96", "render.batch_size=1", "method=storydiffusion", "method.id_length=2",
+        "cluster=ray", f"cluster.address={address}", "cluster.workers=2", "cluster.max_restarts=1",
+        "cluster.threads_per_worker=1", "cluster.ready_timeout_s=180", "outputs.enabled=false", f"output_dir={out}",
+    ])
+    return render_story(cfg, out)
+
+
+def test_a_node_lost_after_the_write_phase_neither_hangs_nor_changes_a_pixel(cluster, tiny_cache, tmp_path):
+    c, nodes = cluster
+    story_file = write_story(tmp_path / "fair.txt", STORY)
+    reference = render(story_file, tiny_cache, tmp_path / "ref", c.address)
+
+    out = tmp_path / "out"
+    errors: list[BaseException] = []
+    thread = threading.Thread(target=lambda: _capture(errors, render, story_file, tiny_cache, out, c.address))
+    thread.start()
+    deadline = time.monotonic() + 300
+    # Frames 0-3 are the identity frames: once they are journaled, both write phases are done.
+    while not {0, 1, 2, 3} <= set(journal.read(out, 0)) and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    done = set(journal.read(out, 0))
+    assert {0, 1, 2, 3} <= done, errors or "the write phases never finished"
+    assert len(done) < N_FRAMES, "the read phase was over before the node could be removed"
+    c.remove_node(nodes[1])
+    thread.join(timeout=300)
+    assert not thread.is_alive(), "the run hung after losing a node"
+    assert not errors, errors
+    assert_same_render(reference, out, 0, N_FRAMES)
+    nodes[1] = c.add_node(num_cpus=1)
+    c.wait_for_nodes()
