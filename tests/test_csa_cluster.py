@@ -16,7 +16,7 @@ import pytest
 from storyadapter import journal
 
 from .conftest import write_story
-from .test_cluster_failures import _capture
+from .test_cluster_failures import _capture, cluster  # noqa: F401 - the fixture: a CPU-less head, two 1-CPU nodes
 from .test_engine import assert_same_render
 
 pytestmark = pytest.mark.slow
@@ -25,23 +25,6 @@ STORY = ["[Tom] A boy with a red cap.", "[Lisa] A girl with a yellow raincoat.",
          "[Tom] walks to school", "[Lisa] reads under a tree", "[Tom] feeds a cat", "[Lisa] paints a fence",
          *(f"[Tom] and [Lisa] at the fair, scene {i}" for i in range(READERS))]
 N_FRAMES = len(STORY) - 3
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    """A head without CPUs (the driver's) and two 1-CPU worker nodes: one render actor on each."""
-    import ray
-    from ray.cluster_utils import Cluster
-
-    if ray.is_initialized():
-        ray.shutdown()
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
-    nodes = [c.add_node(num_cpus=1) for _ in range(2)]
-    c.wait_for_nodes()
-    ray.init(address=c.address, configure_logging=False)
-    yield c, nodes
-    ray.shutdown()
-    c.shutdown()
 
 
 def render(story_file, tiny_cache, out: Path, address: str) -> Path:
