@@ -118,6 +118,7 @@ class ClusterConfig:
     batch_timeout_s: float = 120.0  # a worker that finishes no batch for max(this, factor x median batch time) loses its batches
     batch_timeout_factor: float = 5.0
     capacity_timeout_s: float = 300.0  # no live worker for this long (lost nodes, no capacity): stop, keeping every finished frame
+    object_store_gb: Optional[float] = None  # cluster=local: Ray's object store size (null: Ray's 30% of RAM); CSA's ID banks live there
 
 
 @dataclass

@@ -62,7 +62,7 @@ class RenderActor:
         # Two objects: the driver waits on the small one; the bank stays in this node's object store until a
         # reader fetches it (once per node, shared by that node's actors), and its owner is the driver.
         result = self.worker.write_identity(iteration, character, keep_bank=False)
-        return result.batch, result.bank
+        return IdentityDone(result.batch, result.bank.nbytes), result.bank
 
     def image_encodes(self) -> int:
         return self.worker.image_encodes
@@ -110,6 +110,14 @@ class IdentityWork:
     """A queue item of a CSA pass: one character's write phase (its identity frames as one batch)."""
 
     character: str
+
+
+@dataclass(frozen=True)
+class IdentityDone:
+    """What the driver waits on for a write phase: its shown frames and the size of the bank left in the store."""
+
+    batch: object  # BatchResult
+    bank_bytes: int
 
 
 @dataclass(frozen=True)
@@ -216,13 +224,14 @@ class RayExecutor:
             self.bank_puts += 1
         self._begin = (iteration, bank_ref, scale)
         self._id_banks: dict = {}  # character -> ObjectRef of its packed ID bank (a CSA pass)
+        self._bank_bytes: dict = {}  # character -> its bank's size
         for a in self.actors:
             if a.state == "live":
                 self._send_begin(a)
         try:
             if identities:  # write phases first, one character per actor, in parallel
                 self._run_stage(iteration, [IdentityWork(c) for c in identities], on_batches)
-                log.info("iteration %d: ID banks of %s written", iteration, ", ".join(identities))
+                self._check_bank_room()
             self._run_stage(iteration, batches, on_batches)
         finally:
             self._id_banks, self._written = {}, {}  # the driver owns the banks: dropping the refs frees them
@@ -290,12 +299,10 @@ class RayExecutor:
         if ref in self._late:
             self._late.pop(ref)
             try:
-                on_batch(ray.get(ref))  # the driver keeps the first copy of each frame
+                result = ray.get(ref)
             except ray.exceptions.RayError:
                 return
-            if ref in self._written:  # a late write phase: its bank is as good as the re-queued one's
-                character, bank_ref = self._written.pop(ref)
-                self._id_banks.setdefault(character, bank_ref)
+            on_batch(self._take_bank(ref, result))  # the driver keeps the first copy of each frame (and bank)
             return
         a = next((x for x in self.actors if ref in x.batches or ref is x.probe), None)
         if a is None:
@@ -329,12 +336,31 @@ class RayExecutor:
         del a.batches[ref]
         if frames is None:
             return
-        if ref in self._written:
-            character, bank_ref = self._written.pop(ref)
-            self._id_banks[character] = bank_ref
+        result = self._take_bank(ref, result)
         self.deadlines.observe(result.busy_s)
         a.deadline = time.monotonic() + self.deadlines.allowance() if a.in_flight() else None
         on_batch(result)
+
+    def _take_bank(self, ref, result):
+        """A finished write phase: keep its bank's ref (the first one, if a late copy also arrives); the frames."""
+        if ref not in self._written:
+            return result
+        character, bank_ref = self._written.pop(ref)
+        if character not in self._id_banks:
+            self._id_banks[character] = bank_ref
+            self._bank_bytes[character] = result.bank_bytes
+        return result.batch
+
+    def _check_bank_room(self) -> None:
+        """The read phase maps every bank a frame names at once: warn, in one line, when a node's object store
+        cannot hold them all (Ray would spill to disk and restore on every fetch, or fail the fetch)."""
+        need = sum(self._bank_bytes.values())
+        stores = [n["Resources"].get("object_store_memory", 0) for n in ray.nodes() if n.get("Alive")]
+        log.info("ID banks in the object store: %s", ", ".join(f"{c} {b / 1e9:.2f} GB" for c, b in self._bank_bytes.items()))
+        if stores and need > 0.8 * min(stores):
+            log.warning("the ID banks take %.1f GB but the smallest node's object store holds %.1f GB: Ray will spill "
+                        "them to disk; give it room (local runs: cluster.object_store_gb=; clusters: ray start "
+                        "--object-store-memory) or lower method.id_length", need / 1e9, min(stores) / 1e9)
 
     def _take_down(self, a: _Actor, reason: str, kill: bool) -> None:
         """Give its batches back to the queue; probe it, so a restarted actor can rejoin."""
@@ -389,16 +415,18 @@ class RayExecutor:
         remove_placement_group(self._pg)
 
 
-def connect(mode: str, address: str | None, workers: int, cpus_per_worker: float) -> bool:
+def connect(mode: str, address: str | None, workers: int, cpus_per_worker: float,
+            object_store_gb: float | None = None) -> bool:
     """Start Ray in-process (`local`) or join a cluster (`ray`). Returns True when we started it."""
     if ray.is_initialized():
         return False
     if mode == "local":
         cpus = max(os.cpu_count() or 1, int(np.ceil(workers * cpus_per_worker)))
+        store = {"object_store_memory": int(object_store_gb * 1e9)} if object_store_gb else {}  # else Ray's 30% of RAM
         # Ray starts workers at niceness 15; here the render actors are the job, so they run at normal priority.
         # GPUs: Ray's own detection (NVML, CUDA_VISIBLE_DEVICES), so the driver never imports torch (model=sim).
         # address="local": a new Ray even when this machine already runs one (a `ray start`, another render).
-        local_ray.start(address="local", num_cpus=cpus, include_dashboard=False,
+        local_ray.start(address="local", num_cpus=cpus, include_dashboard=False, **store,
                         log_to_driver=True, configure_logging=False, _system_config={"worker_niceness": 0})
         return True
     target = address or os.environ.get("RAY_ADDRESS") or "auto"

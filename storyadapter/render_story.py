@@ -44,6 +44,8 @@ def validate(cfg: DictConfig) -> None:
     stop = cfg.render.stop_when_stable
     if stop is not None and stop <= 0:
         raise UserError(f"render.stop_when_stable={stop}: must be positive (or null to run every iteration)")
+    if cfg.cluster.object_store_gb is not None and cfg.cluster.object_store_gb <= 0:
+        raise UserError(f"cluster.object_store_gb={cfg.cluster.object_store_gb}: must be positive (or null for Ray's default)")
     if cfg.cluster.gpus_per_worker < 0 or cfg.cluster.cpus_per_worker <= 0:
         raise UserError("cluster.gpus_per_worker must be >= 0 and cluster.cpus_per_worker > 0")
     for index, lora in enumerate(cfg.model.loras):
@@ -230,7 +232,7 @@ def _render(cfg: DictConfig, story: Story, out_dir: Path, state: rundir.RunDir) 
 
     source, eval_clip = resolve_model(cfg)
     c = cfg.cluster
-    started = engine.connect(c.mode, c.address, c.workers, c.cpus_per_worker)
+    started = engine.connect(c.mode, c.address, c.workers, c.cpus_per_worker, c.object_store_gb)
     executor = None
     try:
         res = engine.ActorResources(c.workers, c.gpus_per_worker, c.cpus_per_worker, c.max_restarts, c.ready_timeout_s,

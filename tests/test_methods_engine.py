@@ -88,7 +88,7 @@ def test_hybrid_on_two_workers_resumed_after_iteration_0_equals_one_uninterrupte
 
 
 def test_each_write_phase_runs_once_on_one_actor_and_its_bank_reaches_the_others(local_ray, story_file, tiny_cache,
-                                                                                   hybrid_one_worker, tmp_path):
+                                                                                   hybrid_one_worker, tmp_path, caplog):
     from storyadapter import driver, engine
     from storyadapter.launch import compose_config
     from storyadapter.render_story import plan_for, resolve_model, worker_spec
@@ -105,12 +105,34 @@ def test_each_write_phase_runs_once_on_one_actor_and_its_bank_reaches_the_others
     executor = engine.RayExecutor(worker_spec(cfg, story, resolve_model(cfg)[0], out), res, use_gpu=False,
                                   fixed_cluster=True)
     try:
-        driver.run_iterations(plan_for(cfg, story, out), executor)
+        with caplog.at_level("INFO", logger="storyadapter.engine"):
+            driver.run_iterations(plan_for(cfg, story, out), executor)
         counts = executor.counters()
     finally:
         executor.shutdown()
+    sizes = [r.getMessage() for r in caplog.records if r.getMessage().startswith("ID banks in the object store")]
+    assert len(sizes) == 1 and "Tom" in sizes[0] and "Lisa" in sizes[0], sizes
     # Tom (frames 0, 4) and Lisa (frame 1 + one synthesized): 4 identity frames in all, each rendered once,
     # the two write phases on different actors; every frame that reads a bank fetched it rather than re-rendering.
     assert sorted(c["identity_renders"] for c in counts) == [2, 2]
     assert sum(c["banks_fetched"] for c in counts) >= 2
     assert_same(hybrid_one_worker, out, 0)  # two actors sharing banks, one actor writing its own: the same pixels
+
+
+def test_banks_larger_than_a_node_object_store_are_one_warning(monkeypatch, caplog):
+    from types import SimpleNamespace
+
+    import ray
+
+    from storyadapter import engine
+
+    node = {"Alive": True, "Resources": {"object_store_memory": 30e9}}
+    monkeypatch.setattr(ray, "nodes", lambda: [node, {**node, "Resources": {"object_store_memory": 60e9}}])
+    fits = SimpleNamespace(_bank_bytes={"Tom": 10e9, "Lisa": 10e9})
+    with caplog.at_level("INFO", logger="storyadapter.engine"):
+        engine.RayExecutor._check_bank_room(fits)
+        assert not [r for r in caplog.records if r.levelname == "WARNING"]
+        engine.RayExecutor._check_bank_room(SimpleNamespace(_bank_bytes={"Tom": 21.6e9, "Lisa": 21.6e9}))
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "43.2 GB" in warnings[0] and "30.0 GB" in warnings[0], warnings
+    assert "cluster.object_store_gb" in warnings[0] and "\n" not in warnings[0]
