@@ -57,15 +57,23 @@ class IdBank:
         return sum(t.numel() * t.element_size() for t in self.tokens.values())
 
     def pack(self) -> "PackedBank":
-        """The bank as one flat byte array plus an index: Ray stores it in the object store once per node, and
-        readers map it without copying (a list of tensors would be pickled tensor by tensor)."""
+        """Move the bank into one flat byte array plus an index, emptying `tokens` as it goes (so a full-size
+        bank is never held twice here). Ray stores the array in the object store once per node, and readers
+        map it without copying (a dict of tensors would be pickled tensor by tensor)."""
         keys = sorted(self.tokens)
-        tensors = [self.tokens[k].contiguous() for k in keys]
-        dtype = tensors[0].dtype if tensors else torch.float16
-        flat = torch.cat([t.reshape(-1).view(torch.uint8) for t in tensors]) if tensors else torch.empty(0, dtype=torch.uint8)
-        return PackedBank(self.character, str(dtype).removeprefix("torch."),
-                          tuple((step, layer, tuple(t.shape)) for (step, layer), t in zip(keys, tensors)),
-                          flat.numpy())
+        dtypes = {self.tokens[k].dtype for k in keys}
+        if len(dtypes) > 1:
+            raise ValueError(f"ID bank of {self.character} mixes dtypes {sorted(map(str, dtypes))}")
+        dtype = dtypes.pop() if dtypes else torch.float16
+        data = np.empty(sum(self.tokens[k].numel() for k in keys) * dtype.itemsize, dtype=np.uint8)
+        flat, offset, index = torch.from_numpy(data), 0, []
+        for step, layer in keys:
+            t = self.tokens.pop((step, layer)).contiguous()
+            n = t.numel() * t.element_size()
+            flat[offset:offset + n] = t.reshape(-1).view(torch.uint8)
+            index.append((step, layer, tuple(t.shape)))
+            offset += n
+        return PackedBank(self.character, str(dtype).removeprefix("torch."), tuple(index), data)
 
     @classmethod
     def unpack(cls, packed: "PackedBank") -> "IdBank":

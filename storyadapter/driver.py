@@ -124,7 +124,7 @@ def _run_iteration(plan: RunPlan, executor: Executor, it: int, groups: list[list
     n = len(plan.story.frames)
     scale = references.iteration_scale(bool(plan.story.photos), it, plan.scale(it), plan.scale_start)
     results = journal.read(plan.out_dir, it)  # batches finished before a driver restart
-    groups, identities = _split_identities(plan, it, groups, results)
+    groups, identities = _split_write_phases(plan, it, groups, results)
     todo = [b for b in groups if not all(f in results for f in b)]
     if results:
         log.info("iteration %d: %d of %d frames finished before the restart; rendering the other %d",
@@ -166,9 +166,10 @@ def _run_iteration(plan: RunPlan, executor: Executor, it: int, groups: list[list
     return st, bank
 
 
-def _split_identities(plan: RunPlan, it: int, groups: list[list[int]], results: dict) -> tuple[list[list[int]], list[str]]:
+def _split_write_phases(plan: RunPlan, it: int, groups: list[list[int]], results: dict) -> tuple[list[list[int]], list[str]]:
     """A CSA pass: the story frames that are identity frames come from their character's write phase, so they
-    leave the batches; the characters to write are those with such a frame unfinished or a reader left."""
+    leave the batches; the characters to write are those with such a frame unfinished or a reader left. On a
+    resume a write phase may run again for its bank alone; its frames, already journaled, count as duplicates."""
     if it != 0 or plan.consistent is None:
         return groups, []
     shown = {f: b.character for b in plan.consistent.identities for f in b.frames if f is not None}

@@ -54,15 +54,17 @@ class RenderActor:
         # The refs arrive unresolved (nested in a dict): a worker fetches only the banks its frames read, once.
         if not id_bank_refs:
             return self.worker.render_batch(iteration, frames)
-        loaders = {c: (lambda ref=ref: ray.get(ref)) for c, ref in id_bank_refs.items()}
-        return self.worker.render_batch(iteration, frames, loaders)
+        return self.worker.render_batch(iteration, frames, {c: _bank_loader(ref) for c, ref in id_bank_refs.items()})
 
     @ray.method(num_returns=2)
     def write_identity(self, iteration, character):
-        # Two objects: the driver waits on the small one; the bank stays in this node's object store until a
-        # reader fetches it (once per node, shared by that node's actors), and its owner is the driver.
-        result = self.worker.write_identity(iteration, character, keep_bank=False)
+        # Two objects: the driver waits on the small one. The bank stays in this node's object store, owned by
+        # the driver, until the driver drops its ref and no reader maps it; a node pulls it once for its actors.
+        result = self.worker.write_identity(iteration, character, share=True)
         return IdentityDone(result.batch, result.bank.nbytes), result.bank
+
+    def forget_banks(self):
+        self.worker.forget_banks()
 
     def image_encodes(self) -> int:
         return self.worker.image_encodes
@@ -96,6 +98,19 @@ class ActorClipScorer:
 
     def text_embeddings(self, texts) -> np.ndarray:
         return _get_unwrapped([self.handles[0].clip_embeddings.remote(self.clip_model, [], list(texts))])[0][1]
+
+
+def _bank_loader(ref):
+    """Fetch an ID bank; a Ray failure (lost object, dead owner) becomes the worker's BankUnavailable."""
+    def load():
+        from .worker import BankUnavailable
+
+        try:
+            return ray.get(ref)
+        except ray.exceptions.RayError as exc:
+            raise BankUnavailable(type(exc).__name__) from exc
+
+    return load
 
 
 def _get_unwrapped(refs):
@@ -164,7 +179,7 @@ class _Actor:
     probe: object = None  # ready() ref while down
     probe_again_at: float | None = None  # while down and unreachable: when to ask again
     down_since: float = 0.0
-    batches: dict = field(default_factory=dict)  # ref -> frames (None for a begin_iteration call)
+    batches: dict = field(default_factory=dict)  # ref -> frames, or an IdentityWork (None for a begin_iteration call)
 
     def in_flight(self) -> int:
         return sum(frames is not None for frames in self.batches.values())
@@ -214,6 +229,8 @@ class RayExecutor:
         self.deadlines = BatchDeadlines(res.batch_timeout_s, res.batch_timeout_factor, res.ready_timeout_s)
         self.bank_puts = 0
         self._written: dict = {}  # write_identity result ref -> (character, its bank's ref)
+        self._id_banks: dict = {}  # character -> ObjectRef of its packed ID bank (a CSA pass)
+        self._bank_bytes: dict = {}  # character -> its bank's size
         self.batches_requeued = 0  # batches taken back from a dead or late actor, over the whole run
 
     # --- one iteration --------------------------------------------------------------------------------
@@ -223,8 +240,7 @@ class RayExecutor:
             bank_ref = ray.put(np.ascontiguousarray(bank, dtype=np.float32))  # once per iteration, shared by all
             self.bank_puts += 1
         self._begin = (iteration, bank_ref, scale)
-        self._id_banks: dict = {}  # character -> ObjectRef of its packed ID bank (a CSA pass)
-        self._bank_bytes: dict = {}  # character -> its bank's size
+        self._id_banks, self._bank_bytes = {}, {}
         for a in self.actors:
             if a.state == "live":
                 self._send_begin(a)
@@ -234,7 +250,11 @@ class RayExecutor:
                 self._check_bank_room()
             self._run_stage(iteration, batches, on_batches)
         finally:
-            self._id_banks, self._written = {}, {}  # the driver owns the banks: dropping the refs frees them
+            if identities:  # actors unmap their banks, then the driver's refs go: the object store frees them
+                for a in self.actors:
+                    if a.state == "live":
+                        a.handle.forget_banks.remote()
+            self._id_banks, self._written = {}, {}
 
     def _run_stage(self, iteration, items, on_batches) -> None:
         """Render every item (a batch of frames, or a character's write phase) on whichever actors are live."""

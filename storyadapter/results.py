@@ -39,9 +39,9 @@ class Worker(Protocol):
 
     def render_batch(self, iteration: int, frames: list[int], id_banks=None) -> BatchResult: ...
 
-    # Workers of a consistent-self-attention pass also offer `write_identity(iteration, character, keep_bank)`,
-    # whose result has `.batch` (a BatchResult) and `.bank` (the packed ID bank); id_banks maps a character to
-    # a callable that fetches its packed bank (worker.py).
+    # Workers of a consistent-self-attention pass also offer `write_identity(iteration, character, share)`,
+    # whose result has `.batch` (a BatchResult) and `.bank` (the packed ID bank, with share), and
+    # `forget_banks()`; id_banks maps a character to a callable that fetches its packed bank (worker.py).
 
 
 class StaleIterationError(RuntimeError):

@@ -55,6 +55,8 @@ def fingerprint(cfg: DictConfig, story: Story) -> dict:
     if resolved.get("method", {}).get("name", "story_adapter") != "story_adapter":
         # Absent for the default, so renders from before methods still resume; where banks come from moves no pixel.
         fp["method"] = {k: v for k, v in resolved["method"].items() if k != "id_banks"}
+        if story.photos:  # photos weigh per character in the CSA pass since this key: older renders differ
+            fp["method"]["photos"] = "per_character"
     fp["story"] = {"digest": story.digest, "style": story.style}
     if story.photos:  # the story file names its photos; their pixels are fingerprinted here
         fp["story"]["photos"] = {name: photo.sha256 for name, photo in story.photos.items()}

@@ -30,10 +30,14 @@ log = logging.getLogger(__name__)
 BankLoader = Callable[[], PackedBank]  # fetches one character's ID bank (under Ray: ray.get of its object)
 
 
+class BankUnavailable(RuntimeError):
+    """A BankLoader could not fetch its bank; the worker then renders that write phase itself."""
+
+
 @dataclass(frozen=True)
 class IdentityResult:
     batch: BatchResult  # the story frames among the identity frames (synthesized ones are never shown)
-    bank: PackedBank
+    bank: PackedBank | None  # with share=True
 
 
 @dataclass(frozen=True)
@@ -151,24 +155,27 @@ class FrameWorker:
             raise StaleIterationError(f"batch for iteration {iteration}, but the worker holds the bank of {self._iteration}")
 
     @_reproducible
-    def write_identity(self, iteration: int, character: str, keep_bank: bool = True) -> IdentityResult:
+    def write_identity(self, iteration: int, character: str, share: bool = False) -> IdentityResult:
         """A CSA write phase: `character`'s identity frames as one batch. Returns the story frames among them
-        (written and embedded like any batch) and the character's ID bank, packed for other workers.
-
-        keep_bank=False drops this worker's own copy once packed: under Ray the packed bank is the copy, in the
-        node's object store, and this worker reads it from there like any other.
+        (written and embedded like any batch) and, with `share`, the character's ID bank packed for other
+        workers. Packing moves the bank out of this worker: under Ray the packed copy, in the node's object
+        store, is the only one, and this worker reads it from there like any other.
         """
         self._check_iteration(iteration)
         started_at, start = time.time(), time.perf_counter()
         batch = self._identity_batch(character)
-        self._identity(batch)
-        shown = self._identity_images[character]
-        frames = [f for f in batch.frames if f is not None]
+        shown = self._identity(batch)
+        frames = [f for f in batch.frames if f is not None]  # none when every identity frame is synthesized
         result = self._finish(iteration, frames, [shown[f] for f in frames], started_at, start)
-        packed = self.renderer.csa.banks[character].pack()
-        if not keep_bank:
-            del self.renderer.csa.banks[character]
+        packed = self.renderer.csa.banks.pop(character).pack() if share else None
         return IdentityResult(result, packed)
+
+    @_reproducible
+    def forget_banks(self) -> None:
+        """The CSA pass is over: drop the ID banks (under Ray, views that pin the object store's copies)."""
+        if self.renderer.csa is not None:
+            self.renderer.csa.banks.clear()
+        self._identity_images.clear()
 
     def _identity_batch(self, character: str) -> IdentityBatch:
         return next(b for b in self.spec.consistent.identities if b.character == character)
@@ -195,6 +202,8 @@ class FrameWorker:
 
     def _finish(self, iteration: int, frames: list[int], images: list, started_at: float, start: float) -> BatchResult:
         """Write the frames durably and embed them for the next bank."""
+        if not frames:
+            return BatchResult([], time.perf_counter() - start, started_at, os.getpid())
         out_dir = Path(self.spec.out_dir)
         rel_dir = manifest.iteration_dirname(iteration)
         if not (out_dir / rel_dir).is_dir():
@@ -244,9 +253,8 @@ class FrameWorker:
                 banks[character] = IdBank.unpack(loader())
                 self.banks_fetched += 1
                 return
-            except Exception as exc:  # noqa: BLE001 - a lost object, a dead owner: render it here instead
-                log.warning("ID bank of %s could not be fetched (%s); rendering its identity frames here",
-                            character, type(exc).__name__)
+            except BankUnavailable as exc:  # its node is gone, say: render it here instead
+                log.warning("ID bank of %s could not be fetched (%s); rendering its identity frames here", character, exc)
         self._identity(self._identity_batch(character))
 
     def _identity(self, batch: IdentityBatch) -> dict[int, object]:

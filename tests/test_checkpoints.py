@@ -275,7 +275,7 @@ def test_single_file_with_lora_renders_the_same_pixels_on_one_and_two_ray_worker
               f"model.single_file_config={configs}", f"model.ip_adapter={tiny_source.ip_adapter}",
               f"model.loras=[{{path: {tiny_lora}, scale: 0.8}}]", "render.iterations=1", "render.steps=2",
               "render.height=64", "render.width=64", "render.seed_policy=per_frame", "outputs.enabled=false"]
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False)  # never a cluster another test runs
     try:
         runs = {}
         for workers in (1, 2):

@@ -245,13 +245,31 @@ def test_a_packed_bank_unpacks_to_the_same_bits(dtype):
     g = torch.Generator().manual_seed(0)
     bank.tokens[(1, "up_blocks.0.attn1")] = torch.randn(2, 5, 8, generator=g).to(dtype)
     bank.tokens[(2, "up_blocks.1.attn1")] = torch.randn(2, 3, 4, generator=g).to(dtype)
+    before, size = {k: t.clone() for k, t in bank.tokens.items()}, bank.nbytes()
     packed = bank.pack()
-    assert packed.nbytes == bank.nbytes()
+    assert packed.nbytes == size and not bank.tokens  # moved, not copied
     packed.data.setflags(write=False)  # as Ray hands it over from the object store
     back = csa.IdBank.unpack(packed)
-    assert back.character == "Tom" and set(back.tokens) == set(bank.tokens)
-    for key, t in bank.tokens.items():
+    assert back.character == "Tom" and set(back.tokens) == set(before)
+    for key, t in before.items():
         assert back.tokens[key].dtype == dtype and torch.equal(back.tokens[key], t)
+
+
+def test_a_bank_of_mixed_dtypes_is_refused_rather_than_packed_wrong():
+    bank = csa.IdBank("Tom")
+    bank.tokens[(1, "a")] = torch.zeros(2, 3, 4, dtype=torch.float16)
+    bank.tokens[(1, "b")] = torch.zeros(2, 3, 4, dtype=torch.float32)
+    with pytest.raises(ValueError, match="mixes dtypes"):
+        bank.pack()
+
+
+def test_a_character_with_only_synthesized_identity_frames_writes_a_bank_and_shows_nothing(tmp_path, tiny_cache):
+    story = write_story(tmp_path / "s.txt", ["[Tom] A boy with a red cap.", "[Ghost] A pale ghost in a sheet.", "",
+                                             "[Tom] walks to school", "[Tom] and [Ghost] meet in the attic"])
+    worker = worker_for(story, tmp_path / "out", tiny_cache, "storydiffusion")
+    worker.begin_iteration(0, None, 0.0)
+    ghost = worker.write_identity(0, "Ghost", share=True)
+    assert ghost.batch.frames == [] and ghost.bank.nbytes > 0 and worker.identity_renders == 2
 
 
 def test_a_bank_written_by_another_worker_gives_the_pixels_of_one_written_here(tmp_path, tiny_cache):
@@ -259,9 +277,9 @@ def test_a_bank_written_by_another_worker_gives_the_pixels_of_one_written_here(t
     story = write_story(tmp_path / "s.txt", TOM_LISA)
     writer = worker_for(story, tmp_path / "w", tiny_cache, "storydiffusion")
     writer.begin_iteration(0, None, 0.0)
-    tom, lisa = (writer.write_identity(0, c, keep_bank=False) for c in ("Tom", "Lisa"))
+    tom, lisa = (writer.write_identity(0, c, share=True) for c in ("Tom", "Lisa"))
     assert [r.frame for r in tom.batch.frames] == [0, 4] and [r.frame for r in lisa.batch.frames] == [1]
-    assert writer.identity_renders == 4 and not writer.renderer.csa.banks  # keep_bank=False: the packed copy only
+    assert writer.identity_renders == 4 and not writer.renderer.csa.banks  # share=True: the packed copy only
     readers = [BOTH, TOM_READS]
 
     def pixels(worker, banks):
@@ -274,7 +292,9 @@ def test_a_bank_written_by_another_worker_gives_the_pixels_of_one_written_here(t
     assert (fetched.banks_fetched, fetched.identity_renders) == (2, 0)
 
     def lost():
-        raise ConnectionError("object lost")
+        from storyadapter.worker import BankUnavailable
+
+        raise BankUnavailable("ObjectLostError")
 
     local = worker_for(story, tmp_path / "l", tiny_cache, "storydiffusion")
     written_here = pixels(local, {"Tom": lost})  # Tom's fetch fails, Lisa has no bank on offer

@@ -21,7 +21,7 @@ N_FRAMES = len(TOM_LISA) - 3
 def local_ray():
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False)  # never a cluster another test runs
     yield ray
     ray.shutdown()
 
@@ -136,3 +136,39 @@ def test_banks_larger_than_a_node_object_store_are_one_warning(monkeypatch, capl
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warnings) == 1 and "43.2 GB" in warnings[0] and "30.0 GB" in warnings[0], warnings
     assert "cluster.object_store_gb" in warnings[0] and "\n" not in warnings[0]
+
+
+def test_a_bank_lost_from_the_object_store_is_written_again_by_its_reader(local_ray, story_file, tiny_cache,
+                                                                          hybrid_one_worker, tmp_path, monkeypatch):
+    """Lisa's bank becomes unfetchable right after the write phases: readers fail to fetch it, write it
+    themselves, and the pixels are those of an undisturbed run."""
+    import ray
+
+    from storyadapter import engine
+
+    @ray.remote(num_cpus=0)
+    def gone():
+        raise ConnectionError("the node holding it is gone")
+
+    real_check = engine.RayExecutor._check_bank_room
+
+    def lose_lisa(self):
+        real_check(self)
+        self._id_banks["Lisa"] = gone.remote()  # fetching it raises, as a lost object's fetch does
+
+    monkeypatch.setattr(engine.RayExecutor, "_check_bank_room", lose_lisa)
+    counted = []
+    real_counters = engine.RayExecutor.counters
+    monkeypatch.setattr(engine.RayExecutor, "shutdown", _counting_shutdown(engine.RayExecutor.shutdown, real_counters, counted))
+    out = render(story_file, tiny_cache, tmp_path / "sd", "storydiffusion", 2)
+    assert_same(hybrid_one_worker, out, 0)
+    renders = sum(c["identity_renders"] for c in counted[0])
+    assert renders > 4, counted  # 4 in the write phases, then Lisa's 2 again on each actor that read her
+
+
+def _counting_shutdown(real_shutdown, counters, into: list):
+    def shutdown(self):
+        into.append(counters(self))
+        real_shutdown(self)
+
+    return shutdown
