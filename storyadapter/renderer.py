@@ -116,7 +116,7 @@ class StoryRenderer:
 
     # 3. denoising --------------------------------------------------------------------------------
     @torch.no_grad()
-    def render(self, embeddings: list[text.TextEmbedding], seeds: list[int]) -> list[Image.Image]:
+    def render(self, embeddings: list[text.TextEmbedding], seeds: list[int], decode_singly: bool = False) -> list[Image.Image]:
         pipe, s = self.pipe, self.settings
         # Read once: diffusers' ModelMixin.device/.dtype walk every UNet module (~2000 in SDXL) on each access.
         device, dtype = self.device, self.dtype
@@ -143,14 +143,19 @@ class StoryRenderer:
             uncond, cond = noise.chunk(2)
             noise = uncond + s.guidance_scale * (cond - uncond)
             latents = scheduler.step(noise, t, latents, return_dict=False)[0]
+        if decode_singly:
+            return [image for i in range(batch) for image in self._decode(latents[i:i + 1])]
         return self._decode(latents)
 
     # 3a/3b. consistent self-attention -----------------------------------------------------------
     def render_identity(self, character: str, embeddings: list[text.TextEmbedding], seeds: list[int],
                         draw_seed: int) -> list[Image.Image]:
-        """Write phase: `character`'s identity frames in one batch, each attending to the others; stores its ID bank."""
+        """Write phase: `character`'s identity frames in one batch, each attending to the others; stores its ID bank.
+
+        The batch is fixed at `id_length` frames, so its VAE decode (in fp32 for SDXL's VAE) would be the GPU's
+        peak: the frames are decoded one at a time (README, "Methods": what fits in 24 GB)."""
         with self.csa.writing(character, len(embeddings), draw_seed):
-            return self.render(embeddings, seeds)
+            return self.render(embeddings, seeds, decode_singly=True)
 
     def render_consistent(self, embeddings: list[text.TextEmbedding], seeds: list[int],
                           characters: list[tuple[str, ...]], draw_seeds: list[int]) -> list[Image.Image]:

@@ -327,3 +327,19 @@ def test_a_photo_reaches_only_the_frames_and_write_phase_of_its_character(tmp_pa
     with_photo, without = pass_at(0.3, "photo"), pass_at(0.0, "none")
     assert all(not np.array_equal(with_photo[f], without[f]) for f in tom)
     assert all(np.array_equal(with_photo[f], without[f]) for f in ana + [6])
+
+
+def test_the_write_phase_decodes_its_frames_one_at_a_time(tmp_path, tiny_cache):
+    """The write batch is fixed at id_length frames: decoding them together would be its GPU memory peak."""
+    story = write_story(tmp_path / "s.txt", TOM_LISA)
+    worker = worker_for(story, tmp_path / "out", tiny_cache, "storydiffusion", "render.batch_size=2")
+    decoded = []
+    real = worker.renderer._decode
+    worker.renderer._decode = lambda latents: decoded.append(latents.shape[0]) or real(latents)
+    worker.begin_iteration(0, None, 0.0)
+    worker.write_identity(0, "Tom")
+    worker.write_identity(0, "Lisa")
+    assert decoded == [1, 1, 1, 1]  # id_length=2, each frame alone
+    decoded.clear()
+    worker.render_batch(0, [BOTH, NC])  # a read batch decodes as one, as every iteration does
+    assert decoded == [2]
