@@ -61,7 +61,8 @@ class RenderActor:
         # Two objects: the driver waits on the small one. The bank stays in this node's object store, owned by
         # the driver, until the driver drops its ref and no reader maps it; a node pulls it once for its actors.
         result = self.worker.write_identity(iteration, character, share=True)
-        return IdentityDone(result.batch, result.bank.nbytes), result.bank
+        frames = len(self.worker.spec.consistent.owned(character).frames)
+        return IdentityDone(result.batch, result.bank.nbytes, frames), result.bank
 
     def forget_banks(self):
         self.worker.forget_banks()
@@ -133,6 +134,11 @@ class IdentityDone:
 
     batch: object  # BatchResult
     bank_bytes: int
+    identity_frames: int  # rendered, story frames and synthesized ones
+
+
+def _size(n: float) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
 
 
 @dataclass(frozen=True)
@@ -317,12 +323,12 @@ class RayExecutor:
 
     def _collect(self, ref, on_batch) -> None:
         if ref in self._late:
-            self._late.pop(ref)
+            late_actor = self._late.pop(ref)
             try:
                 result = ray.get(ref)
             except ray.exceptions.RayError:
                 return
-            on_batch(self._take_bank(ref, result))  # the driver keeps the first copy of each frame (and bank)
+            on_batch(self._take_bank(ref, result, late_actor))  # the driver keeps the first copy of each frame (and bank)
             return
         a = next((x for x in self.actors if ref in x.batches or ref is x.probe), None)
         if a is None:
@@ -356,12 +362,12 @@ class RayExecutor:
         del a.batches[ref]
         if frames is None:
             return
-        result = self._take_bank(ref, result)
+        result = self._take_bank(ref, result, a.index)
         self.deadlines.observe(result.busy_s)
         a.deadline = time.monotonic() + self.deadlines.allowance() if a.in_flight() else None
         on_batch(result)
 
-    def _take_bank(self, ref, result):
+    def _take_bank(self, ref, result, actor: int):
         """A finished write phase: keep its bank's ref (the first one, if a late copy also arrives); the frames."""
         if ref not in self._written:
             return result
@@ -369,6 +375,10 @@ class RayExecutor:
         if character not in self._id_banks:
             self._id_banks[character] = bank_ref
             self._bank_bytes[character] = result.bank_bytes
+            shown = len(result.batch.frames)
+            log.info("ID bank of %s: %d identity frames (%d from the story, %d from its description) written by render "
+                     "actor %d in %.1f s; %s in the object store", character, result.identity_frames, shown,
+                     result.identity_frames - shown, actor, result.batch.busy_s, _size(result.bank_bytes))
         return result.batch
 
     def _check_bank_room(self) -> None:
@@ -376,11 +386,10 @@ class RayExecutor:
         cannot hold them all (Ray would spill to disk and restore on every fetch, or fail the fetch)."""
         need = sum(self._bank_bytes.values())
         stores = [n["Resources"].get("object_store_memory", 0) for n in ray.nodes() if n.get("Alive")]
-        log.info("ID banks in the object store: %s", ", ".join(f"{c} {b / 1e9:.2f} GB" for c, b in self._bank_bytes.items()))
         if stores and need > 0.8 * min(stores):
-            log.warning("the ID banks take %.1f GB but the smallest node's object store holds %.1f GB: Ray will spill "
+            log.warning("the ID banks take %s but the smallest node's object store holds %s: Ray will spill "
                         "them to disk; give it room (local runs: cluster.object_store_gb=; clusters: ray start "
-                        "--object-store-memory) or lower method.id_length", need / 1e9, min(stores) / 1e9)
+                        "--object-store-memory) or lower method.id_length", _size(need), _size(min(stores)))
 
     def _take_down(self, a: _Actor, reason: str, kill: bool) -> None:
         """Give its batches back to the queue; probe it, so a restarted actor can rejoin."""

@@ -173,13 +173,27 @@ def _photos_section(out_dir: Path) -> str:
     return f'<h2 id="photos">Character photos</h2><div class="grid">{figures}</div>' if figures else ""
 
 
+def _recorded(out_dir: Path, *keys: str):
+    """A value the run recorded in config.yaml (None when absent or unreadable)."""
+    try:
+        value = yaml.safe_load((out_dir / "config.yaml").read_text(encoding="utf-8"))
+        for key in keys:
+            value = value.get(key)
+    except (OSError, yaml.YAMLError, UnicodeDecodeError, AttributeError):
+        return None
+    return value
+
+
 def _story_title(out_dir: Path) -> str:
     """The story's title as the run recorded it in config.yaml; the folder's name for runs that did not."""
-    try:
-        title = (yaml.safe_load((out_dir / "config.yaml").read_text(encoding="utf-8")) or {}).get("title")
-    except (OSError, yaml.YAMLError, UnicodeDecodeError, AttributeError):
-        title = None
+    title = _recorded(out_dir, "title")
     return title if isinstance(title, str) and title.strip() else out_dir.resolve().name
+
+
+def _summary(frames: int, iterations: int, last: int, method) -> str:
+    """'12 frames, 3 iterations (final: iteration 2), method hybrid.'"""
+    text = f"{frames} frame{'' if frames == 1 else 's'}, {iterations} iteration{'' if iterations == 1 else 's'} (final: iteration {last})"
+    return text + (f", method {_esc(method)}." if isinstance(method, str) else ".")
 
 
 def write_index(out_dir: Path) -> Path:
@@ -207,7 +221,7 @@ def write_index(out_dir: Path) -> Path:
         "".join(f"#tab{it}:checked~#panel{it}{{display:block}}#tab{it}:checked+label{{background:#222;color:#fff}}" for it in iterations),
         "</style></head><body>",
         f"<h1>{_esc(title)}</h1>",
-        f"<p>{len(by_iter[last])} frames, {len(iterations)} iterations (final: iteration {last}).</p>",
+        f"<p>{_summary(len(by_iter[last]), len(iterations), last, _recorded(out_dir, 'method', 'name'))}</p>",
         f"<nav>{''.join(nav)}</nav>",
         _photos_section(out_dir),
         f'<h2 id="final">Final frames</h2><div class="grid">{"".join(_figure(out_dir, r) for r in by_iter[last])}</div>',

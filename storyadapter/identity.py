@@ -93,6 +93,10 @@ class ConsistentPass:
     def owner_of(self, frame: int) -> IdentityBatch | None:
         return next((b for b in self.identities if frame in b.frames), None)
 
+    def owned(self, character: str) -> IdentityBatch:
+        """`character`'s write batch."""
+        return next(b for b in self.identities if b.character == character)
+
 
 def consistent_pass(story: Story, settings: "CSASettings", seed: int, seed_policy: str) -> ConsistentPass:
     """Everything a worker needs for the CSA pass; every actor derives the same banks from it."""

@@ -5,11 +5,13 @@ Config errors are caught before Hydra runs, so users get one line naming the key
 
 from __future__ import annotations
 
+import re
 import signal
 import sys
 from pathlib import Path
 
 from .errors import UserError, environment_error, report
+from .rundir import CONFIG_FILE
 
 
 def conf_dir() -> str:
@@ -71,9 +73,20 @@ def validate_overrides(argv: list[str]) -> None:
     except UserError:
         raise
     except Exception as exc:  # noqa: BLE001 - composition errors come in many types; all are the user's
-        raise UserError(f"config: {_one_line(exc)}") from None
+        raise UserError(_unknown_option(exc) or f"config: {_one_line(exc)}") from None
     finally:
         GlobalHydra.instance().clear()
+
+
+def _unknown_option(exc: Exception) -> str | None:
+    """'method=foo: expected one of hybrid, story_adapter, storydiffusion' for a config group option that does
+    not exist, instead of Hydra's message with its search path."""
+    found = re.search(r"Could not find '([\w-]+)/([^']+)'\s+Available options in '[\w-]+':\s+(.*?)\s*Config search path",
+                      str(exc), re.S)
+    if not found:
+        return None
+    group, name, options = found.groups()
+    return f"{group}={name}: expected one of {', '.join(options.split())}"
 
 
 def compose_config(overrides: list[str]):
@@ -106,7 +119,9 @@ def _task(cfg) -> None:
     except UserError as exc:
         fail(str(exc), exc.exit_code)
     except KeyboardInterrupt:
-        fail(f"interrupted; finished iterations are kept: rerun with resume=true output_dir={out_dir}", 130)
+        if not (out_dir / CONFIG_FILE).is_file():
+            fail(f"interrupted before anything was written to output_dir={out_dir}; nothing to resume", 130)
+        fail(f"interrupted; finished frames are kept: rerun with resume=true output_dir={out_dir}", 130)
     except Exception as exc:  # noqa: BLE001 - only the environment's failures are turned into one line
         err = environment_error(exc, out_dir)
         if err is None:

@@ -10,6 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 from . import config as schema
 from . import local_ray, rundir
 from .errors import UserError
+from .metrics import METRICS_JSON
 from .photos import write_sidecar
 from .story import Story, describe, load_story
 
@@ -201,11 +202,19 @@ def actor_devices(cfg: DictConfig) -> bool:
     return has_gpus
 
 
+METHOD_SUMMARY = {
+    "story_adapter": "iteration 0 from text alone, then render.iterations GRCA refinements",
+    "storydiffusion": "one pass with consistent self-attention (written as iter_00; render.iterations is not used)",
+    "hybrid": "iteration 0 with consistent self-attention, then render.iterations GRCA refinements",
+}
+
+
 def render_story(cfg: DictConfig, out_dir: Path) -> Path:
     """Render a story end to end with the Ray engine. Raises UserError for anything the user can fix."""
     validate(cfg)
     story = load_story(resolve_story_path(cfg.story.path), cfg.story.style, cfg.story.get("title"))
     log.info("story %s", describe(story))
+    log.info("method %s: %s", cfg.method.name, METHOD_SUMMARY[cfg.method.name])
     state = rundir.check(out_dir, cfg, story, cfg.resume, iterations_to_render(cfg))
     rundir.probe_writable(out_dir)  # before the model and Ray start: a bad output_dir is found in a second
     from . import outputs
@@ -215,8 +224,10 @@ def render_story(cfg: DictConfig, out_dir: Path) -> Path:
         log.info("all %d iterations of %s are finished; writing the outputs only", iterations_to_render(cfg) + 1, out_dir)
     else:
         scored, deferred = _render(cfg, story, out_dir, state)
+    # A finished render's metrics stay as they were scored (with the model's evaluation CLIP) unless asked anew.
+    rescore = not state.finished or cfg.eval.clip_model or not (out_dir / METRICS_JSON).is_file()
     if cfg.outputs.enabled:
-        outputs.write_all(out_dir, clip_model=cfg.eval.clip_model, metrics=not scored and deferred is None,
+        outputs.write_all(out_dir, clip_model=cfg.eval.clip_model, metrics=rescore and not scored and deferred is None,
                           layout=cfg.outputs.comic_layout, caption_position=cfg.outputs.caption_position)
     if deferred is not None:  # the comic and gallery are written even when the evaluation CLIP is missing
         raise deferred

@@ -163,7 +163,7 @@ class FrameWorker:
         """
         self._check_iteration(iteration)
         started_at, start = time.time(), time.perf_counter()
-        batch = self._identity_batch(character)
+        batch = self.spec.consistent.owned(character)
         shown = self._identity(batch)
         frames = [f for f in batch.frames if f is not None]  # none when every identity frame is synthesized
         result = self._finish(iteration, frames, [shown[f] for f in frames], started_at, start)
@@ -176,9 +176,6 @@ class FrameWorker:
         if self.renderer.csa is not None:
             self.renderer.csa.banks.clear()
         self._identity_images.clear()
-
-    def _identity_batch(self, character: str) -> IdentityBatch:
-        return next(b for b in self.spec.consistent.identities if b.character == character)
 
     @_reproducible
     def render_batch(self, iteration: int, frames: list[int], id_banks: Mapping[str, BankLoader] | None = None) -> BatchResult:
@@ -255,7 +252,7 @@ class FrameWorker:
                 return
             except BankUnavailable as exc:  # its node is gone, say: render it here instead
                 log.warning("ID bank of %s could not be fetched (%s); rendering its identity frames here", character, exc)
-        self._identity(self._identity_batch(character))
+        self._identity(self.spec.consistent.owned(character))
 
     def _identity(self, batch: IdentityBatch) -> dict[int, object]:
         """Render a character's write batch here (once: its shown frames and its bank stay cached)."""

@@ -78,7 +78,8 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> N
         (["render.seed_policy=random"], ["render.seed_policy"]),
         (["cluster.workers=0"], ["cluster.workers"]),
         (["render.height=100"], ["render.height"]),
-        (["model=unknown-model"], ["model/unknown-model"]),
+        (["model=unknown-model"], ["model=unknown-model: expected one of", "realvisxl", "tiny"]),
+        (["method=foo"], ["method=foo: expected one of hybrid, story_adapter, storydiffusion"]),
         (["story.path=does/not/exist.txt"], ["does/not/exist.txt:1"]),
     ],
 )
@@ -175,3 +176,24 @@ def test_wheel_ships_the_config_tree_and_web_page_and_launch_composes_from_it(tm
     assert where.stdout.strip() == str(site / "storyadapter" / "conf")
     proc = launch("render.steps=many", cwd=tmp_path, env=env)
     assert_one_line_error(proc, "render.steps")
+
+
+def test_an_interrupt_before_anything_is_written_does_not_offer_a_resume(tmp_path, tiny_cache):
+    import signal
+
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "storyadapter.launch", *design_command(EXAMPLES / "explorer_24.txt", out,
+                                                                                       tiny_cache, 1)],
+                            cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    seen = []
+    for line in proc.stderr:  # the render has started (story read); Ray and the actors are still starting
+        seen.append(line)
+        if "storyadapter.render_story: story " in line:
+            break
+    assert not (out / "config.yaml").exists()
+    proc.send_signal(signal.SIGINT)
+    _, rest = proc.communicate(timeout=120)
+    err = "".join(seen) + rest
+    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert proc.returncode == 130, err[-2000:]
+    assert lines == [f"error: interrupted before anything was written to output_dir={out}; nothing to resume"], err[-2000:]

@@ -110,8 +110,10 @@ def test_each_write_phase_runs_once_on_one_actor_and_its_bank_reaches_the_others
         counts = executor.counters()
     finally:
         executor.shutdown()
-    sizes = [r.getMessage() for r in caplog.records if r.getMessage().startswith("ID banks in the object store")]
-    assert len(sizes) == 1 and "Tom" in sizes[0] and "Lisa" in sizes[0], sizes
+    written = sorted(r.getMessage() for r in caplog.records if r.getMessage().startswith("ID bank of"))
+    assert len(written) == 2, written
+    assert written[0].startswith("ID bank of Lisa: 2 identity frames (1 from the story, 1 from its description)")
+    assert written[1].startswith("ID bank of Tom: 2 identity frames (2 from the story, 0 from its description)")
     # Tom (frames 0, 4) and Lisa (frame 1 + one synthesized): 4 identity frames in all, each rendered once,
     # the two write phases on different actors; every frame that reads a bank fetched it rather than re-rendering.
     assert sorted(c["identity_renders"] for c in counts) == [2, 2]
@@ -172,3 +174,19 @@ def _counting_shutdown(real_shutdown, counters, into: list):
         real_shutdown(self)
 
     return shutdown
+
+
+def test_a_finished_resume_keeps_the_metrics_and_the_gallery_names_the_method(local_ray, story_file, tiny_cache, tmp_path):
+    from storyadapter.launch import compose_config
+    from storyadapter.metrics import METRICS_JSON
+    from storyadapter.render_story import render_story
+
+    out = tmp_path / "sd"
+    args = [f"story.path={story_file}", "model=tiny", f"model.cache_dir={tiny_cache}", "render=tiny", "render.steps=2",
+            "method=storydiffusion", "method.id_length=2", f"output_dir={out}"]
+    render_story(compose_config(args), out)
+    scored = (out / METRICS_JSON).read_bytes()
+    assert b"clip_t" in scored
+    render_story(compose_config([*args, "resume=true"]), out)  # finished: outputs rewritten, not the metrics
+    assert (out / METRICS_JSON).read_bytes() == scored
+    assert f"{N_FRAMES} frames, 1 iteration (final: iteration 0), method storydiffusion." in (out / "index.html").read_text()
