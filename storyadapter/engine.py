@@ -231,7 +231,7 @@ class RayExecutor:
             if isinstance(err, UserError):
                 raise err from None
             raise
-        log.info("%d render actors ready (pids %s), %g GPU each", len(pids), pids, gpus)
+        log.info("%d render actor%s ready (pids %s), %g GPU each", len(pids), "" if len(pids) == 1 else "s", pids, gpus)
         self.deadlines = BatchDeadlines(res.batch_timeout_s, res.batch_timeout_factor, res.ready_timeout_s)
         self.bank_puts = 0
         self._written: dict = {}  # write_identity result ref -> (character, its bank's ref)
