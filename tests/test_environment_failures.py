@@ -71,7 +71,7 @@ def test_output_dir_under_a_regular_file_fails_at_once_and_the_file_is_untouched
     started = time.monotonic()
     proc = launch(story, blocker / "out", tiny_cache)
     assert one_error_line(proc) == f"error: output_dir={blocker / 'out'}: {blocker} is a file, not a folder"
-    assert time.monotonic() - started < 30 and "render actors ready" not in proc.stderr  # before Ray started
+    assert time.monotonic() - started < 30 and "ready (pids" not in proc.stderr  # before Ray started
     assert blocker.read_text() == "mine\n"
 
 
@@ -80,7 +80,7 @@ def test_read_only_output_dir(story, mount, tiny_cache):
     ro = mount("ro,size=1m")
     proc = launch(story, ro / "out", tiny_cache)
     assert one_error_line(proc) == f"error: output_dir={ro / 'out'}: Read-only file system"
-    assert "render actors ready" not in proc.stderr
+    assert "ready (pids" not in proc.stderr
 
 
 @AS_ROOT
@@ -112,7 +112,7 @@ def test_a_full_disk_at_the_start_is_found_before_ray_starts(story, mount, tiny_
     kept = filler.read_bytes()
     proc = launch(story, full / "out", tiny_cache)
     assert one_error_line(proc) == f"error: output_dir={full / 'out'}: No space left on device"
-    assert "render actors ready" not in proc.stderr
+    assert "ready (pids" not in proc.stderr
     assert filler.read_bytes() == kept and sorted(p.name for p in full.iterdir()) == ["filler"]
 
 
