@@ -114,6 +114,7 @@ def test_each_write_phase_runs_once_on_one_actor_and_its_bank_reaches_the_others
     assert len(written) == 2, written
     assert written[0].startswith("ID bank of Lisa: 2 identity frames (1 from the story, 1 from its description)")
     assert written[1].startswith("ID bank of Tom: 2 identity frames (2 from the story, 0 from its description)")
+    assert all(w.endswith(" kB in the object store") for w in written), written  # tiny banks: tens of kB
     # Tom (frames 0, 4) and Lisa (frame 1 + one synthesized): 4 identity frames in all, each rendered once,
     # the two write phases on different actors; every frame that reads a bank fetched it rather than re-rendering.
     assert sorted(c["identity_renders"] for c in counts) == [2, 2]
