@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from pathlib import Path
 
+from .build_once import build_once
 from .sdxl_random import SCHEDULER_CONFIG, TEXT_1, TEXT_2, TEXT_CONFIG, UNET_CONFIG, VAE_CONFIG
 
 VERSION = "sdxl-config-v1"  # bump when what is written below changes, so stale folders are rebuilt
-_DONE = ".complete"
 
 _MODEL_INDEX = {
     "_class_name": "StableDiffusionXLPipeline",  # the image encoder comes with the IP-Adapter, not the checkpoint
@@ -43,34 +42,23 @@ def _write_json(path: Path, document: dict) -> None:
 
 def build(root: Path) -> Path:
     """Write the folder under `root` once (idempotent, safe if several workers race to it); return its path."""
+    return build_once(config_dir(root), VERSION, _write_configs)
+
+
+def _write_configs(staging: Path) -> None:
     from diffusers import DDIMScheduler
     from transformers import CLIPTextConfig, CLIPTokenizer
 
     from .clip_vocab import write_tokenizer_files
 
-    directory = config_dir(root)
-    if (directory / _DONE).exists():
-        return directory
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".sdxl-config-", dir=directory.parent))
-    try:
-        _write_json(staging / "model_index.json", _MODEL_INDEX)
-        _write_json(staging / "unet" / "config.json", {"_class_name": "UNet2DConditionModel", **UNET_CONFIG})
-        _write_json(staging / "vae" / "config.json", {"_class_name": "AutoencoderKL", **VAE_CONFIG})
-        CLIPTextConfig(**TEXT_CONFIG, **TEXT_1, architectures=["CLIPTextModel"]).save_pretrained(staging / "text_encoder")
-        CLIPTextConfig(**TEXT_CONFIG, **TEXT_2, architectures=["CLIPTextModelWithProjection"]).save_pretrained(
-            staging / "text_encoder_2")
-        DDIMScheduler(**SCHEDULER_CONFIG).save_config(staging / "scheduler")
-        files = write_tokenizer_files(staging / "vocab")
-        CLIPTokenizer.from_pretrained(files).save_pretrained(staging / "tokenizer")
-        CLIPTokenizer.from_pretrained(files, pad_token="!").save_pretrained(staging / "tokenizer_2")  # SDXL's second pads with "!"
-        shutil.rmtree(files)
-        (staging / _DONE).write_text(VERSION)
-        try:
-            staging.rename(directory)
-        except OSError:
-            if not (directory / _DONE).exists():  # lost a race only if the other builder finished
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return directory
+    _write_json(staging / "model_index.json", _MODEL_INDEX)
+    _write_json(staging / "unet" / "config.json", {"_class_name": "UNet2DConditionModel", **UNET_CONFIG})
+    _write_json(staging / "vae" / "config.json", {"_class_name": "AutoencoderKL", **VAE_CONFIG})
+    CLIPTextConfig(**TEXT_CONFIG, **TEXT_1, architectures=["CLIPTextModel"]).save_pretrained(staging / "text_encoder")
+    CLIPTextConfig(**TEXT_CONFIG, **TEXT_2, architectures=["CLIPTextModelWithProjection"]).save_pretrained(
+        staging / "text_encoder_2")
+    DDIMScheduler(**SCHEDULER_CONFIG).save_config(staging / "scheduler")
+    files = write_tokenizer_files(staging / "vocab")
+    CLIPTokenizer.from_pretrained(files).save_pretrained(staging / "tokenizer")
+    CLIPTokenizer.from_pretrained(files, pad_token="!").save_pretrained(staging / "tokenizer_2")  # SDXL's second pads with "!"
+    shutil.rmtree(files)

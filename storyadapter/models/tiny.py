@@ -10,17 +10,16 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
+from .build_once import build_once
 from .clip_vocab import VOCAB_SIZE, write_tokenizer_files
 
 log = logging.getLogger(__name__)
 
 LAYOUT_VERSION = "tiny-v2"  # bump when the architecture below changes, so stale caches are rebuilt
-_DONE = ".complete"
 
 # Tiny dims that keep every SDXL mechanism: two text encoders (hidden states concatenated),
 # pooled text + time ids ("text_time" addition embedding), a VAE with 8x downsampling,
@@ -132,49 +131,38 @@ def _hidden_size(unet, name: str) -> int:
 
 def build(directory: Path, seed: int = 0) -> Path:
     """Build and save the tiny pipeline + IP-Adapter under `directory` (idempotent, safe if run concurrently)."""
+    from ..logs import quiet_libraries
+
+    quiet_libraries()
+    return build_once(directory, LAYOUT_VERSION, lambda staging: _write_model(staging, Path(directory), seed))
+
+
+def _write_model(staging: Path, directory: Path, seed: int) -> None:
     from diffusers import DDIMScheduler, StableDiffusionXLPipeline
     from safetensors.torch import save_file
     from transformers import CLIPImageProcessor, CLIPTokenizer
 
-    from ..logs import quiet_libraries
+    log.info("building tiny SDXL-architecture model in %s", directory)
+    torch.manual_seed(seed)
+    tok_dir = write_tokenizer_files(staging / "tokenizer-files")
+    tokenizer = CLIPTokenizer.from_pretrained(tok_dir)
+    # SDXL's second tokenizer pads with "!" (id 0), unlike the first; keep that difference.
+    tokenizer_2 = CLIPTokenizer.from_pretrained(tok_dir, pad_token="!")
+    te1, te2 = _text_encoders()
+    unet = _unet()
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                              clip_sample=False, set_alpha_to_one=False, steps_offset=1,
+                              timestep_spacing="leading")
+    pipe = StableDiffusionXLPipeline(vae=_vae(), text_encoder=te1, text_encoder_2=te2, tokenizer=tokenizer,
+                                     tokenizer_2=tokenizer_2, unet=unet, scheduler=scheduler,
+                                     force_zeros_for_empty_prompt=True, add_watermarker=False)
+    pipe.save_pretrained(staging / "sdxl")
+    ip_dir = staging / "ip-adapter" / "sdxl_models"
+    ip_dir.mkdir(parents=True)
+    save_file(_ip_adapter_state(unet), ip_dir / "ip-adapter_sdxl.safetensors")
+    _image_encoder().save_pretrained(ip_dir / "image_encoder")
+    CLIPImageProcessor(size=32, crop_size=32).save_pretrained(ip_dir / "image_encoder")
+    from .tiny_clip import build_tiny_clip
 
-    quiet_libraries()
-    directory = Path(directory)
-    if (directory / _DONE).exists():
-        return directory
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".tiny-", dir=directory.parent))
-    try:
-        log.info("building tiny SDXL-architecture model in %s", directory)
-        torch.manual_seed(seed)
-        tok_dir = write_tokenizer_files(staging / "tokenizer-files")
-        tokenizer = CLIPTokenizer.from_pretrained(tok_dir)
-        # SDXL's second tokenizer pads with "!" (id 0), unlike the first; keep that difference.
-        tokenizer_2 = CLIPTokenizer.from_pretrained(tok_dir, pad_token="!")
-        te1, te2 = _text_encoders()
-        unet = _unet()
-        scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                                  clip_sample=False, set_alpha_to_one=False, steps_offset=1,
-                                  timestep_spacing="leading")
-        pipe = StableDiffusionXLPipeline(vae=_vae(), text_encoder=te1, text_encoder_2=te2, tokenizer=tokenizer,
-                                         tokenizer_2=tokenizer_2, unet=unet, scheduler=scheduler,
-                                         force_zeros_for_empty_prompt=True, add_watermarker=False)
-        pipe.save_pretrained(staging / "sdxl")
-        ip_dir = staging / "ip-adapter" / "sdxl_models"
-        ip_dir.mkdir(parents=True)
-        save_file(_ip_adapter_state(unet), ip_dir / "ip-adapter_sdxl.safetensors")
-        _image_encoder().save_pretrained(ip_dir / "image_encoder")
-        CLIPImageProcessor(size=32, crop_size=32).save_pretrained(ip_dir / "image_encoder")
-        from .tiny_clip import build_tiny_clip
-
-        build_tiny_clip(staging / "eval_clip", seed=seed)
-        shutil.rmtree(tok_dir)
-        (staging / _DONE).write_text(LAYOUT_VERSION)
-        try:
-            staging.rename(directory)
-        except OSError:
-            if not (directory / _DONE).exists():  # lost a race to a concurrent builder only if it finished
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return directory
+    build_tiny_clip(staging / "eval_clip", seed=seed)
+    shutil.rmtree(tok_dir)
