@@ -67,9 +67,6 @@ class RenderActor:
     def forget_banks(self):
         self.worker.forget_banks()
 
-    def image_encodes(self) -> int:
-        return self.worker.image_encodes
-
     def counters(self) -> dict[str, int]:
         """The worker's work counts (images encoded, identity frames rendered, ID banks fetched)."""
         return {k: getattr(self.worker, k, 0) for k in ("image_encodes", "identity_renders", "banks_fetched")}
@@ -435,7 +432,7 @@ class RayExecutor:
 
     # --- the rest -------------------------------------------------------------------------------------
     def image_encodes(self) -> int:
-        return sum(ray.get([a.handle.image_encodes.remote() for a in self.actors if a.state == "live"]))
+        return sum(c["image_encodes"] for c in self.counters())
 
     def counters(self) -> list[dict[str, int]]:
         """Each live actor's work counts (RenderActor.counters), for tests and benchmarks."""

@@ -146,9 +146,8 @@ class FrameWorker:
             bank, frames, self._photo_bank, [p.character for p in self.spec.photos])
         self.renderer.set_references(bank, scale)
         self._iteration = iteration
-        if iteration > 0 and self.renderer.csa is not None:  # the ID banks serve iteration 0 only
-            self.renderer.csa.banks.clear()
-            self._identity_images.clear()
+        if iteration > 0:  # the ID banks serve iteration 0 only
+            self.forget_banks()
 
     def _check_iteration(self, iteration: int) -> None:
         if iteration != self._iteration:
@@ -170,7 +169,6 @@ class FrameWorker:
         packed = self.renderer.csa.banks.pop(character).pack() if share else None
         return IdentityResult(result, packed)
 
-    @_reproducible
     def forget_banks(self) -> None:
         """The CSA pass is over: drop the ID banks (under Ray, views that pin the object store's copies)."""
         if self.renderer.csa is not None:
