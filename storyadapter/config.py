@@ -164,6 +164,8 @@ POSITIVE = ("render.steps", "render.height", "render.width", "render.batch_size"
             "cluster.workers", "cluster.threads_per_worker", "cluster.ready_timeout_s", "cluster.batch_timeout_s",
             "cluster.batch_timeout_factor", "cluster.capacity_timeout_s", "model.sim.embedding_dim",
             "model.sim.image_size", "model.sim.slowdown", "method.id_length")
+# Positive when set; null means what the value says.
+POSITIVE_OR_NULL = {"render.stop_when_stable": "to run every iteration", "cluster.object_store_gb": "for Ray's default"}
 
 
 def register() -> None:

@@ -42,11 +42,10 @@ def validate(cfg: DictConfig) -> None:
             raise UserError(f"{key}={_get(cfg, key)}: must be a probability, between 0 and 1")
     if cfg.method.plain_steps < 0:
         raise UserError(f"method.plain_steps={cfg.method.plain_steps}: must be 0 or more")
-    stop = cfg.render.stop_when_stable
-    if stop is not None and stop <= 0:
-        raise UserError(f"render.stop_when_stable={stop}: must be positive (or null to run every iteration)")
-    if cfg.cluster.object_store_gb is not None and cfg.cluster.object_store_gb <= 0:
-        raise UserError(f"cluster.object_store_gb={cfg.cluster.object_store_gb}: must be positive (or null for Ray's default)")
+    for key, null_means in schema.POSITIVE_OR_NULL.items():
+        value = _get(cfg, key)
+        if value is not None and value <= 0:
+            raise UserError(f"{key}={value}: must be positive (or null {null_means})")
     if cfg.cluster.gpus_per_worker < 0 or cfg.cluster.cpus_per_worker <= 0:
         raise UserError("cluster.gpus_per_worker must be >= 0 and cluster.cpus_per_worker > 0")
     for index, lora in enumerate(cfg.model.loras):

@@ -136,9 +136,11 @@ def test_resume_fingerprint_ignores_eps_and_keeps_older_renders_resumable(tmp_pa
 
 
 @pytest.mark.parametrize("override, key", [("render.stop_when_stable=-0.1", "render.stop_when_stable"),
+                                           ("cluster.object_store_gb=-1", "cluster.object_store_gb"),
+                                           ("method.id_banks=bogus", "method.id_banks"),
                                            ("render.reference_weighting=faces", "render.reference_weighting"),
                                            ("render.character_weight=0", "render.character_weight")])
-def test_bad_new_render_keys_are_one_line_naming_the_key(tmp_path, override, key):
+def test_bad_new_keys_are_one_line_naming_the_key(tmp_path, override, key):
     from storyadapter.errors import UserError
     from storyadapter.launch import compose_config
 
