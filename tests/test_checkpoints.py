@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 from storyadapter.errors import UserError
 from storyadapter.models.lora import LoraWeights
 
-from .pixels import render_pixels
+from .pixels import render_kernels, render_pixels
 from .single_file_export import config_only, export
 
 
@@ -150,6 +150,20 @@ def test_lora_changes_the_frames_and_scale_zero_leaves_them_unchanged(tiny_sourc
     zero = render_pixels(replace(tiny_source, loras=(LoraWeights(str(tiny_lora), 0.0),)))
     assert np.array_equal(zero, plain)
     assert np.abs(full - plain).mean() > 1.0  # pixel levels, on average: not a rounding-level difference
+
+
+def test_a_fused_lora_runs_the_kernels_of_the_plain_pipeline(tiny_source, tiny_lora):
+    """peft freezes the base weights it adapts; torch's matmul picks mm or bmm by that flag even under no_grad,
+    so a frozen pipeline would sum in another order than the plain one (a pixel level off on some CPUs)."""
+    lora = replace(tiny_source, loras=(LoraWeights(str(tiny_lora), 1.0),))
+    assert render_kernels(lora) == render_kernels(tiny_source)
+
+
+def test_a_lora_at_scale_zero_is_not_loaded(tiny_source, tiny_lora):
+    from storyadapter.models.loading import load_pipeline
+
+    pipe = load_pipeline(replace(tiny_source, loras=(LoraWeights(str(tiny_lora), 0.0),)), torch.device("cpu"), torch.float32)
+    assert not getattr(pipe, "_merged_adapters", None) and not getattr(pipe.unet, "_hf_peft_config_loaded", None)
 
 
 def test_two_loras_mix_at_their_scales(tiny_source, tiny_lora):

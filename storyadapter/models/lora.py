@@ -2,6 +2,13 @@
 
 Fusing folds each LoRA into the weights it adapts and drops peft's wrapper layers, so rendering (and the GRCA
 attention processors) see plain layers and pay nothing per step. It happens once per worker, at load.
+
+Two rules keep a LoRA from changing anything but the weights it adapts:
+- A LoRA at scale 0 is not loaded at all: it leaves the pipeline exactly as it was, whatever peft does with it.
+- peft freezes every base weight when it injects an adapter (requires_grad=False), and torch's matmul picks its
+  kernel by that flag even under no_grad (it folds a batched matmul into one mm only when the weight requires
+  grad), so a frozen pipeline runs some projections as bmm where the plain one runs mm: other summation orders,
+  frames off by a pixel level on some CPUs. The flags are put back as they were after fusing.
 """
 
 from __future__ import annotations
@@ -54,10 +61,12 @@ def digest(path: str) -> str:
 
 def apply(pipe, loras: tuple[LoraWeights, ...]) -> None:
     """Load every LoRA, mix them at their scales and fuse them into the pipeline's weights."""
-    if not loras:
+    active = [(index, lora) for index, lora in enumerate(loras) if lora.scale != 0]
+    if not active:
         return
+    flags = _requires_grad(pipe)
     names = []
-    for index, lora in enumerate(loras):
+    for index, lora in active:
         name = f"lora_{index}"
         try:
             pipe.load_lora_weights(str(Path(lora.path).expanduser()), adapter_name=name)
@@ -66,6 +75,23 @@ def apply(pipe, loras: tuple[LoraWeights, ...]) -> None:
         if not any(name in adapters for adapters in pipe.get_list_adapters().values()):
             raise UserError(f"{_key(index)}={lora.path}: matches no layer of this model's UNet or text encoders")
         names.append(name)
-    pipe.set_adapters(names, adapter_weights=[lora.scale for lora in loras])
+    pipe.set_adapters(names, adapter_weights=[lora.scale for _, lora in active])
     pipe.fuse_lora(adapter_names=names, lora_scale=1.0)
     pipe.unload_lora_weights()  # keeps the fused weights, removes peft's layers
+    _restore_requires_grad(pipe, flags)
+
+
+def _components(pipe):
+    return [(name, module) for name, module in pipe.components.items() if hasattr(module, "named_parameters")]
+
+
+def _requires_grad(pipe) -> dict[tuple[str, str], bool]:
+    return {(name, key): param.requires_grad
+            for name, module in _components(pipe) for key, param in module.named_parameters()}
+
+
+def _restore_requires_grad(pipe, flags: dict[tuple[str, str], bool]) -> None:
+    for name, module in _components(pipe):
+        for key, param in module.named_parameters():
+            if (name, key) in flags:
+                param.requires_grad_(flags[(name, key)])
