@@ -4,20 +4,23 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= outputs/demo
-# Where torch comes from. Empty: pip's configured index (on a standard x86-64 Linux box, PyPI's torch, which
-# pulls the CUDA wheels, several GB). CPU-only machines: make install TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
-TORCH_INDEX_URL ?=
+# What make install installs: exactly the versions make test passed with, from requirements/lock-$(TORCH_VARIANT).txt
+# (hashes checked). cpu (no NVIDIA GPU here): torch's CPU build, so a CPU machine never downloads the CUDA wheels;
+# cuda: PyPI's CUDA build. The CPU build comes from a wheel folder pip is configured with (find-links), else from
+# TORCH_CPU_INDEX.
+TORCH_VARIANT ?= $(if $(shell command -v nvidia-smi 2>/dev/null),cuda,cpu)
+PIP_WHEEL_FOLDER := $(or $(PIP_FIND_LINKS),$(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null))
+TORCH_CPU_INDEX ?= $(if $(PIP_WHEEL_FOLDER),,https://download.pytorch.org/whl/cpu)
+LOCK := requirements/lock-$(TORCH_VARIANT).txt
 
-.PHONY: install test demo ui bench bench-gpu bench-sim bench-methods gpu-wheels slurm-demo clean
+.PHONY: install lock test demo ui bench bench-gpu bench-sim bench-methods gpu-wheels slurm-demo clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK) requirements/no-deps.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	# torch first, pinned, from TORCH_INDEX_URL when set; the rest then finds it installed and keeps it.
-	$(PY) -m pip install -q torch==2.13.0 $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL))
-	$(PY) -m pip install -q -e '.[test,slurm]'
-	# Only the CLIP vocabulary file is used; its dependencies (torchvision) would replace torch.
-	$(PY) -m pip install -q --no-deps open-clip-torch
+	$(PY) -m pip install -q --require-hashes -r $(LOCK) $(if $(and $(filter cpu,$(TORCH_VARIANT)),$(TORCH_CPU_INDEX)),--extra-index-url $(TORCH_CPU_INDEX))
+	# Only open-clip-torch's CLIP vocabulary file is used; its dependencies (torchvision) would replace torch.
+	$(PY) -m pip install -q --no-deps --require-hashes -r requirements/no-deps.txt
+	$(PY) -m pip install -q --no-deps -e .
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -31,6 +34,11 @@ demo: install
 	HF_HUB_OFFLINE=1 $(PY) -m storyadapter.launch story=office model=tiny render=tiny \
 		cluster.workers=2 output_dir=$(DEMO_DIR) resume=true
 	@echo "open $(DEMO_DIR)/index.html (comic pages in $(DEMO_DIR)/comic/)"
+
+# The lock files from the newest releases pyproject.toml allows (torch stays at requirements/torch-*.in's version).
+# Then run make test: it reinstalls from the new lock and says whether the new set passes.
+lock: install
+	PY=$(PY) scripts/lock.sh
 
 # Web UI on http://127.0.0.1:7860/ (renders go to outputs/webui/).
 ui: install
