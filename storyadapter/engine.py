@@ -47,6 +47,11 @@ class RenderActor:
     def ready(self) -> int:
         return os.getpid()
 
+    def environment(self) -> dict | None:
+        """The worker's library versions and device; None for a worker that does not say."""
+        describe = getattr(self.worker, "environment", None)
+        return describe() if describe else None
+
     def begin_iteration(self, iteration, bank, scale):
         return self.worker.begin_iteration(iteration, bank, scale)
 
@@ -96,6 +101,20 @@ class ActorClipScorer:
 
     def text_embeddings(self, texts) -> np.ndarray:
         return _get_unwrapped([self.handles[0].clip_embeddings.remote(self.clip_model, [], list(texts))])[0][1]
+
+
+def _common_environment(reports: list[dict | None]) -> dict | None:
+    """One environment for the run: the actors' devices together, and the first actor's versions. Actors on
+    other versions (a cluster's nodes installed apart) are worth a warning: their frames may differ in the last bits."""
+    reports = [r for r in reports if r]
+    if not reports:
+        return None
+    devices = sorted({r["device"] for r in reports})
+    odd = [i for i, r in enumerate(reports) if r["versions"] != reports[0]["versions"]]
+    if odd:
+        log.warning("render actors %s run other library versions than actor 0 (%s): their frames may differ in the "
+                    "last bits", odd, ", ".join(f"{k} {v}" for k, v in reports[0]["versions"].items()))
+    return {"versions": reports[0]["versions"], "device": " + ".join(devices)}
 
 
 def _bank_loader(ref):
@@ -232,6 +251,7 @@ class RayExecutor:
                 raise err from None
             raise
         log.info("%d render actor%s ready (pids %s), %g GPU each", len(pids), "" if len(pids) == 1 else "s", pids, gpus)
+        self.environment = _common_environment(ray.get([h.environment.remote() for h in handles], timeout=res.ready_timeout_s))
         self.deadlines = BatchDeadlines(res.batch_timeout_s, res.batch_timeout_factor, res.ready_timeout_s)
         self.bank_puts = 0
         self._written: dict = {}  # write_identity result ref -> (character, its bank's ref)

@@ -249,8 +249,11 @@ def _render(cfg: DictConfig, story: Story, out_dir: Path, state: rundir.RunDir) 
                                     c.batch_timeout_s, c.batch_timeout_factor, c.capacity_timeout_s)
         executor = engine.RayExecutor(worker_spec(cfg, story, source, out_dir), res, use_gpu=actor_devices(cfg),
                                       fixed_cluster=c.mode == "local")
+        env = getattr(executor, "environment", None)
+        if not state.fresh and (changed := rundir.environment_changed(out_dir, env)):
+            log.warning("%s", changed)
         if state.fresh or state.extends:  # only once the workers are up, so a failed start leaves nothing behind
-            rundir.write_config(out_dir, cfg, story, iterations_to_render(cfg), state.ramp_iterations)
+            rundir.write_config(out_dir, cfg, story, iterations_to_render(cfg), state.ramp_iterations, env)
         write_sidecar(out_dir, story.photos)  # which photo each character used, beside the manifest
         if state.extends:
             log.info("extending to %d iterations: the new ones run at scale_end=%g (the ramp was %d iterations)",

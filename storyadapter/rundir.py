@@ -10,7 +10,7 @@ from pathlib import Path
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from . import manifest
+from . import environment, manifest
 from .atomic import replacing
 from .errors import UserError
 from .story import Story
@@ -119,13 +119,33 @@ def _iterations_on_resume(out_dir: Path, saved: dict, wanted: int) -> RunDir:
     return RunDir(fresh=False, ramp_iterations=ramp, finished=finished, extends=wanted > had)
 
 
-def write_config(out_dir: Path, cfg: DictConfig, story: Story, iterations: int, ramp_iterations: int) -> None:
+def write_config(out_dir: Path, cfg: DictConfig, story: Story, iterations: int, ramp_iterations: int,
+                 env: dict | None = None) -> None:
+    """`env`: the library versions and device it renders with (environment.py), recorded beside the fingerprint."""
     config_path = out_dir / CONFIG_FILE
     out_dir.mkdir(parents=True, exist_ok=True)
     document = {**OmegaConf.to_container(cfg, resolve=True), "title": story.title, "fingerprint": fingerprint(cfg, story),
                 "schedule": {"iterations": iterations, "ramp_iterations": ramp_iterations}}
+    if env:
+        document["environment"] = env
     with replacing(config_path) as tmp:
         tmp.write_text(yaml.safe_dump(document, sort_keys=False, allow_unicode=True), encoding="utf-8")
+
+
+def environment_changed(out_dir: Path, env: dict | None) -> str | None:
+    """On resume: one warning line when the render was started on other library versions or another device.
+    Refuses nothing: the settings are the same, only the last bits of some values may differ."""
+    if not env:
+        return None
+    try:
+        saved = yaml.safe_load((out_dir / CONFIG_FILE).read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        return None  # check() read it a moment ago; whatever happened since, it is not this line's business
+    changed = environment.differences(saved.get("environment"), env)
+    if changed:
+        return (f"resume: {out_dir / CONFIG_FILE} was rendered with other versions or another device ({changed}); "
+                "the new frames' pixels may differ from the old ones in the last bits")
+    return None
 
 
 PROBE_BYTES = 4096

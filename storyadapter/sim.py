@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from . import manifest
+from . import environment, manifest
 from .atomic import replacing
 from .results import BatchResult, FrameResult, StaleIterationError, fsync_dir, write_png_durably
 
@@ -87,6 +87,9 @@ class SimWorker:
         self._bank_digest = b""
         self._scale = 0.0
         self.image_encodes = 0  # frames embedded, as FrameWorker counts them
+
+    def environment(self) -> dict:
+        return environment.describe(environment.package_versions(), "sim (no model)")
 
     def begin_iteration(self, iteration: int, bank: np.ndarray | None, scale: float) -> None:
         bank_bytes = b"" if bank is None else np.ascontiguousarray(bank, dtype=np.float32).tobytes()

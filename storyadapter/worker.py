@@ -16,7 +16,7 @@ from typing import Callable, Mapping
 import numpy as np
 import torch
 
-from . import manifest, references, schedule, torch_settings
+from . import environment, manifest, references, schedule, torch_settings
 from .frame_writer import FrameWriter
 from .csa import IdBank, PackedBank
 from .identity import ConsistentPass, IdentityBatch
@@ -114,6 +114,14 @@ class FrameWorker:
         self._photo_bank = self._encode_photos()
         self._rows: list[tuple[str, ...]] = []  # characters of each row of the loaded bank
         self._photos_only = False
+        self._device = device
+
+    def environment(self) -> dict:
+        """The library versions and the device this worker renders with (config.yaml records them)."""
+        device = str(self._device)
+        if self._device.type == "cuda":
+            device = f"cuda ({torch.cuda.get_device_name(self._device)})"
+        return environment.describe(environment.package_versions(), device)
 
     @property
     def embedding_dim(self) -> int:

@@ -197,3 +197,28 @@ def test_an_interrupt_before_anything_is_written_does_not_offer_a_resume(tmp_pat
     lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
     assert proc.returncode == 130, err[-2000:]
     assert lines == [f"error: interrupted before anything was written to output_dir={out}; nothing to resume"], err[-2000:]
+
+
+def test_config_records_the_environment_and_a_resume_on_other_versions_warns_in_one_line(tiny_cache, tmp_path):
+    from importlib import metadata
+
+    import yaml
+
+    story, out = write_story(tmp_path / "s.txt", ["a fox in a meadow", "a fox by a river"]), tmp_path / "run"
+    args = [*design_command(story, out, tiny_cache, 1), "render.iterations=1", "outputs.enabled=false"]
+    first = launch(*args, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["environment"] == {"versions": {name: metadata.version(name) for name in
+                                                 ("torch", "diffusers", "transformers", "peft", "ray")},
+                                    "device": "cpu"}
+    assert "environment" not in saved["fingerprint"]  # other versions may resume: they are not a pixel setting
+
+    saved["environment"]["versions"]["torch"] = "2.0.0"  # as if rendered before an upgrade
+    (out / "config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
+    resumed = launch(*args[:-2], "render.iterations=2", "outputs.enabled=false", "resume=true", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    warnings = [ln for ln in resumed.stderr.splitlines() if "pixels may differ" in ln]
+    assert len(warnings) == 1, resumed.stderr[-3000:]
+    assert f"torch 2.0.0 -> {metadata.version('torch')}" in warnings[0] and "diffusers" not in warnings[0]
+    assert sorted(p.name for p in (out / "iter_02").glob("frame_*.png")) == ["frame_0000.png", "frame_0001.png"]
