@@ -14,18 +14,19 @@ import json
 import tempfile
 from pathlib import Path
 
-from storyadapter import driver, manifest
+from storyadapter.engine import driver
+from storyadapter.rundir import manifest
 from storyadapter.errors import ArgumentParser
-from storyadapter.metrics import write_json
-from storyadapter.story import load_story
+from storyadapter.outputs.metrics import write_json
+from storyadapter.story.parse import load_story
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "storyadapter" / "examples"
 STORIES = ("explorer_24.txt", "garden.yaml", "office_comic.txt", "kite_photo.yaml")
 
 
 def measure(story_file: Path, eps: float, iterations: int, source, work: Path) -> dict:
-    from storyadapter.renderer import RenderSettings
-    from storyadapter.worker import FramePrompt, FrameWorker, WorkerSpec
+    from storyadapter.worker.renderer import RenderSettings
+    from storyadapter.worker.frame_worker import FramePrompt, FrameWorker, WorkerSpec
 
     story = load_story(story_file)
     out = work / story_file.stem

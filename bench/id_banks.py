@@ -76,10 +76,10 @@ def delivery_modes(frames: int, size: int, steps: int) -> dict:
     import ray
 
     from bench.methods import CHARACTERS, SCENES
-    from storyadapter import driver, engine
+    from storyadapter.engine import driver, executor as engine
     from storyadapter.launch import compose_config
     from storyadapter.render_story import plan_for, resolve_model, worker_spec
-    from storyadapter.story import load_story
+    from storyadapter.story.parse import load_story
 
     work = Path(tempfile.mkdtemp(prefix="bench-id-banks-"))
     story_path = work / "story.txt"
@@ -172,7 +172,7 @@ def report(res: dict) -> str:
 
 
 def main() -> None:
-    from storyadapter.csa import CSASettings
+    from storyadapter.attention.csa import CSASettings
     from storyadapter.errors import ArgumentParser
 
     from .csa_bank import bank_bytes

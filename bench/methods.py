@@ -34,7 +34,7 @@ def measure(method: str, frames: int, size: int, steps: int, iterations: int, ti
 
     from storyadapter.launch import compose_config
     from storyadapter.render_story import resolve_model, worker_spec
-    from storyadapter.story import load_story
+    from storyadapter.story.parse import load_story
 
     gpu = torch.cuda.is_available() and model != "tiny"
     if not gpu:

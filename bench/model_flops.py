@@ -29,7 +29,7 @@ def full_size_flops(ns: list[int], steps: int, size: int, prompt: str, negative:
     from bench.throughput import count_flops
     from bench.upstream_loop import UpstreamStoryAdapter
     from storyadapter.models import sdxl_random
-    from storyadapter.renderer import RenderSettings, StoryRenderer
+    from storyadapter.worker.renderer import RenderSettings, StoryRenderer
 
     device, dtype = torch.device("meta"), torch.bfloat16
     pipe = sdxl_random.build_pipeline(device, dtype)

@@ -35,7 +35,7 @@ def sweep_child(cfg_dict: dict, work: str, point: dict) -> dict:
     """Time `sweep_reps` batches of `point['batch']` refinement frames (bank of `frames` references) on one worker."""
     from bench.throughput import BenchConfig, PeakMemory, make_story, model_source, sync, worker_spec
     from storyadapter.logs import quiet_libraries
-    from storyadapter.worker import FrameWorker
+    from storyadapter.worker.frame_worker import FrameWorker
 
     quiet_libraries()
     cfg = BenchConfig(**cfg_dict)

@@ -149,7 +149,7 @@ def model_source(cfg: BenchConfig):
 
 def make_story(cfg: BenchConfig, frames: int, work: Path):
     """`frames` prompts cycled from the shipped 24-frame example (short prompts: one 77-token window)."""
-    from storyadapter.story import load_story
+    from storyadapter.story.parse import load_story
 
     lines = [ln for ln in STORY.read_text(encoding="utf-8").splitlines() if ln.strip()]
     path = work / f"story_{frames}.txt"
@@ -158,13 +158,13 @@ def make_story(cfg: BenchConfig, frames: int, work: Path):
 
 
 def settings(cfg: BenchConfig):
-    from storyadapter.renderer import RenderSettings
+    from storyadapter.worker.renderer import RenderSettings
 
     return RenderSettings(steps=cfg.steps, height=cfg.size, width=cfg.size, guidance_scale=cfg.guidance_scale)
 
 
 def worker_spec(cfg: BenchConfig, story, source, out_dir: Path, compile: bool = False):
-    from storyadapter.worker import FramePrompt, WorkerSpec
+    from storyadapter.worker.frame_worker import FramePrompt, WorkerSpec
 
     return WorkerSpec(source=source, settings=settings(cfg), prompts=tuple(FramePrompt(*story.styled(f)) for f in story.frames),
                       out_dir=str(out_dir.resolve()), seed=cfg.seed, seed_policy=cfg.seed_policy, device=cfg.device,
@@ -172,7 +172,7 @@ def worker_spec(cfg: BenchConfig, story, source, out_dir: Path, compile: bool = 
 
 
 def run_plan(cfg: BenchConfig, story, out_dir: Path, iterations: int, batch_size: int = 1):
-    from storyadapter.driver import RunPlan
+    from storyadapter.engine.driver import RunPlan
 
     return RunPlan(story=story, out_dir=out_dir, iterations=iterations, batch_size=batch_size, scale_start=0.3, scale_end=0.5,
                    seed=cfg.seed, seed_policy=cfg.seed_policy)
@@ -290,12 +290,12 @@ class DriverLoop:
         self.info: dict = {}
 
     def _fresh(self) -> None:  # driver.run_iterations resumes after finished iterations; every run starts from nothing
-        from storyadapter import manifest
+        from storyadapter.rundir import manifest
 
         shutil.rmtree(self.out_dir / manifest.MANIFEST_DIR, ignore_errors=True)
 
     def _run(self, story, iterations: int) -> list[dict]:
-        from storyadapter import driver
+        from storyadapter.engine import driver
 
         if self.cfg.device == "cpu":
             torch.set_num_threads(self.cfg.threads)
@@ -319,8 +319,8 @@ class DriverLoop:
 
 class PlainLoop(DriverLoop):
     def setup(self, source) -> None:
-        from storyadapter.driver import LocalExecutor
-        from storyadapter.worker import FrameWorker
+        from storyadapter.engine.driver import LocalExecutor
+        from storyadapter.worker.frame_worker import FrameWorker
 
         t = time.perf_counter()
         self.worker = FrameWorker(worker_spec(self.cfg, self.story, source, self.out_dir, self.cfg.compile))
@@ -335,7 +335,7 @@ class PlainLoop(DriverLoop):
 
 class EngineLoop(DriverLoop):
     def setup(self, source) -> None:
-        from storyadapter import engine
+        from storyadapter.engine import executor as engine
 
         gpu = self.cfg.device != "cpu"
         res = engine.ActorResources(workers=self.workers, gpus_per_worker=self.gpu_share if gpu else 0.0, cpus_per_worker=1.0,
@@ -372,7 +372,7 @@ class UpstreamLoop:
 
     def _run(self, prompts, iterations: int):
         from bench.upstream_loop import run_story
-        from storyadapter import schedule
+        from storyadapter.story import schedule
 
         if self.cfg.device == "cpu":
             torch.set_num_threads(self.threads)
@@ -446,7 +446,7 @@ def growth_child(kind: str, cfg_dict: dict, work: str) -> list[dict]:
     sizes = cfg.growth_frames if kind == "engine" else (cfg.upstream_growth_frames or cfg.growth_frames)
 
     if kind == "engine":
-        from storyadapter.worker import FrameWorker
+        from storyadapter.worker.frame_worker import FrameWorker
 
         worker = FrameWorker(worker_spec(cfg, story, source, work_dir))
         r = worker.renderer
@@ -925,7 +925,7 @@ def run_loops(cfg: BenchConfig, result: dict, source, story, work: Path, workers
     try:
         import ray
 
-        from storyadapter import engine
+        from storyadapter.engine import executor as engine
     except ImportError as exc:  # e.g. a GPU box with torch but no Ray: the loops without the engine still run
         log.warning("Ray is not importable (%s): the engine loops are skipped", exc)
         ray = engine = None

@@ -26,7 +26,7 @@ class LoraConfig:
 
 @dataclass
 class SimConfig:
-    """model=sim: how long a simulated frame takes and what it yields (storyadapter/sim.py)."""
+    """model=sim: how long a simulated frame takes and what it yields (storyadapter/engine/sim.py)."""
 
     frame_s: float = 0.05  # mean seconds per frame
     jitter: float = 0.1  # each frame's time varies by up to +-this share, the same every run
@@ -90,7 +90,7 @@ class RenderConfig:
 @dataclass
 class MethodConfig:
     """How character consistency is made: Story-Adapter's GRCA iterations, StoryDiffusion's consistent
-    self-attention (CSA, one pass), or a hybrid whose iteration 0 is the CSA pass (storyadapter/csa.py)."""
+    self-attention (CSA, one pass), or a hybrid whose iteration 0 is the CSA pass (storyadapter/attention/csa.py)."""
 
     name: str = "story_adapter"  # story_adapter | storydiffusion | hybrid
     id_length: int = 4  # identity frames per character rendered together (the write phase)

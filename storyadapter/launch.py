@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from .errors import UserError, environment_error, report
-from .rundir import CONFIG_FILE
+from .rundir.guard import CONFIG_FILE
 
 
 def conf_dir() -> str:

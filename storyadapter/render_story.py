@@ -8,11 +8,12 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from . import config as schema
-from . import local_ray, rundir
+from .engine import local_ray
+from .rundir import guard as rundir
 from .errors import UserError
-from .metrics import METRICS_JSON
-from .photos import write_sidecar
-from .story import Story, describe, load_story
+from .outputs.metrics import METRICS_JSON
+from .story.photos import write_sidecar
+from .story.parse import Story, describe, load_story
 
 # torch, diffusers and Ray are imported inside the functions that need them, so bad input is
 # reported in well under a second instead of after seconds of imports.
@@ -52,7 +53,7 @@ def validate(cfg: DictConfig) -> None:
         if OmegaConf.is_missing(lora, "path") or not lora.path:
             raise UserError(f"model.loras[{index}].path: missing; give each LoRA as {{path: FILE.safetensors, scale: 0.8}}")
     if cfg.model.kind == "sim":
-        from .sim import validate_config
+        from .engine.sim import validate_config
 
         validate_config(cfg.model.sim)
 
@@ -122,11 +123,11 @@ def _absolute(path: str | None) -> str | None:
 
 def worker_spec(cfg: DictConfig, story: Story, source, out_dir: Path):
     if cfg.model.kind == "sim":
-        from .sim import spec_from_config
+        from .engine.sim import spec_from_config
 
         return spec_from_config(cfg, out_dir)
-    from .renderer import RenderSettings
-    from .worker import FramePrompt, WorkerSpec
+    from .worker.renderer import RenderSettings
+    from .worker.frame_worker import FramePrompt, WorkerSpec
 
     r = cfg.render
     return WorkerSpec(
@@ -154,8 +155,8 @@ def consistent_pass(cfg: DictConfig, story: Story):
     m = cfg.method
     if m.name == "story_adapter":
         return None
-    from .csa import CSASettings
-    from .identity import consistent_pass as plan
+    from .attention.csa import CSASettings
+    from .story.identity import consistent_pass as plan
 
     settings = CSASettings(id_length=m.id_length, sa32=m.sa32, sa64=m.sa64, plain_steps=m.plain_steps,
                            early_steps=m.early_steps, early_rate=m.early_rate, late_rate=m.late_rate)
@@ -163,7 +164,7 @@ def consistent_pass(cfg: DictConfig, story: Story):
 
 
 def plan_for(cfg: DictConfig, story: Story, out_dir: Path, ramp_iterations: int | None = None):
-    from . import driver
+    from .engine import driver
 
     r = cfg.render
     # Shared ID banks: the driver runs each character's write phase once; rerender leaves them to the workers.
@@ -216,7 +217,7 @@ def render_story(cfg: DictConfig, out_dir: Path) -> Path:
     log.info("method %s: %s", cfg.method.name, METHOD_SUMMARY[cfg.method.name])
     state = rundir.check(out_dir, cfg, story, cfg.resume, iterations_to_render(cfg))
     rundir.probe_writable(out_dir)  # before the model and Ray start: a bad output_dir is found in a second
-    from . import outputs
+    from .outputs import write as outputs
 
     scored, deferred = False, None
     if state.finished:  # nothing to render: no cluster, no model
@@ -238,7 +239,7 @@ def _render(cfg: DictConfig, story: Story, out_dir: Path, state: rundir.RunDir) 
     """Start the cluster and the actors, render every unfinished iteration, then score the metrics that need
     CLIP on the actors (their GPUs) before releasing them. Returns whether metrics were written, and the
     error to raise once the other outputs are written."""
-    from . import driver, engine
+    from .engine import driver, executor as engine
 
     source, eval_clip = resolve_model(cfg)
     c = cfg.cluster
@@ -261,7 +262,7 @@ def _render(cfg: DictConfig, story: Story, out_dir: Path, state: rundir.RunDir) 
         driver.run_iterations(plan_for(cfg, story, out_dir, state.ramp_iterations), executor)
         clip = cfg.eval.clip_model or eval_clip
         if cfg.outputs.enabled and clip:
-            from . import metrics
+            from .outputs import metrics
 
             log.info("metrics: scoring every iteration with CLIP %s on the render actors", clip)
             try:

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from storyadapter.renderer import RenderSettings, StoryRenderer
+from storyadapter.worker.renderer import RenderSettings, StoryRenderer
 
 SETTINGS = RenderSettings(steps=2, height=64, width=64, guidance_scale=7.5)
 PROMPTS = ("a lighthouse keeper climbs the stairs", "a red boat in a storm")

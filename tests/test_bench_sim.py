@@ -23,7 +23,7 @@ def test_barrier_ceiling_counts_a_slow_gpu_at_its_speed():
 
 
 def test_iteration_stats_read_the_drivers_line():
-    log = ("12:00:01 INFO storyadapter.driver: iteration 1/2 done: 1000 frames in 4.3 s (232.56 frames/s), scale 0.300, "
+    log = ("12:00:01 INFO storyadapter.engine.driver: iteration 1/2 done: 1000 frames in 4.3 s (232.56 frames/s), scale 0.300, "
            "workers busy 270.1 s, waiting at the barrier 2.00 s, driver 0.10 s\n")
     assert iteration_stats(log) == {1: {"frames": 1000, "wall_s": 4.3, "busy_s": 270.1}}
 

@@ -8,12 +8,12 @@ import torch
 from PIL import Image
 
 from bench.upstream_loop import UpstreamStoryAdapter, run_story
-from storyadapter import schedule
-from storyadapter.driver import LocalExecutor, RunPlan, run_iterations
+from storyadapter.story import schedule
+from storyadapter.engine.driver import LocalExecutor, RunPlan, run_iterations
 from storyadapter.models.loading import load_pipeline
-from storyadapter.renderer import RenderSettings
-from storyadapter.story import load_story
-from storyadapter.worker import FramePrompt, FrameWorker, WorkerSpec
+from storyadapter.worker.renderer import RenderSettings
+from storyadapter.story.parse import load_story
+from storyadapter.worker.frame_worker import FramePrompt, FrameWorker, WorkerSpec
 
 from .conftest import write_story
 

@@ -8,7 +8,7 @@ import numpy as np
 from fontTools.ttLib import TTFont
 from PIL import Image
 
-from storyadapter import comic, fonts
+from storyadapter.outputs import comic, fonts
 
 from .test_outputs import make_render_dir
 

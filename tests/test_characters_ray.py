@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from storyadapter import manifest
+from storyadapter.rundir import manifest
 
 from .conftest import EXAMPLES
 

@@ -202,8 +202,8 @@ def test_lora_that_does_not_fit_is_one_line(tiny_source, tiny_lora, tmp_path):
 
 def test_lora_identity_in_the_resume_fingerprint_is_its_content(tiny_lora, tmp_path):
     from storyadapter.launch import compose_config
-    from storyadapter.rundir import fingerprint
-    from storyadapter.story import load_story
+    from storyadapter.rundir.guard import fingerprint
+    from storyadapter.story.parse import load_story
 
     from .conftest import write_story
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from storyadapter import journal, manifest
+from storyadapter.rundir import journal, manifest
 
 from .conftest import write_story
 from .test_engine import assert_same_render

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from storyadapter import convergence, driver, manifest
-from storyadapter.results import BatchResult, FrameResult
-from storyadapter.story import load_story
+from storyadapter.rundir import convergence, manifest
+from storyadapter.engine import driver
+from storyadapter.engine.protocol import BatchResult, FrameResult
+from storyadapter.story.parse import load_story
 
 from .conftest import write_story
 
@@ -80,9 +81,9 @@ def test_off_by_default_and_never_before_a_refinement(tmp_path):
 
 
 def test_early_stop_on_the_tiny_model_keeps_manifest_and_outputs_consistent(tmp_path, tiny_source, tiny_cache):
-    from storyadapter import outputs
-    from storyadapter.renderer import RenderSettings
-    from storyadapter.worker import FramePrompt, FrameWorker, WorkerSpec
+    from storyadapter.outputs import write as outputs
+    from storyadapter.worker.renderer import RenderSettings
+    from storyadapter.worker.frame_worker import FramePrompt, FrameWorker, WorkerSpec
 
     story = load_story(write_story(tmp_path / "s.txt", [f"a lighthouse keeper with a yellow coat, scene {i}" for i in range(3)]))
 
@@ -119,7 +120,7 @@ def test_early_stop_on_the_tiny_model_keeps_manifest_and_outputs_consistent(tmp_
 
 
 def test_resume_fingerprint_ignores_eps_and_keeps_older_renders_resumable(tmp_path):
-    from storyadapter import rundir
+    from storyadapter.rundir import guard as rundir
     from storyadapter.launch import compose_config
 
     story_file = write_story(tmp_path / "s.txt", ["scene"])

@@ -10,9 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
-from storyadapter import csa, identity, rundir
+from storyadapter.attention import csa
+from storyadapter.story import identity
+from storyadapter.rundir import guard as rundir
 from storyadapter.errors import UserError
-from storyadapter.story import Frame, Story, load_story
+from storyadapter.story.parse import Frame, Story, load_story
 
 from .conftest import write_story
 
@@ -123,7 +125,7 @@ def test_step_schedule_and_gates_are_deterministic():
 
 def test_csa_replaces_only_the_up_blocks_self_attention(tiny_source):
     from storyadapter.models.loading import load_pipeline
-    from storyadapter.renderer import RenderSettings, StoryRenderer
+    from storyadapter.worker.renderer import RenderSettings, StoryRenderer
 
     renderer = StoryRenderer(load_pipeline(tiny_source, torch.device("cpu"), torch.float32), RenderSettings(),
                              csa.CSASettings())
@@ -292,7 +294,7 @@ def test_a_bank_written_by_another_worker_gives_the_pixels_of_one_written_here(t
     assert (fetched.banks_fetched, fetched.identity_renders) == (2, 0)
 
     def lost():
-        from storyadapter.worker import BankUnavailable
+        from storyadapter.worker.frame_worker import BankUnavailable
 
         raise BankUnavailable("ObjectLostError")
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from storyadapter import journal
+from storyadapter.rundir import journal
 
 from .conftest import write_story
 from .test_cluster_failures import _capture, cluster  # noqa: F401 - the fixture: a CPU-less head, two 1-CPU nodes

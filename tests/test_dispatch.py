@@ -6,8 +6,8 @@ import random
 
 import pytest
 
-from storyadapter.dispatch import BatchQueues
-from storyadapter.schedule import batches
+from storyadapter.engine.dispatch import BatchQueues
+from storyadapter.story.schedule import batches
 
 
 def test_actors_start_on_their_round_robin_share():

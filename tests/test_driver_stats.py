@@ -8,10 +8,10 @@ import time
 import numpy as np
 import pytest
 
-from storyadapter.driver import RunPlan, run_iterations
-from storyadapter.story import load_story
-from storyadapter.timeline import BatchTimeline
-from storyadapter.results import BatchResult, FrameResult
+from storyadapter.engine.driver import RunPlan, run_iterations
+from storyadapter.story.parse import load_story
+from storyadapter.engine.timeline import BatchTimeline
+from storyadapter.engine.protocol import BatchResult, FrameResult
 
 from .conftest import write_story
 

@@ -20,7 +20,7 @@ import numpy as np
 import psutil
 import pytest
 
-from storyadapter import manifest
+from storyadapter.rundir import manifest
 from storyadapter.errors import UserError
 
 from .conftest import write_story
@@ -183,7 +183,7 @@ def test_a_stalled_actor_s_batches_go_to_the_free_one_with_identical_output(refe
     """SIGSTOP one actor early in iteration 0 (a straggler: a busy node, a throttled GPU): the other actor
     renders the batches the stalled one had not started, and the pixels do not change."""
     out = tmp_path / "out"
-    caplog.set_level(logging.DEBUG, logger="storyadapter.engine")
+    caplog.set_level(logging.DEBUG, logger="storyadapter.engine.executor")
     thread, errors = render_in_background(story_file, tiny_cache, out, 2)
     stalled = None
     deadline = time.monotonic() + 240
@@ -216,7 +216,7 @@ def test_a_stalled_actor_s_batches_go_to_the_free_one_with_identical_output(refe
 
 
 def test_too_few_cpus_or_gpus_is_a_clear_error(local_ray):
-    from storyadapter.engine import ActorResources, check_capacity
+    from storyadapter.engine.executor import ActorResources, check_capacity
 
     check_capacity(ActorResources(2, 1.0, 1.0, 0, 10.0), use_gpu=False)  # fits the 2-CPU test cluster
     with pytest.raises(UserError, match=r"cluster.workers=3 .* needs 3 CPUs; the Ray cluster has 2"):
@@ -226,7 +226,7 @@ def test_too_few_cpus_or_gpus_is_a_clear_error(local_ray):
 
 
 def test_driver_killed_mid_iteration_resumes_without_rendering_finished_frames_again(story_file, tiny_cache, tmp_path, request):
-    from storyadapter import journal
+    from storyadapter.rundir import journal
 
     out = tmp_path / "out"
     # two batches of iteration 1 are durable
@@ -247,7 +247,7 @@ def test_driver_killed_mid_iteration_resumes_without_rendering_finished_frames_a
 def test_a_finished_run_is_extended_and_a_finished_resume_starts_no_actor(reference, story_file, tiny_cache, tmp_path, monkeypatch):
     import shutil
 
-    from storyadapter import engine
+    from storyadapter.engine import executor as engine
 
     out = tmp_path / "out"
     shutil.copytree(reference, out)
@@ -277,7 +277,7 @@ def test_an_actor_that_stops_answering_loses_its_batches_at_the_deadline(referen
     """SIGSTOP one actor for good mid-iteration (a hung GPU, an unreachable node): after the batch deadline its
     batches go to the other actor and the run finishes with the same pixels."""
     out = tmp_path / "out"
-    caplog.set_level(logging.INFO, logger="storyadapter.engine")
+    caplog.set_level(logging.INFO, logger="storyadapter.engine.executor")
     errors: list[BaseException] = []
 
     def run():
@@ -288,7 +288,7 @@ def test_an_actor_that_stops_answering_loses_its_batches_at_the_deadline(referen
 
     thread = threading.Thread(target=run)
     thread.start()
-    from storyadapter import journal
+    from storyadapter.rundir import journal
 
     stopped = None
     deadline = time.monotonic() + 600

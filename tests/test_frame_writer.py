@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from storyadapter import frame_writer
-from storyadapter.frame_writer import FrameWriter
-from storyadapter.renderer import RenderSettings
-from storyadapter.worker import FramePrompt, FrameWorker, WorkerSpec
+from storyadapter.worker import frame_writer
+from storyadapter.worker.frame_writer import FrameWriter
+from storyadapter.worker.renderer import RenderSettings
+from storyadapter.worker.frame_worker import FramePrompt, FrameWorker, WorkerSpec
 
 
 @pytest.fixture(scope="module")

@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from storyadapter import gallery, manifest
-from storyadapter.manifest import FrameRecord
-from storyadapter.thumbs import THUMB_MAX, THUMBS_DIR, thumbnail
+from storyadapter.outputs import gallery
+from storyadapter.rundir import manifest
+from storyadapter.rundir.manifest import FrameRecord
+from storyadapter.outputs.thumbs import THUMB_MAX, THUMBS_DIR, thumbnail
 
 ROOT = Path(__file__).resolve().parents[1]
 

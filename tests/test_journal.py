@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from storyadapter import journal
-from storyadapter.results import FrameResult
+from storyadapter.rundir import journal
+from storyadapter.engine.protocol import FrameResult
 
 
 def _frames(out, frames, dim=4):

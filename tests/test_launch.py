@@ -168,7 +168,7 @@ def test_wheel_ships_the_config_tree_and_web_page_and_launch_composes_from_it(tm
     shipped = {p.relative_to(site / "storyadapter" / "conf").as_posix() for p in (site / "storyadapter" / "conf").rglob("*.yaml")}
     assert conf <= shipped
     assert (site / "storyadapter" / "examples" / "explorer_24.txt").is_file()
-    assert (site / "storyadapter" / "webui.html").is_file()  # the web UI's page
+    assert (site / "storyadapter" / "webui" / "webui.html").is_file()  # the web UI's page
     # From an empty directory, with only the unpacked wheel on the path: the shipped tree is used.
     env = {**ENV, "PYTHONPATH": str(site)}
     where = subprocess.run([sys.executable, "-c", "import storyadapter.launch as l; print(l.conf_dir())"], cwd=tmp_path,

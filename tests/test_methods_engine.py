@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from storyadapter import manifest
+from storyadapter.rundir import manifest
 
 from .conftest import write_story
 from .test_csa import TOM_LISA
@@ -89,10 +89,10 @@ def test_hybrid_on_two_workers_resumed_after_iteration_0_equals_one_uninterrupte
 
 def test_each_write_phase_runs_once_on_one_actor_and_its_bank_reaches_the_others(local_ray, story_file, tiny_cache,
                                                                                    hybrid_one_worker, tmp_path, caplog):
-    from storyadapter import driver, engine
+    from storyadapter.engine import driver, executor as engine
     from storyadapter.launch import compose_config
     from storyadapter.render_story import plan_for, resolve_model, worker_spec
-    from storyadapter.story import load_story
+    from storyadapter.story.parse import load_story
 
     out = tmp_path / "sd"
     cfg = compose_config([
@@ -105,7 +105,7 @@ def test_each_write_phase_runs_once_on_one_actor_and_its_bank_reaches_the_others
     executor = engine.RayExecutor(worker_spec(cfg, story, resolve_model(cfg)[0], out), res, use_gpu=False,
                                   fixed_cluster=True)
     try:
-        with caplog.at_level("INFO", logger="storyadapter.engine"):
+        with caplog.at_level("INFO", logger="storyadapter.engine.executor"):
             driver.run_iterations(plan_for(cfg, story, out), executor)
         counts = executor.counters()
     finally:
@@ -127,12 +127,12 @@ def test_banks_larger_than_a_node_object_store_are_one_warning(monkeypatch, capl
 
     import ray
 
-    from storyadapter import engine
+    from storyadapter.engine import executor as engine
 
     node = {"Alive": True, "Resources": {"object_store_memory": 30e9}}
     monkeypatch.setattr(ray, "nodes", lambda: [node, {**node, "Resources": {"object_store_memory": 60e9}}])
     fits = SimpleNamespace(_bank_bytes={"Tom": 10e9, "Lisa": 10e9})
-    with caplog.at_level("INFO", logger="storyadapter.engine"):
+    with caplog.at_level("INFO", logger="storyadapter.engine.executor"):
         engine.RayExecutor._check_bank_room(fits)
         assert not [r for r in caplog.records if r.levelname == "WARNING"]
         engine.RayExecutor._check_bank_room(SimpleNamespace(_bank_bytes={"Tom": 21.6e9, "Lisa": 21.6e9}))
@@ -147,7 +147,7 @@ def test_a_bank_lost_from_the_object_store_is_written_again_by_its_reader(local_
     themselves, and the pixels are those of an undisturbed run."""
     import ray
 
-    from storyadapter import engine
+    from storyadapter.engine import executor as engine
 
     @ray.remote(num_cpus=0)
     def gone():
@@ -179,7 +179,7 @@ def _counting_shutdown(real_shutdown, counters, into: list):
 
 def test_a_finished_resume_keeps_the_metrics_and_the_gallery_names_the_method(local_ray, story_file, tiny_cache, tmp_path):
     from storyadapter.launch import compose_config
-    from storyadapter.metrics import METRICS_JSON
+    from storyadapter.outputs.metrics import METRICS_JSON
     from storyadapter.render_story import render_story
 
     out = tmp_path / "sd"

@@ -16,10 +16,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from storyadapter import comic, gallery, manifest
-from storyadapter.manifest import FrameRecord
+from storyadapter.outputs import comic, gallery
+from storyadapter.rundir import manifest
+from storyadapter.rundir.manifest import FrameRecord
 from storyadapter.models.tiny_clip import build_tiny_clip
-from storyadapter.outputs import write_all
+from storyadapter.outputs.write import write_all
 
 ROOT = Path(__file__).resolve().parents[1]
 LONG_CAPTION = (
@@ -259,7 +260,7 @@ def test_metrics_json_one_entry_per_iteration(rendered):
 
 
 def test_consistency_definition():
-    from storyadapter.metrics import metrics_from_embeddings
+    from storyadapter.outputs.metrics import metrics_from_embeddings
 
     img = np.array([[1, 0], [1, 0], [0, 1], [0, 1]], np.float32)
     txt = np.array([[1, 0], [0, 1], [0, 1], [0, 1]], np.float32)
@@ -272,7 +273,7 @@ def test_consistency_definition():
 
 def test_eval_cli_on_render_dir_matches_run(rendered, tiny_clip, tmp_path):
     out = tmp_path / "eval.json"
-    proc = run_cli("storyadapter.eval", str(rendered), "--clip-model", str(tiny_clip), "--json", str(out))
+    proc = run_cli("storyadapter.outputs.eval", str(rendered), "--clip-model", str(tiny_clip), "--json", str(out))
     assert proc.returncode == 0, proc.stderr
     assert "clip_t" in proc.stdout
     ran = json.loads((rendered / "metrics.json").read_text())
@@ -285,8 +286,8 @@ def test_eval_cli_on_render_dir_matches_run(rendered, tiny_clip, tmp_path):
 
 
 def test_eval_cli_on_image_folder_with_story(tmp_path, tiny_clip):
-    from storyadapter.metrics import ClipScorer, evaluate_render
-    from storyadapter.story import load_story
+    from storyadapter.outputs.metrics import ClipScorer, evaluate_render
+    from storyadapter.story.parse import load_story
 
     story_file = tmp_path / "story.txt"
     story_file.write_text(
@@ -305,7 +306,7 @@ def test_eval_cli_on_image_folder_with_story(tmp_path, tiny_clip):
     for f in range(len(story.frames)):  # unpadded names: natural order must put 2 before 10
         shutil.copy(render / "iter_00" / manifest.frame_filename(f), folder / f"img{f}.png")
     out = tmp_path / "folder.json"
-    proc = run_cli("storyadapter.eval", str(folder), "--story", str(story_file), "--clip-model", str(tiny_clip), "--json", str(out))
+    proc = run_cli("storyadapter.outputs.eval", str(folder), "--story", str(story_file), "--clip-model", str(tiny_clip), "--json", str(out))
     assert proc.returncode == 0, proc.stderr
     [row] = json.loads(out.read_text())
     [expected] = evaluate_render(render, ClipScorer(str(tiny_clip)))
@@ -329,17 +330,17 @@ def test_cli_bad_inputs_are_one_line(tmp_path, tiny_clip):
     (no_parts / "manifest").mkdir(parents=True)
     clip = ["--clip-model", str(tiny_clip)]
     cases = [
-        ("storyadapter.eval", str(tmp_path / "missing"), "--story", str(story_file), *clip),
-        ("storyadapter.eval", str(empty), "--story", str(story_file), *clip),
-        ("storyadapter.eval", str(two), "--story", str(story_file), *clip),
-        ("storyadapter.eval", str(two), *clip),
-        ("storyadapter.eval", str(no_parts), *clip),
-        ("storyadapter.eval", str(two), "--story", str(story_two), "--clip-model", str(tmp_path / "no-such-clip")),
-        ("storyadapter.eval", str(two), "--story", str(story_two), "--clip-model", "openai/clip-not-downloaded"),
-        ("storyadapter.comic", str(tmp_path / "missing")),
-        ("storyadapter.comic", str(no_parts)),
-        ("storyadapter.eval", str(two)),  # bad command lines too: one line, not argparse's usage block
-        ("storyadapter.comic", str(no_parts), "--layout", "diagonal"),
+        ("storyadapter.outputs.eval", str(tmp_path / "missing"), "--story", str(story_file), *clip),
+        ("storyadapter.outputs.eval", str(empty), "--story", str(story_file), *clip),
+        ("storyadapter.outputs.eval", str(two), "--story", str(story_file), *clip),
+        ("storyadapter.outputs.eval", str(two), *clip),
+        ("storyadapter.outputs.eval", str(no_parts), *clip),
+        ("storyadapter.outputs.eval", str(two), "--story", str(story_two), "--clip-model", str(tmp_path / "no-such-clip")),
+        ("storyadapter.outputs.eval", str(two), "--story", str(story_two), "--clip-model", "openai/clip-not-downloaded"),
+        ("storyadapter.outputs.comic", str(tmp_path / "missing")),
+        ("storyadapter.outputs.comic", str(no_parts)),
+        ("storyadapter.outputs.eval", str(two)),  # bad command lines too: one line, not argparse's usage block
+        ("storyadapter.outputs.comic", str(no_parts), "--layout", "diagonal"),
     ]
     for args in cases:
         proc = run_cli(*args)
@@ -351,7 +352,7 @@ def test_cli_bad_inputs_are_one_line(tmp_path, tiny_clip):
 
 def test_comic_cli_regenerates_outputs(tmp_path):
     out = make_render_dir(tmp_path / "run", 5)
-    proc = run_cli("storyadapter.comic", str(out), "--layout", "four", "--caption-position", "above")
+    proc = run_cli("storyadapter.outputs.comic", str(out), "--layout", "four", "--caption-position", "above")
     assert proc.returncode == 0, proc.stderr
     assert sorted(p.name for p in (out / "comic").iterdir()) == ["page_01.png", "page_02.png"]
     for name in ("story.gif", "iterations.png", "index.html"):

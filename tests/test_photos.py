@@ -15,8 +15,8 @@ import pytest
 from PIL import Image
 
 from storyadapter.errors import UserError
-from storyadapter.photos import MAX_PHOTO_PIXELS, decode
-from storyadapter.story import load_story
+from storyadapter.story.photos import MAX_PHOTO_PIXELS, decode
+from storyadapter.story.parse import load_story
 
 from .conftest import EXAMPLES, REPO
 
@@ -156,8 +156,8 @@ def test_cli_reports_a_bad_photo_in_one_line_before_anything_starts(tmp_path, ti
 
 
 def test_photo_changes_iteration_0_frames_naming_its_character_and_no_others(tmp_path, tiny_source):
-    from storyadapter.renderer import RenderSettings
-    from storyadapter.worker import FramePrompt, FrameWorker, WorkerSpec
+    from storyadapter.worker.renderer import RenderSettings
+    from storyadapter.worker.frame_worker import FramePrompt, FrameWorker, WorkerSpec
 
     (tmp_path / "tom.png").write_bytes((EXAMPLES / "tom.png").read_bytes())
     story_path = tmp_path / "s.txt"
@@ -188,7 +188,7 @@ def test_photo_changes_iteration_0_frames_naming_its_character_and_no_others(tmp
 def test_web_ui_request_carries_photos_into_the_job_folder(tmp_path):
     import base64
 
-    from storyadapter.webui_jobs import MAX_PHOTO_UPLOAD_BYTES, RenderQueue, RenderRequest
+    from storyadapter.webui.jobs import MAX_PHOTO_UPLOAD_BYTES, RenderQueue, RenderRequest
 
     story = "[Tom] a boy with a red cap (photo: tom.png)\n\n[Tom] waves\n[NC] a beach\n"
     photo = (EXAMPLES / "tom.png").read_bytes()

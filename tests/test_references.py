@@ -9,10 +9,11 @@ import pytest
 import torch
 from PIL import Image
 
-from storyadapter import grca, references
-from storyadapter.renderer import RenderSettings
-from storyadapter.story import load_story
-from storyadapter.worker import FramePrompt, FrameWorker, WorkerSpec
+from storyadapter.attention import grca
+from storyadapter.story import references
+from storyadapter.worker.renderer import RenderSettings
+from storyadapter.story.parse import load_story
+from storyadapter.worker.frame_worker import FramePrompt, FrameWorker, WorkerSpec
 
 SETTINGS = RenderSettings(steps=2, height=64, width=64, guidance_scale=7.5)
 STORY = """[Tom] a boy with a red cap

@@ -8,10 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from storyadapter import driver, grca, schedule, torch_settings
-from storyadapter.renderer import RenderSettings, StoryRenderer, initial_noise
-from storyadapter.story import load_story
-from storyadapter.worker import FramePrompt, FrameWorker, WorkerSpec
+from storyadapter.engine import driver
+from storyadapter.attention import grca
+from storyadapter.story import schedule
+from storyadapter.worker import torch_settings
+from storyadapter.worker.renderer import RenderSettings, StoryRenderer, initial_noise
+from storyadapter.story.parse import load_story
+from storyadapter.worker.frame_worker import FramePrompt, FrameWorker, WorkerSpec
 
 from .conftest import write_story
 
@@ -58,7 +61,7 @@ def test_text_encoding_matches_diffusers_and_accepts_long_prompts(renderer):
     assert torch.equal(ours.negative_tokens, negative)
 
     long_prompt = ", ".join(f"detail number {i}" for i in range(60))  # ~240 tokens
-    from storyadapter.text import count_windows
+    from storyadapter.worker.text import count_windows
 
     windows = count_windows(pipe.tokenizer, long_prompt)
     assert windows >= 3
@@ -198,7 +201,7 @@ def test_scale_past_the_ramp_stays_at_the_end():
 def test_a_worker_never_renders_with_a_stale_bank(tiny_source, tmp_path):
     """The bank arrives with begin_iteration; a batch for any other iteration is refused, and a new bank
     gives exactly what a fresh worker gives with it (nothing of the old bank lingers)."""
-    from storyadapter.results import StaleIterationError
+    from storyadapter.engine.protocol import StaleIterationError
 
     story = load_story(write_story(tmp_path / "s.txt", [f"a fox in a lantern shop, scene {i}" for i in range(2)]))
     spec = WorkerSpec(source=tiny_source, settings=SETTINGS,

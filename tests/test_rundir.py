@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from storyadapter import rundir
+from storyadapter.rundir import guard as rundir
 from storyadapter.config import Config
 from storyadapter.errors import UserError
 from storyadapter.render_story import worker_spec
-from storyadapter.story import load_story
+from storyadapter.story.parse import load_story
 
 from .conftest import write_story
 

@@ -14,8 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from storyadapter.results import StaleIterationError
-from storyadapter.sim import SimSpec, SimWorker
+from storyadapter.engine.protocol import StaleIterationError
+from storyadapter.engine.sim import SimSpec, SimWorker
 
 from .conftest import EXAMPLES
 
@@ -144,10 +144,10 @@ def test_straggler_outside_ray_is_the_single_node_when_the_share_rounds_to_it(tm
 
 
 def test_resume_may_change_sim_timings_but_not_what_it_writes(tmp_path):
-    from storyadapter import rundir
+    from storyadapter.rundir import guard as rundir
     from storyadapter.errors import UserError
     from storyadapter.launch import compose_config
-    from storyadapter.story import load_story
+    from storyadapter.story.parse import load_story
 
     story_path = EXAMPLES / "explorer_24.txt"
     story = load_story(story_path)

@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from storyadapter.errors import UserError
-from storyadapter.story import Frame, Story, StoryError, describe, load_story
-from storyadapter.styles import DEFAULT_STYLE, Style, get_style, style_names
+from storyadapter.story.parse import Frame, Story, StoryError, describe, load_story
+from storyadapter.story.styles import DEFAULT_STYLE, Style, get_style, style_names
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "storyadapter" / "examples"
 

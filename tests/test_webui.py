@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from storyadapter.webui import WebUIServer
-from storyadapter.webui_jobs import JOB_FILE, Limits, RenderQueue
+from storyadapter.webui.server import WebUIServer
+from storyadapter.webui.jobs import JOB_FILE, Limits, RenderQueue
 
 STORY = "[Mia] a young explorer with a red scarf\n\n[Mia] reads a map. #The map\n[NC] a frozen river at dawn. #The river\n"
 NASTY = "( [ { = ' # , ${HOME}"  # Hydra's grammar characters and an interpolation
@@ -92,7 +92,7 @@ def test_page_and_choices(ui):
 
 
 def test_the_method_picker_reaches_the_launcher_and_storydiffusion_counts_one_pass(ui):
-    from storyadapter.webui_jobs import RenderRequest
+    from storyadapter.webui.jobs import RenderRequest
 
     assert b'id="method"' in call(ui, "GET", "/")[2]
     sd = RenderRequest.from_json({"story": "a cat", "method": "storydiffusion", "iterations": 3})
@@ -337,7 +337,7 @@ def test_sigterm_stops_the_running_render_its_ray_processes_and_the_server(tmp_p
 
 
 def test_the_error_shown_for_a_failed_render_is_the_launcher_s_line_never_hydra_s_advice(tmp_path):
-    from storyadapter.webui_jobs import last_error_line
+    from storyadapter.webui.jobs import last_error_line
 
     log = tmp_path / "render.log"
     log.write_text("12:00:00 INFO storyadapter.render_story: story s\nerror: output_dir=/x: No space left on device\n")

@@ -130,7 +130,7 @@ _DONE = re.compile(r"iteration (\d+)/(\d+) done: (\d+) frames in ([\d.]+) s .*?w
 
 
 def iteration_stats(log: str) -> dict[int, dict]:
-    """The driver's per-iteration line: wall and summed worker busy time (storyadapter/driver.py)."""
+    """The driver's per-iteration line: wall and summed worker busy time (storyadapter/engine/driver.py)."""
     return {int(m[1]): {"frames": int(m[3]), "wall_s": float(m[4]), "busy_s": float(m[5])} for m in _DONE.finditer(log)}
 
 

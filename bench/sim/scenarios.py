@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from storyadapter.sim import SimSpec, SimWorker
+from storyadapter.engine.sim import SimSpec, SimWorker
 
 from .harness import DriverRun, SimCluster, frames_on_disk, iteration_stats, read_trace, write_story
 from .ideal import barrier_ceiling

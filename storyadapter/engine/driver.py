@@ -16,13 +16,14 @@ from typing import TYPE_CHECKING, Callable, Protocol, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from . import convergence, journal, manifest, references, schedule
-from .story import Story
+from ..rundir import convergence, journal, manifest
+from ..story import references, schedule
+from ..story.parse import Story
 from .timeline import BatchTimeline
-from .results import BatchResult, FrameResult, Worker
+from .protocol import BatchResult, FrameResult, Worker
 
 if TYPE_CHECKING:
-    from .identity import ConsistentPass
+    from ..story.identity import ConsistentPass
 
 log = logging.getLogger(__name__)
 

@@ -33,8 +33,8 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from . import local_ray
 from .deadlines import BatchDeadlines
 from .dispatch import BatchQueues
-from .errors import UserError
-from .results import StaleIterationError
+from ..errors import UserError
+from .protocol import StaleIterationError
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ class RenderActor:
         if getattr(self, "_clip", None) is None or self._clip.name != clip_model:
             import torch
 
-            from .metrics import ClipScorer
+            from ..outputs.metrics import ClipScorer
 
             self._clip = ClipScorer(clip_model, device="cuda" if torch.cuda.is_available() else "cpu")
         return self._clip.image_file_embeddings(paths), self._clip.text_embeddings(texts)
@@ -120,7 +120,7 @@ def _common_environment(reports: list[dict | None]) -> dict | None:
 def _bank_loader(ref):
     """Fetch an ID bank; a Ray failure (lost object, dead owner) becomes the worker's BankUnavailable."""
     def load():
-        from .worker import BankUnavailable
+        from ..worker.frame_worker import BankUnavailable
 
         try:
             return ray.get(ref)

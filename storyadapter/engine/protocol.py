@@ -12,7 +12,7 @@ from typing import Protocol
 
 import numpy as np
 
-from .atomic import replacing
+from ..atomic import replacing
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ class Worker(Protocol):
 
     # Workers of a consistent-self-attention pass also offer `write_identity(iteration, character, share)`,
     # whose result has `.batch` (a BatchResult) and `.bank` (the packed ID bank, with share), and
-    # `forget_banks()`; id_banks maps a character to a callable that fetches its packed bank (worker.py).
+    # `forget_banks()`; id_banks maps a character to a callable that fetches its packed bank (worker/frame_worker.py).
 
 
 class StaleIterationError(RuntimeError):

@@ -22,9 +22,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from . import environment, manifest
-from .atomic import replacing
-from .results import BatchResult, FrameResult, StaleIterationError, fsync_dir, write_png_durably
+from .. import environment
+from ..rundir import manifest
+from ..atomic import replacing
+from .protocol import BatchResult, FrameResult, StaleIterationError, fsync_dir, write_png_durably
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,7 @@ def on_straggler_node(share: float) -> bool:
 
 
 class SimWorker:
-    """The Worker protocol (results.py) with sleeps for renders; keeps FrameWorker's stale-iteration guard."""
+    """The Worker protocol (protocol.py) with sleeps for renders; keeps FrameWorker's stale-iteration guard."""
 
     def __init__(self, spec: SimSpec):
         self.spec = spec
@@ -147,7 +148,7 @@ class SimWorker:
 
 def validate_config(sim) -> None:
     """Ranges the schema's types cannot express (model.sim.*)."""
-    from .errors import UserError
+    from ..errors import UserError
 
     if sim.frame_s < 0:
         raise UserError(f"model.sim.frame_s={sim.frame_s}: must be 0 or more")

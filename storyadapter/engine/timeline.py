@@ -5,7 +5,7 @@ Times are `time.time()` stamps taken by the workers, so across nodes they are as
 
 from __future__ import annotations
 
-from .results import BatchResult
+from .protocol import BatchResult
 
 
 class BatchTimeline:

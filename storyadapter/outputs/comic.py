@@ -9,7 +9,7 @@ Layouts:
 Layout (geometry, wrapped caption lines and their exact text boxes) is computed separately from
 drawing, so tests can check that every caption line sits inside its panel and page.
 
-CLI: python -m storyadapter.comic DIR [--layout classic|four|single] [--caption-position below|above]
+CLI: python -m storyadapter.outputs.comic DIR [--layout classic|four|single] [--caption-position below|above]
      [--clip-model PATH]   regenerates comic pages, GIF, contact sheet, index (and metrics).
 """
 
@@ -23,10 +23,10 @@ from typing import Sequence
 
 from PIL import Image, ImageDraw, ImageFont
 
-from .atomic import replacing
-from . import manifest
+from ..atomic import replacing
+from ..rundir import manifest
 from .fonts import CaptionFont
-from .errors import ArgumentParser, UserError, environment_error, report
+from ..errors import ArgumentParser, UserError, environment_error, report
 
 log = logging.getLogger(__name__)
 
@@ -373,7 +373,7 @@ def write_comic(
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = ArgumentParser(
-        prog="python -m storyadapter.comic",
+        prog="python -m storyadapter.outputs.comic",
         description="Regenerate comic pages, GIF, contact sheet and index (and metrics) of a render directory.",
     )
     parser.add_argument("dir", type=Path, help="render output directory (has manifest/)")
@@ -383,7 +383,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        from .outputs import write_all
+        from .write import write_all
 
         write_all(
             args.dir, args.clip_model, layout=args.layout, caption_position=args.caption_position, clip_key="--clip-model",

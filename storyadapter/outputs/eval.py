@@ -1,7 +1,7 @@
 """Evaluate a story's images with CLIP: a render directory (every iteration, the same numbers the
 run wrote to metrics.json) or any folder of images against a story file (e.g. a baseline's output).
 
-python -m storyadapter.eval DIR_OR_FOLDER [--story FILE] --clip-model PATH [--json OUT]
+python -m storyadapter.outputs.eval DIR_OR_FOLDER [--story FILE] --clip-model PATH [--json OUT]
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from . import manifest
-from .errors import ArgumentParser, UserError, report
+from ..rundir import manifest
+from ..errors import ArgumentParser, UserError, report
 from .metrics import (
     METRICS_JSON,
     METRICS_PNG,
@@ -46,7 +46,7 @@ def folder_images(folder: Path) -> list[Path]:
 
 def evaluate_folder(folder: Path, story_path: Path, scorer: ClipScorer | None = None, clip_model: str | None = None) -> dict[str, Any]:
     """Images in natural name order are frames 0..N-1 of the story; counts must match."""
-    from .story import load_story  # lazily: render-dir evaluation needs no story parser
+    from ..story.parse import load_story  # lazily: render-dir evaluation needs no story parser
 
     files = folder_images(folder)
     story = load_story(story_path)
@@ -63,7 +63,7 @@ def evaluate_folder(folder: Path, story_path: Path, scorer: ClipScorer | None = 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = ArgumentParser(prog="python -m storyadapter.eval", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="python -m storyadapter.outputs.eval", description=__doc__.split("\n\n")[0])
     parser.add_argument("path", type=Path, help="render directory (has manifest/) or a folder of images")
     parser.add_argument("--story", type=Path, default=None, help="story file; required for a plain image folder")
     parser.add_argument("--clip-model", required=True, help="CLIP hub id or local directory")

@@ -15,12 +15,12 @@ import numpy as np
 import yaml
 from PIL import Image, ImageDraw
 
-from .atomic import replacing
-from . import manifest
+from ..atomic import replacing
+from ..rundir import manifest
 from .gif import write_gif_streaming
 from .thumbs import THUMB_MAX, thumbnail
 from .comic import COMIC_DIR, Box, fit_image, load_font, resolve_iteration
-from .manifest import FrameRecord
+from ..rundir.manifest import FrameRecord
 from .metrics import METRICS_JSON, METRICS_PNG, finished_iterations_or_fail, load_image
 
 GIF_NAME = "story.gif"
@@ -163,7 +163,7 @@ def _metrics_table(out_dir: Path) -> str:
 
 
 def _photos_section(out_dir: Path) -> str:
-    from .photos import read_sidecar
+    from ..story.photos import read_sidecar
 
     figures = "".join(
         f'<figure><a href="{_href(e["copy"])}"><img src="{_href(e["copy"])}" alt="photo of {_esc(str(e.get("character")))}"></a>'

@@ -11,7 +11,7 @@ from typing import Iterable
 
 from PIL import GifImagePlugin, Image
 
-from .atomic import replacing
+from ..atomic import replacing
 
 
 def write_gif_streaming(path: Path, frames: Iterable[Image.Image], duration_ms: int, loop: int = 0) -> int:

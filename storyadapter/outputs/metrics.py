@@ -16,9 +16,9 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
-from .atomic import replacing
-from . import manifest
-from .errors import UserError
+from ..atomic import replacing
+from ..rundir import manifest
+from ..errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -225,7 +225,7 @@ def evaluate_render_from_manifest(out_dir: Path) -> list[dict[str, Any]]:
 def _with_embedding_change(out_dir: Path, results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Add each iteration's mean 1 - cosine to the previous one, from the run's own embeddings (the number
     render.stop_when_stable compares with EPS); None for iteration 0."""
-    from .convergence import changes
+    from ..rundir.convergence import changes
 
     change = changes(out_dir, [r["iteration"] for r in results])
     return [{**r, "embedding_change": change.get(r["iteration"])} for r in results]

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from .atomic import replacing
-from .errors import UserError
+from ..atomic import replacing
+from ..errors import UserError
 
 THUMBS_DIR = "thumbs"  # DIR/thumbs/iter_XX/frame_XXXX.png mirrors DIR/iter_XX/frame_XXXX.png
 THUMB_MAX = 256  # longest side, px

@@ -1,6 +1,6 @@
 """Everything written after the last iteration, in dependency order: metrics, comic, GIF, contact
 sheet, then the index that links them. Reads only the manifest and PNGs, so it can be re-run any time
-(`python -m storyadapter.comic DIR`)."""
+(`python -m storyadapter.outputs.comic DIR`)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .comic import write_comic
-from .errors import UserError
+from ..errors import UserError
 from .gallery import write_contact_sheet, write_gif, write_index
 from .metrics import ClipScorer, finished_iterations_or_fail, run_metrics
 

@@ -10,10 +10,11 @@ from pathlib import Path
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from . import environment, manifest
-from .atomic import replacing
-from .errors import UserError
-from .story import Story
+from .. import environment
+from . import manifest
+from ..atomic import replacing
+from ..errors import UserError
+from ..story.parse import Story
 
 CONFIG_FILE = "config.yaml"
 # Settings that change pixels. Everything else (cluster layout, outputs, resume, logging) may differ on resume.
@@ -46,7 +47,7 @@ def fingerprint(cfg: DictConfig, story: Story) -> dict:
     if not fp["model"].get("loras"):
         fp["model"].pop("loras", None)  # no LoRA: the same fingerprint as renders made before the key existed
     else:
-        from .models.lora import digest
+        from ..models.lora import digest
 
         # A LoRA is its bytes: the same file moved elsewhere resumes, another file under the same name does not.
         fp["model"]["loras"] = [{"sha256": digest(lw["path"]), "scale": lw["scale"]} for lw in fp["model"]["loras"]]

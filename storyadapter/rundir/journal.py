@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .manifest import MANIFEST_DIR, iteration_dirname
-from .results import FrameResult, fsync_dir
+from ..engine.protocol import FrameResult, fsync_dir
 
 log = logging.getLogger(__name__)
 

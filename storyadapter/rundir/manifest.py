@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .atomic import replacing
+from ..atomic import replacing
 
 MANIFEST_DIR = "manifest"
 _PART = re.compile(r"^iter_(\d+)\.parquet$")

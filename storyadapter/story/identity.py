@@ -14,12 +14,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from . import schedule
-from .errors import UserError
-from .story import Story
+from ..errors import UserError
+from .parse import Story
 from .styles import get_style
 
 if TYPE_CHECKING:
-    from .csa import CSASettings
+    from ..attention.csa import CSASettings
 
 # Views for synthesized identity prompts: varied enough that the bank is not one picture repeated.
 VIEWS = (

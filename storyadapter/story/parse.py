@@ -44,8 +44,8 @@ from typing import NamedTuple
 import yaml
 
 from storyadapter.errors import UserError
-from storyadapter.photos import CharacterPhoto, load_photo
-from storyadapter.styles import get_style
+from storyadapter.story.photos import CharacterPhoto, load_photo
+from storyadapter.story.styles import get_style
 
 MAX_FILE_BYTES = 8 * 1024 * 1024
 MAX_LINE_CHARS = 4000  # per .txt line, and per string value in YAML/JSON

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from .errors import UserError
+from ..errors import UserError
 
 MAX_PHOTO_BYTES = 20 * 1024 * 1024
 MAX_PHOTO_PIXELS = 40_000_000  # 40 MP: any camera photo; a decompression bomb claims far more
@@ -109,7 +109,7 @@ def write_sidecar(out_dir: Path, photos: dict[str, CharacterPhoto]) -> Path | No
         return None
     import json
 
-    from .atomic import replacing
+    from ..atomic import replacing
 
     (out_dir / PHOTOS_DIR).mkdir(parents=True, exist_ok=True)
     entries = []

@@ -26,11 +26,11 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import manifest
-from .atomic import replacing
-from .errors import UserError
-from .story import StoryError, load_story
-from .styles import style_names
+from ..rundir import manifest
+from ..atomic import replacing
+from ..errors import UserError
+from ..story.parse import StoryError, load_story
+from ..story.styles import style_names
 
 MAX_STORY_BYTES = 256 * 1024
 MAX_TITLE_CHARS = 120

@@ -28,9 +28,9 @@ from importlib import resources
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from .errors import ArgumentParser, UserError, report
-from .styles import style_names
-from .webui_jobs import MAX_REQUEST_BYTES, MODELS, Limits, RenderQueue, RenderRequest
+from ..errors import ArgumentParser, UserError, report
+from ..story.styles import style_names
+from .jobs import MAX_REQUEST_BYTES, MODELS, Limits, RenderQueue, RenderRequest
 
 log = logging.getLogger(__name__)
 SERVED_SUFFIXES = {".png", ".gif", ".html", ".json", ".yaml", ".parquet", ".log", ".txt"}
@@ -43,7 +43,7 @@ FAVICON = (b'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16"><rect w
 
 
 def _page(token: str | None) -> bytes:
-    page = resources.files("storyadapter").joinpath("webui.html").read_bytes()
+    page = resources.files(__package__).joinpath("webui.html").read_bytes()
     return page.replace(b'content="@TOKEN@"', f'content="{token or ""}"'.encode())  # token_urlsafe: no quotes
 
 

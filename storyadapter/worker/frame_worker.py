@@ -16,14 +16,17 @@ from typing import Callable, Mapping
 import numpy as np
 import torch
 
-from . import environment, manifest, references, schedule, torch_settings
+from .. import environment
+from ..rundir import manifest
+from ..story import references, schedule
+from . import torch_settings
 from .frame_writer import FrameWriter
-from .csa import IdBank, PackedBank
-from .identity import ConsistentPass, IdentityBatch
-from .models.loading import ModelSource, load_pipeline, pick_device, pick_dtype
-from .photos import CharacterPhoto
+from ..attention.csa import IdBank, PackedBank
+from ..story.identity import ConsistentPass, IdentityBatch
+from ..models.loading import ModelSource, load_pipeline, pick_device, pick_dtype
+from ..story.photos import CharacterPhoto
 from .renderer import RenderSettings, StoryRenderer
-from .results import BatchResult, FrameResult, StaleIterationError, fsync_dir
+from ..engine.protocol import BatchResult, FrameResult, StaleIterationError, fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +91,7 @@ def _reproducible(method):
 class FrameWorker:
     @_reproducible
     def __init__(self, spec: WorkerSpec):
-        from .logs import quiet_libraries
+        from ..logs import quiet_libraries
 
         quiet_libraries()
         device = pick_device(spec.device)
@@ -138,7 +141,7 @@ class FrameWorker:
         # Once per worker for the whole run, at render.reference_size like every other reference.
         if not self.spec.photos:
             return None
-        from .photos import decode
+        from ..story.photos import decode
 
         self.image_encodes += len(self.spec.photos)
         return self.renderer.embed_images([decode(p.data) for p in self.spec.photos])

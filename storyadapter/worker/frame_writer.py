@@ -19,7 +19,7 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-from .results import write_png_durably
+from ..engine.protocol import write_png_durably
 
 
 class FrameWriter:

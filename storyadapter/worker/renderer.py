@@ -19,7 +19,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import csa, grca, text
+from ..attention import csa, grca
+from . import text
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,5 @@
+"""`python -m storyadapter.webui`: the web UI server (server.py)."""
+
+from .server import main
+
+main()
