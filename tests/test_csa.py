@@ -294,7 +294,7 @@ def test_a_bank_written_by_another_worker_gives_the_pixels_of_one_written_here(t
     assert (fetched.banks_fetched, fetched.identity_renders) == (2, 0)
 
     def lost():
-        from storyadapter.worker.frame_worker import BankUnavailable
+        from storyadapter.engine.protocol import BankUnavailable
 
         raise BankUnavailable("ObjectLostError")
 

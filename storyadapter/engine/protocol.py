@@ -48,6 +48,11 @@ class StaleIterationError(RuntimeError):
     """A batch arrived for an iteration the worker was not set up for: rendering it would use the wrong bank."""
 
 
+class BankUnavailable(RuntimeError):
+    """A bank loader could not fetch its ID bank (under Ray: a lost object or a dead owner); the worker then
+    renders that write phase itself."""
+
+
 def write_png_durably(image, path: Path) -> None:
     """Write a PNG so it survives a crash of the whole node before anything points at it.
 

@@ -26,15 +26,11 @@ from ..story.identity import ConsistentPass, IdentityBatch
 from ..models.loading import ModelSource, load_pipeline, pick_device, pick_dtype
 from ..story.photos import CharacterPhoto
 from .renderer import RenderSettings, StoryRenderer
-from ..engine.protocol import BatchResult, FrameResult, StaleIterationError, fsync_dir
+from ..engine.protocol import BankUnavailable, BatchResult, FrameResult, StaleIterationError, fsync_dir
 
 log = logging.getLogger(__name__)
 
 BankLoader = Callable[[], PackedBank]  # fetches one character's ID bank (under Ray: ray.get of its object)
-
-
-class BankUnavailable(RuntimeError):
-    """A BankLoader could not fetch its bank; the worker then renders that write phase itself."""
 
 
 @dataclass(frozen=True)
