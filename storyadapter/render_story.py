@@ -155,7 +155,7 @@ def consistent_pass(cfg: DictConfig, story: Story):
     m = cfg.method
     if m.name == "story_adapter":
         return None
-    from .attention.csa import CSASettings
+    from .methods import CSASettings
     from .story.identity import consistent_pass as plan
 
     settings = CSASettings(id_length=m.id_length, sa32=m.sa32, sa64=m.sa64, plain_steps=m.plain_steps,
@@ -240,6 +240,7 @@ def _render(cfg: DictConfig, story: Story, out_dir: Path, state: rundir.RunDir) 
     CLIP on the actors (their GPUs) before releasing them. Returns whether metrics were written, and the
     error to raise once the other outputs are written."""
     from .engine import driver, executor as engine
+    from .worker.clip import ActorClip
 
     source, eval_clip = resolve_model(cfg)
     c = cfg.cluster
@@ -249,7 +250,7 @@ def _render(cfg: DictConfig, story: Story, out_dir: Path, state: rundir.RunDir) 
         res = engine.ActorResources(c.workers, c.gpus_per_worker, c.cpus_per_worker, c.max_restarts, c.ready_timeout_s,
                                     c.batch_timeout_s, c.batch_timeout_factor, c.capacity_timeout_s)
         executor = engine.RayExecutor(worker_spec(cfg, story, source, out_dir), res, use_gpu=actor_devices(cfg),
-                                      fixed_cluster=c.mode == "local")
+                                      fixed_cluster=c.mode == "local", clip=ActorClip)
         env = getattr(executor, "environment", None)
         if not state.fresh and (changed := rundir.environment_changed(out_dir, env)):
             log.warning("%s", changed)

@@ -34,15 +34,16 @@ from . import local_ray
 from .deadlines import BatchDeadlines
 from .dispatch import BatchQueues
 from ..errors import UserError
-from .protocol import StaleIterationError
+from .protocol import BankUnavailable, StaleIterationError
 
 log = logging.getLogger(__name__)
 
 
 @ray.remote
 class RenderActor:
-    def __init__(self, spec):
+    def __init__(self, spec, clip=None):
         self.worker = spec.build()  # a FrameWorker, or a simulated one: torch is imported only by the former
+        self.clip = clip() if clip else None  # the evaluation CLIP's embeddings, as the caller gave it (worker side)
 
     def ready(self) -> int:
         return os.getpid()
@@ -78,13 +79,9 @@ class RenderActor:
 
     def clip_embeddings(self, clip_model: str, paths: list[str], texts: list[str]):
         """Evaluation CLIP on this actor's device: (image embeddings of `paths`, text embeddings of `texts`)."""
-        if getattr(self, "_clip", None) is None or self._clip.name != clip_model:
-            import torch
-
-            from ..outputs.metrics import ClipScorer
-
-            self._clip = ClipScorer(clip_model, device="cuda" if torch.cuda.is_available() else "cpu")
-        return self._clip.image_file_embeddings(paths), self._clip.text_embeddings(texts)
+        if self.clip is None:
+            raise RuntimeError("RayExecutor was started without clip=: its actors have no evaluation CLIP")
+        return self.clip(clip_model, paths, texts)
 
 
 class ActorClipScorer:
@@ -118,10 +115,8 @@ def _common_environment(reports: list[dict | None]) -> dict | None:
 
 
 def _bank_loader(ref):
-    """Fetch an ID bank; a Ray failure (lost object, dead owner) becomes the worker's BankUnavailable."""
+    """Fetch an ID bank; a Ray failure (lost object, dead owner) becomes BankUnavailable (protocol.py)."""
     def load():
-        from ..worker.frame_worker import BankUnavailable
-
         try:
             return ray.get(ref)
         except ray.exceptions.RayError as exc:
@@ -213,7 +208,10 @@ class _Actor:
 class RayExecutor:
     queue_depth = 2
 
-    def __init__(self, spec, res: ActorResources, use_gpu: bool, fixed_cluster: bool):
+    def __init__(self, spec, res: ActorResources, use_gpu: bool, fixed_cluster: bool, clip=None):
+        """`clip`: a class whose instances, called as (clip_model, paths, texts), return the evaluation CLIP's
+        (image, text) embeddings on an actor (ActorClipScorer's work); each actor makes one. Given by the caller, so
+        the engine never imports the code that loads CLIP (torch)."""
         if fixed_cluster:
             check_capacity(res, use_gpu)
         gpus = res.gpus_per_worker if use_gpu else 0
@@ -235,7 +233,7 @@ class RayExecutor:
                 max_restarts=res.max_restarts,
                 max_task_retries=0,  # the driver re-queues a dead actor's batches itself
                 scheduling_strategy=PlacementGroupSchedulingStrategy(self._pg, placement_group_bundle_index=i),
-            ).remote(spec)
+            ).remote(spec, clip)
             for i in range(res.workers)
         ]
         self.actors = [_Actor(i, h) for i, h in enumerate(handles)]
