@@ -303,7 +303,7 @@ def test_single_file_with_lora_renders_the_same_pixels_on_one_and_two_ray_worker
         assert np.array_equal(np.asarray(Image.open(runs[1] / rel)), np.asarray(Image.open(runs[2] / rel))), rel
     # The LoRA's content, not its path, is what config.yaml pins for a resume.
     saved = (runs[2] / "config.yaml").read_text()
-    from storyadapter.models.lora import digest
+    from storyadapter.rundir.file_digest import digest
 
     assert digest(str(tiny_lora)) in saved
 

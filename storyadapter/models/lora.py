@@ -13,9 +13,7 @@ Two rules keep a LoRA from changing anything but the weights it adapts:
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 from ..errors import UserError
@@ -38,25 +36,6 @@ def check(path: str, index: int) -> None:
     keys = tensor_shapes(path, f"{_key(index)}={path}")
     if not any("lora" in k.lower() for k in keys):
         raise UserError(f"{_key(index)}={path}: holds no LoRA weights (no lora_A/lora_B/lora_up/lora_down tensors)")
-
-
-@lru_cache(maxsize=64)
-def _digest(path: str, size: int, mtime_ns: int) -> str:
-    sha = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            sha.update(block)
-    return sha.hexdigest()
-
-
-def digest(path: str) -> str:
-    """sha256 of the file's bytes: a LoRA's identity for resume, whatever its name or folder."""
-    file = Path(path).expanduser()
-    try:
-        stat = file.stat()
-    except OSError as exc:
-        raise UserError(f"model.loras: {path}: {exc.strerror}") from None
-    return _digest(str(file.resolve()), stat.st_size, stat.st_mtime_ns)
 
 
 def apply(pipe, loras: tuple[LoraWeights, ...]) -> None:

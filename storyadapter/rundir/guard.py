@@ -47,7 +47,7 @@ def fingerprint(cfg: DictConfig, story: Story) -> dict:
     if not fp["model"].get("loras"):
         fp["model"].pop("loras", None)  # no LoRA: the same fingerprint as renders made before the key existed
     else:
-        from ..models.lora import digest
+        from .file_digest import digest
 
         # A LoRA is its bytes: the same file moved elsewhere resumes, another file under the same name does not.
         fp["model"]["loras"] = [{"sha256": digest(lw["path"]), "scale": lw["scale"]} for lw in fp["model"]["loras"]]
