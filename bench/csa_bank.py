@@ -12,7 +12,7 @@ import json
 
 import torch
 
-from storyadapter.attention.csa import CSASettings
+from storyadapter.methods import CSASettings
 from storyadapter.errors import ArgumentParser
 
 

@@ -172,7 +172,7 @@ def report(res: dict) -> str:
 
 
 def main() -> None:
-    from storyadapter.attention.csa import CSASettings
+    from storyadapter.methods import CSASettings
     from storyadapter.errors import ArgumentParser
 
     from .csa_bank import bank_bytes

@@ -28,22 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-@dataclass(frozen=True)
-class CSASettings:
-    id_length: int = 4
-    sa32: float = 0.5
-    sa64: float = 0.5
-    plain_steps: int = 1
-    early_steps: int = 20
-    early_rate: float = 0.7
-    late_rate: float = 0.9
-
-    def rate(self, step: int) -> float:
-        """Probability that a layer call at this denoising step uses CSA."""
-        if step < self.plain_steps:
-            return 0.0
-        return self.early_rate if step < self.early_steps else self.late_rate
+from ..methods import CSASettings
 
 
 class IdBank:

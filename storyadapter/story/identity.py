@@ -11,15 +11,12 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from . import schedule
 from ..errors import UserError
+from ..methods import CSASettings
 from .parse import Story
 from .styles import get_style
-
-if TYPE_CHECKING:
-    from ..attention.csa import CSASettings
 
 # Views for synthesized identity prompts: varied enough that the bank is not one picture repeated.
 VIEWS = (
@@ -85,7 +82,7 @@ class IdentityBatch:
 class ConsistentPass:
     """Iteration 0 by consistent self-attention (method=storydiffusion|hybrid), picklable for the workers."""
 
-    settings: "CSASettings"
+    settings: CSASettings
     identities: tuple[IdentityBatch, ...]
     characters: tuple[tuple[str, ...], ...]  # per story frame: whose banks it reads
     draw_seeds: tuple[int, ...]  # per story frame: its gate draws
@@ -98,7 +95,7 @@ class ConsistentPass:
         return next(b for b in self.identities if b.character == character)
 
 
-def consistent_pass(story: Story, settings: "CSASettings", seed: int, seed_policy: str) -> ConsistentPass:
+def consistent_pass(story: Story, settings: CSASettings, seed: int, seed_policy: str) -> ConsistentPass:
     """Everything a worker needs for the CSA pass; every actor derives the same banks from it."""
     style = get_style(story.style).apply  # synthesized prompts get the story's style like any frame
 
