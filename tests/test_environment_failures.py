@@ -181,7 +181,7 @@ def test_environment_errors_are_unwrapped_from_chains_and_left_alone_otherwise(t
 @AS_ROOT
 @pytest.mark.parametrize("trouble", ["read-only", "full"])
 def test_regenerating_outputs_on_a_read_only_or_full_disk_is_one_line_and_keeps_the_frames(mount, trouble):
-    """`python -m storyadapter.outputs.comic DIR` writes comic pages, the GIF, contact sheet and index (no Ray, no model)."""
+    """`python -m storyadapter.outputs DIR` writes comic pages, the GIF, contact sheet and index (no Ray, no model)."""
     from .test_outputs import make_render_dir
 
     disk = mount("size=1m")
@@ -193,7 +193,7 @@ def test_regenerating_outputs_on_a_read_only_or_full_disk_is_one_line_and_keeps_
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     if trouble == "read-only":
         subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
-    proc = subprocess.run([sys.executable, "-m", "storyadapter.outputs.comic", str(out)], env=ENV, capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "storyadapter.outputs", str(out)], env=ENV, capture_output=True,
                           text=True, timeout=120)
     expected = "Read-only file system" if trouble == "read-only" else "No space left on device"
     assert one_error_line(proc) == f"error: output_dir={out}: {expected}"

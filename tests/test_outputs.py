@@ -337,10 +337,10 @@ def test_cli_bad_inputs_are_one_line(tmp_path, tiny_clip):
         ("storyadapter.outputs.eval", str(no_parts), *clip),
         ("storyadapter.outputs.eval", str(two), "--story", str(story_two), "--clip-model", str(tmp_path / "no-such-clip")),
         ("storyadapter.outputs.eval", str(two), "--story", str(story_two), "--clip-model", "openai/clip-not-downloaded"),
-        ("storyadapter.outputs.comic", str(tmp_path / "missing")),
-        ("storyadapter.outputs.comic", str(no_parts)),
+        ("storyadapter.outputs", str(tmp_path / "missing")),
+        ("storyadapter.outputs", str(no_parts)),
         ("storyadapter.outputs.eval", str(two)),  # bad command lines too: one line, not argparse's usage block
-        ("storyadapter.outputs.comic", str(no_parts), "--layout", "diagonal"),
+        ("storyadapter.outputs", str(no_parts), "--layout", "diagonal"),
     ]
     for args in cases:
         proc = run_cli(*args)
@@ -352,7 +352,7 @@ def test_cli_bad_inputs_are_one_line(tmp_path, tiny_clip):
 
 def test_comic_cli_regenerates_outputs(tmp_path):
     out = make_render_dir(tmp_path / "run", 5)
-    proc = run_cli("storyadapter.outputs.comic", str(out), "--layout", "four", "--caption-position", "above")
+    proc = run_cli("storyadapter.outputs", str(out), "--layout", "four", "--caption-position", "above")
     assert proc.returncode == 0, proc.stderr
     assert sorted(p.name for p in (out / "comic").iterdir()) == ["page_01.png", "page_02.png"]
     for name in ("story.gif", "iterations.png", "index.html"):

@@ -9,8 +9,7 @@ Layouts:
 Layout (geometry, wrapped caption lines and their exact text boxes) is computed separately from
 drawing, so tests can check that every caption line sits inside its panel and page.
 
-CLI: python -m storyadapter.outputs.comic DIR [--layout classic|four|single] [--caption-position below|above]
-     [--clip-model PATH]   regenerates comic pages, GIF, contact sheet, index (and metrics).
+`python -m storyadapter.outputs DIR --layout four` regenerates them (outputs/__main__.py).
 """
 
 from __future__ import annotations
@@ -26,7 +25,7 @@ from PIL import Image, ImageDraw, ImageFont
 from ..atomic import replacing
 from ..rundir import manifest
 from .fonts import CaptionFont
-from ..errors import ArgumentParser, UserError, environment_error, report
+from ..errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -369,37 +368,3 @@ def write_comic(
         if stale.name not in keep:
             stale.unlink()
     return written
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = ArgumentParser(
-        prog="python -m storyadapter.outputs.comic",
-        description="Regenerate comic pages, GIF, contact sheet and index (and metrics) of a render directory.",
-    )
-    parser.add_argument("dir", type=Path, help="render output directory (has manifest/)")
-    parser.add_argument("--layout", choices=LAYOUTS, default="classic")
-    parser.add_argument("--caption-position", choices=CAPTION_POSITIONS, default="below")
-    parser.add_argument("--clip-model", default=None, help="CLIP id or local path; computes metrics.json when given")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        from .write import write_all
-
-        write_all(
-            args.dir, args.clip_model, layout=args.layout, caption_position=args.caption_position, clip_key="--clip-model",
-            metrics=bool(args.clip_model),  # without a CLIP, keep the run's metrics rather than recompute fewer
-        )
-    except UserError as exc:
-        report(exc)
-        return exc.exit_code
-    except OSError as exc:  # a full or read-only disk: the one line, like the launcher's
-        err = environment_error(exc, args.dir)
-        if err is None:
-            raise
-        report(err)
-        return err.exit_code
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

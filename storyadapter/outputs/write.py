@@ -1,6 +1,6 @@
 """Everything written after the last iteration, in dependency order: metrics, comic, GIF, contact
 sheet, then the index that links them. Reads only the manifest and PNGs, so it can be re-run any time
-(`python -m storyadapter.outputs.comic DIR`)."""
+(`python -m storyadapter.outputs DIR`)."""
 
 from __future__ import annotations
 
