@@ -33,7 +33,7 @@ def sweep_points(cfg) -> list[dict]:
 
 def sweep_child(cfg_dict: dict, work: str, point: dict) -> dict:
     """Time `sweep_reps` batches of `point['batch']` refinement frames (bank of `frames` references) on one worker."""
-    from bench.throughput import BenchConfig, PeakMemory, make_story, model_source, sync, worker_spec
+    from bench.harness import BenchConfig, PeakMemory, make_story, model_source, sync, worker_spec
     from storyadapter.logs import quiet_libraries
     from storyadapter.worker.frame_worker import FrameWorker
 
@@ -67,7 +67,7 @@ def sweep_child(cfg_dict: dict, work: str, point: dict) -> dict:
             times.append(time.perf_counter() - t)
     flops = None
     if point.get("count_flops"):  # FLOPs of one refinement frame: the same for every batch size and variant
-        from bench.throughput import engine_frame_flops
+        from bench.harness import engine_frame_flops
 
         flops = engine_frame_flops(worker.renderer, story, bank, cfg)["total"]
     return {**point, "flops_per_frame": flops, "per_frame_s": min(times) / batch, "median_per_frame_s": statistics.median(times) / batch,
@@ -79,10 +79,10 @@ def vae_round_trip(cfg, reps: int = 5) -> dict:
     """The per-batch weight conversion the renderer used to do for an fp16 VAE with force_upcast (SDXL's)."""
     from diffusers import AutoencoderKL
 
-    from bench.throughput import sync
+    from bench.harness import sync
 
     if cfg.model == "sdxl-random":
-        from storyadapter.models.sdxl_random import VAE_CONFIG
+        from storyadapter.models.sdxl_arch import VAE_CONFIG
 
         vae = AutoencoderKL(**VAE_CONFIG)
     else:

@@ -3,47 +3,17 @@
 from __future__ import annotations
 
 import logging
-import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from ..errors import UserError
-from .lora import LoraWeights
+from .source import ModelSource, is_local, offline
 
 log = logging.getLogger(__name__)
 
 # Upstream Story-Adapter's DDIMScheduler arguments beyond the beta schedule.
 UPSTREAM_DDIM = dict(clip_sample=False, set_alpha_to_one=False, steps_offset=1)
-
-
-@dataclass(frozen=True)
-class ModelSource:
-    """Where the weights live: hub ids or local folders in the hub repos' layout, or one checkpoint file.
-
-    Picklable: every Ray actor loads its own pipeline from it.
-    """
-
-    pretrained: str  # hub id, diffusers folder, or an original-layout SDXL .safetensors file
-    ip_adapter: str
-    ip_adapter_subfolder: str = "sdxl_models"
-    ip_adapter_weight: str = "ip-adapter_sdxl.safetensors"
-    image_encoder_folder: str = "image_encoder"
-    variant: str | None = None
-    single_file_config: str | None = None  # component configs for a .safetensors `pretrained`; None: SDXL base's
-    vae: str | None = None  # replaces the checkpoint's VAE: hub id, folder, or .safetensors file
-    loras: tuple[LoraWeights, ...] = ()
-    cache_dir: str | None = None  # where SDXL base's configs are written when single_file_config is None
-
-    def components_dir(self) -> Path:
-        """The folder of component configs a single-file checkpoint (or VAE) is built around."""
-        if self.single_file_config:
-            return Path(self.single_file_config).expanduser()
-        from . import sdxl_config
-        from .tiny import default_cache_root
-
-        return sdxl_config.build(Path(self.cache_dir) if self.cache_dir else default_cache_root())
 
 
 def pick_device(requested: str = "auto") -> torch.device:
@@ -62,20 +32,12 @@ def pick_dtype(requested: str, device: torch.device) -> torch.dtype:
         raise UserError(f"model.dtype={requested}: expected auto, float32, float16 or bfloat16") from None
 
 
-def _is_local(ref: str) -> bool:
-    return ref.startswith((".", "/", "~")) or Path(ref).expanduser().exists()
-
-
 def _fetch_hint(source: ModelSource) -> str:
     return (
         f"fetch them once with `hf download {source.pretrained}` and "
         f"`hf download {source.ip_adapter} --include '{source.ip_adapter_subfolder}/*'` "
         "(or set model.pretrained / model.ip_adapter to local folders)"
     )
-
-
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
 
 
 def check_available(source: ModelSource, key: str = "model.pretrained") -> None:
@@ -95,11 +57,11 @@ def check_available(source: ModelSource, key: str = "model.pretrained") -> None:
     for index, weights in enumerate(source.loras):
         lora.check(weights.path, index)
     for ref, marker, name in refs:
-        if _is_local(ref):
+        if is_local(ref):
             if not (Path(ref).expanduser() / marker).is_file():
                 raise UserError(f"{name}={ref}: {marker} not found in that folder")
             continue
-        if _offline():
+        if offline():
             from huggingface_hub import try_to_load_from_cache
 
             if not isinstance(try_to_load_from_cache(ref, marker), str):

@@ -2,7 +2,7 @@
 
 A community checkpoint is one `.safetensors` file of weights; diffusers' single-file loader still needs each
 component's config (layer sizes, tokenizers, scheduler) to build the pipeline around it. It would fetch them
-from the hub; this folder gives them offline, from the same architecture constants `sdxl_random` builds.
+from the hub; this folder gives them offline, from the same architecture constants `sdxl_random` builds (sdxl_arch.py).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 
 from .build_once import build_once
-from .sdxl_random import SCHEDULER_CONFIG, TEXT_1, TEXT_2, TEXT_CONFIG, UNET_CONFIG, VAE_CONFIG
+from .sdxl_arch import SCHEDULER_CONFIG, TEXT_1, TEXT_2, TEXT_CONFIG, UNET_CONFIG, VAE_CONFIG
 
 VERSION = "sdxl-config-v1"  # bump when what is written below changes, so stale folders are rebuilt
 

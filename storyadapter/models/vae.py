@@ -8,7 +8,7 @@ from typing import Callable
 import torch
 
 from ..errors import UserError
-from .loading import _is_local, _offline
+from .source import is_local, offline
 
 
 def _is_file(ref: str) -> bool:
@@ -26,11 +26,11 @@ def check(ref: str) -> None:
         if not any(k.endswith("decoder.conv_out.weight") for k in keys):
             raise UserError(f"{where}: holds no VAE decoder weights")
         return
-    if _is_local(ref):
+    if is_local(ref):
         if not ((path / "config.json").is_file() or (path / "vae" / "config.json").is_file()):
             raise UserError(f"{where}: neither config.json nor vae/config.json in that folder")
         return
-    if _offline():
+    if offline():
         from huggingface_hub import try_to_load_from_cache
 
         if not isinstance(try_to_load_from_cache(ref, "config.json"), str):
