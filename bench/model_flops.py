@@ -26,7 +26,7 @@ def _unet_step(pipe, text, size: int, device, dtype, extra_tokens=None):
 
 
 def full_size_flops(ns: list[int], steps: int, size: int, prompt: str, negative: str) -> dict:
-    from bench.throughput import count_flops
+    from bench.harness import count_flops
     from bench.upstream_loop import UpstreamStoryAdapter
     from storyadapter.models import sdxl_random
     from storyadapter.worker.renderer import RenderSettings, StoryRenderer

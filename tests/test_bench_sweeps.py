@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 
 from bench import sweeps
-from bench.throughput import BenchConfig, load_config
+from bench.harness import BenchConfig, load_config
 
 
 def test_gpu_preset_asks_the_issue_questions():
