@@ -10,6 +10,8 @@ from typing import List, Optional
 
 from omegaconf import MISSING
 
+from .methods import METHODS
+
 
 @dataclass
 class StoryConfig:
@@ -154,7 +156,7 @@ CHOICES = {
     "render.seed_policy": ("shared", "per_frame"),
     "render.reference_weighting": ("uniform", "characters"),
     "render.reference_sdpa": ("split", "joint"),
-    "method.name": ("story_adapter", "storydiffusion", "hybrid"),
+    "method.name": METHODS,
     "method.id_banks": ("shared", "rerender"),
     "cluster.mode": ("local", "ray"),
     "outputs.comic_layout": ("classic", "four", "single"),

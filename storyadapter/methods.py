@@ -1,12 +1,22 @@
-"""The settings of consistent self-attention (method=storydiffusion|hybrid), torch-free.
+"""The methods (`method=`): their names, how many refinements each renders, and the settings of consistent
+self-attention (method=storydiffusion|hybrid). Torch-free, and the one definition of each: the config schema, the
+launcher and the web UI's queue read them from here.
 
-The driver plans the identity frames from them (story/identity.py) and the workers' attention processors
+The driver plans the identity frames from CSASettings (story/identity.py) and the workers' attention processors
 (attention/csa.py) apply them; neither side needs the other's imports to read them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+METHODS = ("story_adapter", "storydiffusion", "hybrid")  # README, "Methods"
+
+
+def refinements(method: str, iterations: int) -> int:
+    """Refinement iterations after iteration 0 that `method` renders for render.iterations=`iterations`:
+    storydiffusion is its one consistent pass (iter_00), nothing after it."""
+    return 0 if method == "storydiffusion" else int(iterations)
 
 
 @dataclass(frozen=True)

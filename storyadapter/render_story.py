@@ -11,6 +11,7 @@ from . import config as schema
 from .engine import local_ray
 from .rundir import guard as rundir
 from .errors import UserError
+from .methods import refinements
 from .outputs.metrics import METRICS_JSON
 from .story.photos import write_sidecar
 from .story.parse import Story, describe, load_story
@@ -176,8 +177,8 @@ def plan_for(cfg: DictConfig, story: Story, out_dir: Path, ramp_iterations: int 
 
 
 def iterations_to_render(cfg: DictConfig) -> int:
-    """Refinements after iteration 0: method=storydiffusion is its one consistent pass, nothing after it."""
-    return 0 if cfg.method.name == "storydiffusion" else int(cfg.render.iterations)
+    """Refinements after iteration 0 (methods.refinements)."""
+    return refinements(cfg.method.name, cfg.render.iterations)
 
 
 def needs_gpu(cfg: DictConfig) -> bool:

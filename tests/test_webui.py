@@ -102,6 +102,23 @@ def test_the_method_picker_reaches_the_launcher_and_storydiffusion_counts_one_pa
     assert default.iterations_run == 3
 
 
+def test_the_frame_render_limit_counts_what_the_method_renders(tmp_path):
+    """--max-frame-renders charges method=storydiffusion its one pass, not 1 + render.iterations passes."""
+    from storyadapter.errors import UserError
+    from storyadapter.webui.jobs import RenderRequest
+
+    story = "\n".join(f"cat {i}" for i in range(3))
+    # A bad key makes each accepted render stop at once (one line, no Ray): only the limit's answer matters here.
+    queue = RenderQueue(tmp_path / "runs", ("render.steps=abc",), Limits(frame_renders=3))
+    try:
+        job = queue.submit(RenderRequest.from_json({"story": story, "method": "storydiffusion", "iterations": 10}))
+        assert job.frames == 3
+        with pytest.raises(UserError, match="3 frames x 11 iterations is 33 frame renders; this server allows 3"):
+            queue.submit(RenderRequest.from_json({"story": story, "method": "hybrid", "iterations": 10}))
+    finally:
+        queue.close()
+
+
 @pytest.mark.parametrize("request_body, message", [
     ({"story": "[Mia] a girl\n\n[Bob] runs away\n"}, "story.txt:3: undefined character [Bob]"),
     ({"story": "   "}, "request.story: the story text is empty"),

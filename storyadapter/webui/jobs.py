@@ -29,6 +29,7 @@ from pathlib import Path
 from ..rundir import manifest
 from ..atomic import replacing
 from ..errors import UserError
+from ..methods import METHODS, refinements
 from ..story.parse import StoryError, load_story
 from ..story.styles import style_names
 
@@ -39,7 +40,6 @@ MAX_PHOTO_UPLOAD_BYTES = 4 * 1024 * 1024
 MAX_REQUEST_BYTES = 2 * MAX_STORY_BYTES + MAX_PHOTOS * (MAX_PHOTO_UPLOAD_BYTES * 4 // 3 + 256)  # base64 is 4/3
 _PHOTO_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\.(png|jpe?g|webp)$", re.IGNORECASE)
 MODELS = ("tiny", "sdxl-random", "realvisxl", "sdxl")
-METHODS = ("story_adapter", "storydiffusion", "hybrid")  # README, "Methods"
 STORY_FORMATS = {"txt": ".txt", "yaml": ".yaml", "json": ".json"}
 JOB_FILE = "job.json"
 CANCEL_GRACE_S = 30.0  # after SIGINT, how long the launcher gets to stop Ray before its process group is killed
@@ -82,8 +82,8 @@ class RenderRequest:
 
     @property
     def iterations_run(self) -> int:
-        """Refinements the render writes: storydiffusion is one pass whatever `iterations` says."""
-        return 0 if self.method == "storydiffusion" else self.iterations
+        """Refinements the render writes (methods.refinements): storydiffusion is one pass whatever `iterations` says."""
+        return refinements(self.method, self.iterations)
 
     @classmethod
     def from_json(cls, data: object, limits: Limits = Limits()) -> "RenderRequest":
@@ -280,9 +280,9 @@ class RenderQueue:
                 with replacing(job.folder / name) as tmp:
                     tmp.write_bytes(data)
             job.frames = len(load_story(job.story_path, request.style).frames)
-            renders = job.frames * (request.iterations + 1)
+            renders = job.frames * (request.iterations_run + 1)
             if renders > self.limits.frame_renders:
-                raise UserError(f"request: {job.frames} frames x {request.iterations + 1} iterations is {renders} "
+                raise UserError(f"request: {job.frames} frames x {request.iterations_run + 1} iterations is {renders} "
                                 f"frame renders; this server allows {self.limits.frame_renders}")
             job.save()
         except (StoryError, UserError) as exc:
