@@ -110,7 +110,8 @@ class MethodConfig:
 @dataclass
 class ClusterConfig:
     mode: str = "local"  # local: Ray started in-process | ray: connect to an existing cluster
-    address: Optional[str] = None  # for mode=ray; else RAY_ADDRESS
+    address: Optional[str] = None  # for mode=ray; else RAY_ADDRESS, else the last `ray start` on this machine
+    connect_timeout_s: float = 30.0  # mode=ray: a wrong address is refused in one line within this
     workers: int = 1
     gpus_per_worker: float = 1.0  # used when GPUs are present; fractions share a GPU
     cpus_per_worker: float = 1.0
@@ -163,7 +164,7 @@ CHOICES = {
     "outputs.caption_position": ("below", "above"),
 }
 POSITIVE = ("render.steps", "render.height", "render.width", "render.batch_size", "render.reference_size", "render.character_weight",
-            "cluster.workers", "cluster.threads_per_worker", "cluster.ready_timeout_s", "cluster.batch_timeout_s",
+            "cluster.workers", "cluster.threads_per_worker", "cluster.ready_timeout_s", "cluster.connect_timeout_s", "cluster.batch_timeout_s",
             "cluster.batch_timeout_factor", "cluster.capacity_timeout_s", "model.sim.embedding_dim",
             "model.sim.image_size", "model.sim.slowdown", "method.id_length")
 # Positive when set; null means what the value says.

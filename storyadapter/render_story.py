@@ -245,7 +245,7 @@ def _render(cfg: DictConfig, story: Story, out_dir: Path, state: rundir.RunDir) 
 
     source, eval_clip = resolve_model(cfg)
     c = cfg.cluster
-    started = engine.connect(c.mode, c.address, c.workers, c.cpus_per_worker, c.object_store_gb)
+    started = engine.connect(c.mode, c.address, c.workers, c.cpus_per_worker, c.object_store_gb, c.connect_timeout_s)
     executor = None
     try:
         res = engine.ActorResources(c.workers, c.gpus_per_worker, c.cpus_per_worker, c.max_restarts, c.ready_timeout_s,

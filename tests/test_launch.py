@@ -81,6 +81,10 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> N
         (["model=unknown-model"], ["model=unknown-model: expected one of", "realvisxl", "tiny"]),
         (["method=foo"], ["method=foo: expected one of hybrid, story_adapter, storydiffusion"]),
         (["story.path=does/not/exist.txt"], ["does/not/exist.txt:1"]),
+        (["cluster.connect_timeout_s=0"], ["cluster.connect_timeout_s"]),
+        # Ray alone retries these for minutes, printing the same warning
+        (["cluster=ray", "cluster.address=127.0.0.1:9"], ["cluster.address=127.0.0.1:9", "nothing listens"]),
+        (["cluster=ray", "cluster.address=HEAD:6379"], ["cluster.address=HEAD:6379", "does not resolve"]),
     ],
 )
 def test_bad_config_is_one_line_naming_the_key(args, needles, tmp_path, tiny_cache):

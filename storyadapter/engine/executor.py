@@ -30,7 +30,7 @@ import ray
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from . import local_ray
+from . import local_ray, ray_address
 from .deadlines import BatchDeadlines
 from .dispatch import BatchQueues
 from ..errors import UserError
@@ -463,7 +463,7 @@ class RayExecutor:
 
 
 def connect(mode: str, address: str | None, workers: int, cpus_per_worker: float,
-            object_store_gb: float | None = None) -> bool:
+            object_store_gb: float | None = None, connect_timeout_s: float = 30.0) -> bool:
     """Start Ray in-process (`local`) or join a cluster (`ray`). Returns True when we started it."""
     if ray.is_initialized():
         return False
@@ -476,10 +476,17 @@ def connect(mode: str, address: str | None, workers: int, cpus_per_worker: float
         local_ray.start(address="local", num_cpus=cpus, include_dashboard=False, **store,
                         log_to_driver=True, configure_logging=False, _system_config={"worker_niceness": 0})
         return True
-    target = address or os.environ.get("RAY_ADDRESS") or "auto"
+    target = ray_address.target(address)
+    hostport = ray_address.check_reachable(target, connect_timeout_s)  # Ray itself retries a wrong address for minutes
     try:
         ray.init(address=target, log_to_driver=True, configure_logging=False)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         hint = "" if os.environ.get("RAY_AUTH_TOKEN") else "; if the cluster uses token auth, export its RAY_AUTH_TOKEN"
         raise UserError(f"cluster.address={target}: cannot connect to a Ray cluster ({exc}){hint}") from None
+    have = ray.cluster_resources()
+    nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
+    # Without an address this is whatever cluster this machine started last, maybe somebody else's: say which.
+    log.info("cluster: joined the Ray cluster at %s%s: %d node%s, %g CPUs, %g GPUs", hostport,
+             " (the last `ray start` on this machine)" if target == "auto" else "", nodes, "" if nodes == 1 else "s",
+             have.get("CPU", 0), have.get("GPU", 0))
     return False
