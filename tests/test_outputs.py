@@ -73,8 +73,8 @@ def make_render_dir(
     return out
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+def run_cli(*args: str, **env_vars: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), **env_vars}
     return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
 
 
@@ -347,8 +347,47 @@ def test_cli_bad_inputs_are_one_line(tmp_path, tiny_clip):
         proc = run_cli(*args)
         assert_one_line_error(proc)
         if args[-1].endswith(("no-such-clip", "clip-not-downloaded")):
-            assert "--clip-model=" in proc.stderr and "huggingface-cli download" in proc.stderr
+            assert "--clip-model=" in proc.stderr and "`hf download " in proc.stderr and "huggingface-cli" not in proc.stderr
     assert not any(empty.iterdir()) and sorted(p.name for p in two.iterdir()) == ["0.png", "1.png"]  # nothing written
+
+
+def test_eval_without_a_clip_scores_a_render_from_its_own_embeddings_and_keeps_its_metrics(tmp_path):
+    out = make_render_dir(tmp_path / "run", n_frames=6, iterations=2)
+    write_all(out, None)
+    expected = json.loads((out / "metrics.json").read_text())
+    (out / "metrics.json").write_text("the run's own\n")  # e.g. with a CLIP-T: a run without CLIP must not replace it
+    proc = run_cli("storyadapter.outputs.eval", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[0].split() == ["iteration", "n_frames", "clip_t", "consistency", "consistency_all",
+                                                   "embedding_change"]
+    assert len(proc.stdout.splitlines()) == 3 and "--json" in proc.stderr
+    assert (out / "metrics.json").read_text() == "the run's own\n"
+    proc = run_cli("storyadapter.outputs.eval", str(out), "--json", str(tmp_path / "own.json"))
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((tmp_path / "own.json").read_text()) == expected  # what the launcher writes without eval.clip_model
+
+
+def test_eval_names_the_recommended_clip_and_how_to_fetch_it(tmp_path):
+    from storyadapter.outputs.metrics import DEFAULT_CLIP
+
+    assert DEFAULT_CLIP == "openai/clip-vit-large-patch14"
+    helptext = " ".join(run_cli("storyadapter.outputs.eval", "--help").stdout.split())
+    assert f"recommended: {DEFAULT_CLIP}" in helptext and f"`hf download {DEFAULT_CLIP}`" in helptext
+    folder = tmp_path / "images"
+    folder.mkdir()
+    Image.new("RGB", (64, 64)).save(folder / "0.png")
+    story = tmp_path / "story.txt"
+    story.write_text("a fox\n", encoding="utf-8")
+    proc = run_cli("storyadapter.outputs.eval", str(folder), "--story", str(story))  # a folder has no embeddings
+    assert_one_line_error(proc)
+    assert proc.stderr.startswith("error: --clip-model: ") and f"`hf download {DEFAULT_CLIP}`" in proc.stderr
+    for name in (DEFAULT_CLIP, "someone/clip-not-downloaded"):  # offline and not in the (empty) cache
+        proc = run_cli("storyadapter.outputs.eval", str(folder), "--story", str(story), "--clip-model", name,
+                       HF_HUB_CACHE=str(tmp_path / "empty-cache"))
+        assert_one_line_error(proc)
+        assert f"--clip-model={name}: cannot load CLIP" in proc.stderr and f"`hf download {name}`" in proc.stderr
+        assert DEFAULT_CLIP in proc.stderr
+    assert sorted(p.name for p in folder.iterdir()) == ["0.png"]
 
 
 def test_comic_cli_regenerates_outputs(tmp_path):
