@@ -258,7 +258,10 @@ def test_a_render_runs_to_the_end_survives_a_restart_and_works_under_any_runs_di
         status, _, config = call(ui, "GET", f"/runs/{job['id']}/config.yaml")
         assert b"Japanese Anime" in config  # the chosen style reached the render
         assert st["notice"] == RANDOM_WEIGHTS and html.escape(RANDOM_WEIGHTS).encode() in page  # model=tiny
-        assert b"done:" in call(ui, "GET", f"/api/renders/{job['id']}/log")[2]
+        log = call(ui, "GET", f"/api/renders/{job['id']}/log")[2]
+        assert b"done:" in log
+        # render.log is a file: whole log lines, the progress too, none glued to a carriage-return bar.
+        assert b"\r" not in log and re.search(rb"^\S+ INFO storyadapter\.engine\.progress: iteration 1/1: \d/2 frames", log, re.M)
         for path in (f"/runs/{job['id']}/../story.txt", f"/runs/{job['id']}/%2e%2e/story.txt",
                      f"/runs/{job['id']}/..%2fstory.txt", "/runs/../../etc/passwd", "/runs/not-a-job/index.html"):
             assert call(ui, "GET", path)[0] == 404, path
