@@ -30,10 +30,12 @@ install: $(STAMP)
 test: install
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -ra -n 2 --dist loadfile
 
+# The last line: model=tiny draws noise, as the demo's gallery and first comic page say too (outputs/notice.py).
 demo: install
 	HF_HUB_OFFLINE=1 $(PY) -m storyadapter.launch story=office model=tiny render=tiny \
 		cluster.workers=2 output_dir=$(DEMO_DIR) resume=true
 	@echo "open $(DEMO_DIR)/index.html (comic pages in $(DEMO_DIR)/comic/)"
+	@echo "random weights: these frames are noise; see README 'Real weights'"
 
 # The lock files from the newest releases pyproject.toml allows (torch stays at requirements/torch-*.in's version).
 # Then run make test: it reinstalls from the new lock and says whether the new set passes.

@@ -122,7 +122,7 @@ def test_gif_of_many_big_frames_holds_one_frame_at_a_time(tmp_path):
     script = textwrap.dedent(f"""
         import re
         from pathlib import Path
-        from storyadapter import gallery
+        from storyadapter.outputs import gallery
 
         def hwm():
             return int(re.search(r"VmHWM:\\s+(\\d+)", Path("/proc/self/status").read_text()).group(1)) // 1024

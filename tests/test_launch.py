@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import html
 import json
 import os
+import re
 import subprocess
 import sys
 import zipfile
@@ -226,3 +228,27 @@ def test_config_records_the_environment_and_a_resume_on_other_versions_warns_in_
     assert len(warnings) == 1, resumed.stderr[-3000:]
     assert f"torch 2.0.0 -> {metadata.version('torch')}" in warnings[0] and "diffusers" not in warnings[0]
     assert sorted(p.name for p in (out / "iter_02").glob("frame_*.png")) == ["frame_0000.png", "frame_0001.png"]
+
+
+def test_a_render_logged_to_a_file_has_whole_lines_and_its_gallery_says_the_frames_are_noise(tiny_cache, tmp_path):
+    from storyadapter.outputs.notice import RANDOM_WEIGHTS
+
+    story = write_story(tmp_path / "s.txt", ["a fox in a meadow", "a fox by a river", "a fox asleep"])
+    out, log = tmp_path / "run", tmp_path / "render.log"
+    with open(log, "w") as stderr:  # no terminal: what render.log, `2> file` and a Slurm job's output get
+        proc = subprocess.run([sys.executable, "-m", "storyadapter.launch", *design_command(story, out, tiny_cache, 1),
+                               "render.iterations=1", "render.steps=1"],
+                              cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL, stderr=stderr, timeout=300)
+    text = log.read_text()
+    assert proc.returncode == 0, text[-3000:]
+    assert "\r" not in text  # no carriage-return bar for the next log line to be glued to
+    stamp = r"\d\d:\d\d:\d\d INFO storyadapter\."
+    for it in (0, 1):
+        progress = re.findall(rf"^{stamp}engine\.progress: iteration {it}/1: [1-3]/3 frames, [\d.]+ frames/s, ETA \S+$",
+                              text, re.M)
+        assert progress, text[-3000:]
+        assert len(re.findall(rf"^{stamp}engine\.driver: iteration {it}/1 done: ", text, re.M)) == 1, text[-3000:]
+    assert text.count("engine.progress: ") == len(re.findall(rf"^{stamp}engine\.progress: .*frames/s", text, re.M))
+    assert re.search(rf"^{stamp}render_story: done: {re.escape(str(out))}$", text, re.M), text[-3000:]
+    # A tiny render's gallery and first comic page say what its frames are (notice.py, from its config.yaml).
+    assert html.escape(RANDOM_WEIGHTS) in (out / "index.html").read_text()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import math
 import os
@@ -72,8 +73,8 @@ def make_render_dir(
     return out
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+def run_cli(*args: str, **env_vars: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), **env_vars}
     return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
 
 
@@ -346,8 +347,47 @@ def test_cli_bad_inputs_are_one_line(tmp_path, tiny_clip):
         proc = run_cli(*args)
         assert_one_line_error(proc)
         if args[-1].endswith(("no-such-clip", "clip-not-downloaded")):
-            assert "--clip-model=" in proc.stderr and "huggingface-cli download" in proc.stderr
+            assert "--clip-model=" in proc.stderr and "`hf download " in proc.stderr and "huggingface-cli" not in proc.stderr
     assert not any(empty.iterdir()) and sorted(p.name for p in two.iterdir()) == ["0.png", "1.png"]  # nothing written
+
+
+def test_eval_without_a_clip_scores_a_render_from_its_own_embeddings_and_keeps_its_metrics(tmp_path):
+    out = make_render_dir(tmp_path / "run", n_frames=6, iterations=2)
+    write_all(out, None)
+    expected = json.loads((out / "metrics.json").read_text())
+    (out / "metrics.json").write_text("the run's own\n")  # e.g. with a CLIP-T: a run without CLIP must not replace it
+    proc = run_cli("storyadapter.outputs.eval", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[0].split() == ["iteration", "n_frames", "clip_t", "consistency", "consistency_all",
+                                                   "embedding_change"]
+    assert len(proc.stdout.splitlines()) == 3 and "--json" in proc.stderr
+    assert (out / "metrics.json").read_text() == "the run's own\n"
+    proc = run_cli("storyadapter.outputs.eval", str(out), "--json", str(tmp_path / "own.json"))
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((tmp_path / "own.json").read_text()) == expected  # what the launcher writes without eval.clip_model
+
+
+def test_eval_names_the_recommended_clip_and_how_to_fetch_it(tmp_path):
+    from storyadapter.outputs.metrics import DEFAULT_CLIP
+
+    assert DEFAULT_CLIP == "openai/clip-vit-large-patch14"
+    helptext = " ".join(run_cli("storyadapter.outputs.eval", "--help").stdout.split())
+    assert f"recommended: {DEFAULT_CLIP}" in helptext and f"`hf download {DEFAULT_CLIP}`" in helptext
+    folder = tmp_path / "images"
+    folder.mkdir()
+    Image.new("RGB", (64, 64)).save(folder / "0.png")
+    story = tmp_path / "story.txt"
+    story.write_text("a fox\n", encoding="utf-8")
+    proc = run_cli("storyadapter.outputs.eval", str(folder), "--story", str(story))  # a folder has no embeddings
+    assert_one_line_error(proc)
+    assert proc.stderr.startswith("error: --clip-model: ") and f"`hf download {DEFAULT_CLIP}`" in proc.stderr
+    for name in (DEFAULT_CLIP, "someone/clip-not-downloaded"):  # offline and not in the (empty) cache
+        proc = run_cli("storyadapter.outputs.eval", str(folder), "--story", str(story), "--clip-model", name,
+                       HF_HUB_CACHE=str(tmp_path / "empty-cache"))
+        assert_one_line_error(proc)
+        assert f"--clip-model={name}: cannot load CLIP" in proc.stderr and f"`hf download {name}`" in proc.stderr
+        assert DEFAULT_CLIP in proc.stderr
+    assert sorted(p.name for p in folder.iterdir()) == ["0.png"]
 
 
 def test_comic_cli_regenerates_outputs(tmp_path):
@@ -372,3 +412,67 @@ def test_without_eval_clip_consistency_comes_from_the_runs_own_embeddings(tmp_pa
         assert row["clip_t"] is None
         assert row["consistency_all"] == pytest.approx(sims[np.triu_indices(6, k=1)].mean(), abs=1e-6)
     assert (out / "metrics.png").is_file() and (out / "index.html").is_file()
+
+
+# ---------------------------------------------------------------- what the frames are (notice.py)
+
+
+def write_config(out: Path, kind: str) -> Path:
+    """The part of config.yaml the outputs read, as the launcher writes it."""
+    (out / "config.yaml").write_text(f"model:\n  name: {kind}\n  kind: {kind}\nmethod:\n  name: story_adapter\n", encoding="utf-8")
+    return out
+
+
+def frame_bytes(out: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.glob("iter_*/frame_*.png"))}
+
+
+def test_frames_that_are_not_pictures_say_so_in_the_gallery_and_on_the_first_comic_page(tmp_path):
+    from storyadapter.outputs.notice import RANDOM_WEIGHTS, SIMULATED
+
+    assert RANDOM_WEIGHTS == "random weights: these frames are noise; see README 'Real weights'"
+    plain = make_render_dir(tmp_path / "realvisxl", 8)  # 8 frames: two classic pages
+    write_all(write_config(plain, "hub"), None)
+    with Image.open(plain / "comic" / "page_01.png") as im:
+        plain_page = np.asarray(im.convert("RGB"))
+    index = (plain / "index.html").read_text(encoding="utf-8")
+    assert "random weights" not in index and "simulated frames" not in index and 'class="notice"' not in index
+    pages = comic.layout_pages([r.caption for r in manifest.read_records(plain, 1)], (64, 64))
+    assert plain_page.shape[:2] == (pages[0].height, pages[0].width)  # a real model's page: no band
+
+    for kind, notice in (("tiny", RANDOM_WEIGHTS), ("sdxl-random", RANDOM_WEIGHTS), ("sim", SIMULATED)):
+        out = write_config(make_render_dir(tmp_path / kind, 8), kind)  # the same frames as `plain`
+        frames = frame_bytes(out)
+        write_all(out, None)
+        assert frame_bytes(out) == frames
+        index = (out / "index.html").read_text(encoding="utf-8")
+        assert index.count(f'<p class="notice" id="notice">{html.escape(notice, quote=True)}</p>') == 1, kind
+        with Image.open(out / "comic" / "page_01.png") as im:
+            page = np.asarray(im.convert("RGB"))
+        band = page.shape[0] - plain_page.shape[0]
+        assert band > 0 and page.shape[1] == plain_page.shape[1]
+        assert np.array_equal(page[band:], plain_page)  # the page itself is untouched, below the band
+        assert (page[:band].min(axis=2) < 120).mean() > 0.01  # the band carries text
+        for name in ("page_02.png", "../story.gif", "../iterations.png"):  # only the first page carries it
+            assert (out / "comic" / name).read_bytes() == (plain / "comic" / name).read_bytes(), (kind, name)
+
+
+def test_the_outputs_command_reads_the_notice_from_the_render_s_config(tmp_path):
+    out = write_config(make_render_dir(tmp_path / "run", 3), "tiny")
+    proc = run_cli("storyadapter.outputs", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "random weights: these frames are noise; see README &#x27;Real weights&#x27;" in (out / "index.html").read_text()
+    write_config(out, "hub")
+    assert run_cli("storyadapter.outputs", str(out)).returncode == 0
+    assert "random weights" not in (out / "index.html").read_text()
+    pages = comic.layout_pages([r.caption for r in manifest.read_records(out, 1)], (64, 64))
+    with Image.open(out / "comic" / "page_01.png") as im:
+        assert im.size == (pages[0].width, pages[0].height)  # regenerated without the band
+
+
+def test_the_makefile_demo_ends_with_the_notice_of_the_model_it_renders():
+    from storyadapter.outputs.notice import RANDOM_WEIGHTS
+
+    recipe = (ROOT / "Makefile").read_text().split("\ndemo:", 1)[1].split("\n\n", 1)[0].splitlines()
+    assert "model=tiny" in "\n".join(recipe)
+    assert recipe[-1].strip() == f'@echo "{RANDOM_WEIGHTS}"'

@@ -19,8 +19,9 @@ from pathlib import Path
 
 import pytest
 
+from storyadapter.outputs.notice import RANDOM_WEIGHTS
 from storyadapter.webui.server import WebUIServer
-from storyadapter.webui.jobs import JOB_FILE, Limits, RenderQueue
+from storyadapter.webui.jobs import JOB_FILE, Limits, RenderJob, RenderQueue, RenderRequest
 
 STORY = "[Mia] a young explorer with a red scarf\n\n[Mia] reads a map. #The map\n[NC] a frozen river at dawn. #The river\n"
 NASTY = "( [ { = ' # , ${HOME}"  # Hydra's grammar characters and an interpolation
@@ -256,7 +257,11 @@ def test_a_render_runs_to_the_end_survives_a_restart_and_works_under_any_runs_di
         assert f"<title>{html.escape(f'Mia’s {NASTY}'.replace('’', chr(39)))}</title>".encode() in page  # the story's title
         status, _, config = call(ui, "GET", f"/runs/{job['id']}/config.yaml")
         assert b"Japanese Anime" in config  # the chosen style reached the render
-        assert b"done:" in call(ui, "GET", f"/api/renders/{job['id']}/log")[2]
+        assert st["notice"] == RANDOM_WEIGHTS and html.escape(RANDOM_WEIGHTS).encode() in page  # model=tiny
+        log = call(ui, "GET", f"/api/renders/{job['id']}/log")[2]
+        assert b"done:" in log
+        # render.log is a file: whole log lines, the progress too, none glued to a carriage-return bar.
+        assert b"\r" not in log and re.search(rb"^\S+ INFO storyadapter\.engine\.progress: iteration 1/1: \d/2 frames", log, re.M)
         for path in (f"/runs/{job['id']}/../story.txt", f"/runs/{job['id']}/%2e%2e/story.txt",
                      f"/runs/{job['id']}/..%2fstory.txt", "/runs/../../etc/passwd", "/runs/not-a-job/index.html"):
             assert call(ui, "GET", path)[0] == 404, path
@@ -362,3 +367,12 @@ def test_the_error_shown_for_a_failed_render_is_the_launcher_s_line_never_hydra_
     log.write_text("Traceback (most recent call last):\n  File \"x.py\"\nValueError: a bug\n\n"
                    "Set the environment variable HYDRA_FULL_ERROR=1 for a complete stack trace.\n")
     assert last_error_line(log) == "ValueError: a bug"
+
+
+def test_a_render_s_status_says_what_its_frames_are_from_its_own_config(tmp_path):
+    job = RenderJob("20200101-000000-abcdef", tmp_path, RenderRequest(story="a fox", model="tiny"), frames=1)
+    assert job.status()["notice"] is None  # no config.yaml yet: nothing to say
+    job.out_dir.mkdir()
+    for kind, notice in (("tiny", RANDOM_WEIGHTS), ("sdxl-random", RANDOM_WEIGHTS), ("hub", None)):
+        (job.out_dir / "config.yaml").write_text(f"model:\n  kind: {kind}\n", encoding="utf-8")
+        assert job.status()["notice"] == notice, kind

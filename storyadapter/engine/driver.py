@@ -7,18 +7,17 @@ iteration's batches given the bank; the driver writes each finished iteration's 
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Protocol, Sequence
 
 import numpy as np
-from tqdm import tqdm
 
 from ..rundir import convergence, journal, manifest
 from ..story import references, schedule
 from ..story.parse import Story
+from .progress import iteration_progress
 from .timeline import BatchTimeline
 from .protocol import BatchResult, FrameResult, Worker
 
@@ -135,8 +134,7 @@ def _run_iteration(plan: RunPlan, executor: Executor, it: int, groups: list[list
     timeline = BatchTimeline()
     progress = journal.Journal(plan.out_dir, it)
     try:
-        with tqdm(total=n, initial=resumed, desc=f"iteration {it}/{plan.iterations}", unit="frame", dynamic_ncols=True,
-                  mininterval=0.2 if sys.stderr.isatty() else 15.0) as bar:  # batch logs get a line per 15 s
+        with iteration_progress(n, resumed, f"iteration {it}/{plan.iterations}") as bar:
             def on_batches(batches: list[BatchResult]) -> None:
                 nonlocal duplicates
                 fresh = {}

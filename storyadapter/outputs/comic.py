@@ -26,6 +26,7 @@ from ..atomic import replacing
 from ..rundir import manifest
 from .fonts import CaptionFont
 from ..errors import UserError
+from .notice import frames_notice
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,8 @@ _MAX_CAPTION_RATIO = 1.0  # beyond this caption/image height, shrink the font be
 _INK = (20, 20, 20)
 _PAPER = (255, 255, 255)
 _PAGE = (246, 243, 236)
+_NOTICE_INK = (92, 60, 0)
+_NOTICE_BAND = (255, 243, 205)
 
 
 @dataclass(frozen=True)
@@ -321,6 +324,21 @@ def render_page(page: PageLayout, images: Sequence[Image.Image]) -> Image.Image:
     return canvas
 
 
+def with_notice(page: Image.Image, text: str) -> Image.Image:
+    """The page below a band that carries `text` (notice.py): the first page says what its frames are.
+    A band above the page, not over it, so no panel is covered."""
+    font = caption_font(max(_MIN_FONT, round(page.width * 0.022)))
+    pad = max(8, page.width // 48)  # about the panels' gutter
+    lines = wrap_text(text, font, page.width - 2 * pad)
+    band = len(lines) * _line_height(font) + 2 * pad
+    canvas = Image.new("RGB", (page.width, page.height + band), _NOTICE_BAND)
+    canvas.paste(page, (0, band))
+    draw = ImageDraw.Draw(canvas)
+    for n, line in enumerate(lines):
+        font.draw(draw, (pad, pad + n * _line_height(font)), line, _NOTICE_INK)
+    return canvas
+
+
 def page_filename(page: int, n_pages: int) -> str:
     """page_01.png ...; more digits once there are more than 99 pages, so names still sort."""
     return f"page_{page:0{max(2, len(str(n_pages)))}d}.png"
@@ -345,7 +363,8 @@ def resolve_iteration(out_dir: Path, iteration: int | None) -> int:
 def write_comic(
     out_dir: Path, iteration: int | None = None, layout: str = "classic", caption_position: str = "below"
 ) -> list[Path]:
-    """Write DIR/comic/page_NN.png for one iteration (default: the last finished one)."""
+    """Write DIR/comic/page_NN.png for one iteration (default: the last finished one). The first page carries
+    the render's notice, if it has one (notice.py)."""
     from .metrics import load_image
 
     out_dir = Path(out_dir)
@@ -353,6 +372,7 @@ def write_comic(
     records = manifest.read_records(out_dir, it)
     first = load_image(out_dir / records[0].image_path)
     pages = layout_pages([r.caption or "" for r in records], first.size, layout, caption_position)
+    notice = frames_notice(out_dir)
     comic_dir = out_dir / COMIC_DIR
     comic_dir.mkdir(parents=True, exist_ok=True)
     written = []
@@ -360,7 +380,8 @@ def write_comic(
         # Load only this page's frames: a 100-frame story at 1024 px does not fit comfortably in memory.
         frames = {p.slot: load_image(out_dir / records[p.slot].image_path) for p in page.panels}
         path = comic_dir / page_filename(n, len(pages))
-        _save_atomic(render_page(page, frames), path)
+        image = render_page(page, frames)
+        _save_atomic(with_notice(image, notice) if notice and n == 1 else image, path)
         written.append(path)
     # Pages from an earlier run with another layout or story length would otherwise linger and be linked.
     keep = {p.name for p in written}

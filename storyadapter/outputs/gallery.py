@@ -12,7 +12,6 @@ from pathlib import Path
 from urllib.parse import quote
 
 import numpy as np
-import yaml
 from PIL import Image, ImageDraw
 
 from ..atomic import replacing
@@ -22,6 +21,7 @@ from .thumbs import THUMB_MAX, thumbnail
 from .comic import COMIC_DIR, Box, fit_image, load_font, resolve_iteration
 from ..rundir.manifest import FrameRecord
 from .metrics import METRICS_JSON, METRICS_PNG, finished_iterations_or_fail, load_image
+from .notice import frames_notice, recorded
 
 GIF_NAME = "story.gif"
 SHEET_NAME = "iterations.png"
@@ -126,6 +126,7 @@ table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 10px;text
 .tabs label{display:inline-block;padding:4px 10px;border:1px solid #ccc;margin:0 4px 4px 0;cursor:pointer;background:#fff}
 .tabs .panel{display:none;margin-top:8px}
 .pages a img{height:220px;width:auto;border:1px solid #ccc;margin:4px}
+.notice{background:#fff3cd;border:1px solid #d9a400;color:#5c3c00;padding:8px 12px;font-weight:600}
 """
 
 
@@ -173,21 +174,16 @@ def _photos_section(out_dir: Path) -> str:
     return f'<h2 id="photos">Character photos</h2><div class="grid">{figures}</div>' if figures else ""
 
 
-def _recorded(out_dir: Path, *keys: str):
-    """A value the run recorded in config.yaml (None when absent or unreadable)."""
-    try:
-        value = yaml.safe_load((out_dir / "config.yaml").read_text(encoding="utf-8"))
-        for key in keys:
-            value = value.get(key)
-    except (OSError, yaml.YAMLError, UnicodeDecodeError, AttributeError):
-        return None
-    return value
-
-
 def _story_title(out_dir: Path) -> str:
     """The story's title as the run recorded it in config.yaml; the folder's name for runs that did not."""
-    title = _recorded(out_dir, "title")
+    title = recorded(out_dir, "title")
     return title if isinstance(title, str) and title.strip() else out_dir.resolve().name
+
+
+def _notice(out_dir: Path) -> str:
+    """The line that says what the frames are when they are not pictures (notice.py); empty for real weights."""
+    text = frames_notice(out_dir)
+    return f'<p class="notice" id="notice">{_esc(text)}</p>' if text else ""
 
 
 def _summary(frames: int, iterations: int, last: int, method) -> str:
@@ -221,7 +217,8 @@ def write_index(out_dir: Path) -> Path:
         "".join(f"#tab{it}:checked~#panel{it}{{display:block}}#tab{it}:checked+label{{background:#222;color:#fff}}" for it in iterations),
         "</style></head><body>",
         f"<h1>{_esc(title)}</h1>",
-        f"<p>{_summary(len(by_iter[last]), len(iterations), last, _recorded(out_dir, 'method', 'name'))}</p>",
+        _notice(out_dir),
+        f"<p>{_summary(len(by_iter[last]), len(iterations), last, recorded(out_dir, 'method', 'name'))}</p>",
         f"<nav>{''.join(nav)}</nav>",
         _photos_section(out_dir),
         f'<h2 id="final">Final frames</h2><div class="grid">{"".join(_figure(out_dir, r) for r in by_iter[last])}</div>',

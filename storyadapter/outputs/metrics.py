@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 METRICS_JSON = "metrics.json"
 METRICS_PNG = "metrics.png"
-DEFAULT_CLIP = "openai/clip-vit-large-patch14"
+DEFAULT_CLIP = "openai/clip-vit-large-patch14"  # recommended for eval.clip_model / --clip-model: CLIP ViT-L/14
 _BATCH = 32  # bounds memory for long stories with a ViT-L on a laptop
 
 
@@ -67,11 +67,7 @@ class ClipScorer:
             else:
                 where = "not in the local Hugging Face cache and the hub is unreachable"
             # `key` names the setting at fault: eval.clip_model for a run, --clip-model for the CLIs.
-            raise UserError(
-                f"{key}={self.name}: cannot load CLIP ({where}); fetch it with "
-                f"`huggingface-cli download {self.name if _looks_like_repo_id(self.name) else DEFAULT_CLIP}` "
-                f"or pass {key}=/local/path"
-            ) from exc
+            raise UserError(f"{key}={self.name}: cannot load CLIP ({where}); {fetch_hint(self.name, key)}") from exc
         self.max_length = min(77, int(self.model.config.text_config.max_position_embeddings))
 
     def _features(self, out: Any):
@@ -124,6 +120,14 @@ class ClipScorer:
         if not (len(images) == len(prompts) == len(characters)):
             raise ValueError(f"{len(images)} images, {len(prompts)} prompts, {len(characters)} character lists")
         return metrics_from_embeddings(self.image_embeddings(images), self.text_embeddings(prompts), characters)
+
+
+def fetch_hint(name: str | None, key: str) -> str:
+    """How to get a CLIP: `hf download` of the one named, else of the recommended one."""
+    if name and _looks_like_repo_id(name):
+        also = "" if name == DEFAULT_CLIP else f" (recommended: {DEFAULT_CLIP})"
+        return f"fetch it once with `hf download {name}`{also} or pass {key}=/local/path"
+    return f"fetch the recommended one once with `hf download {DEFAULT_CLIP}` and pass {key}={DEFAULT_CLIP}, or {key}=/local/path"
 
 
 def _looks_like_repo_id(name: str) -> bool:

@@ -30,6 +30,7 @@ from ..rundir import manifest
 from ..atomic import replacing
 from ..errors import UserError
 from ..methods import METHODS, refinements
+from ..outputs.notice import frames_notice
 from ..story.parse import StoryError, load_story
 from ..story.styles import style_names
 
@@ -222,6 +223,7 @@ class RenderJob:
                 "title": self.request.title, "model": self.request.model, "frames": self.frames,
                 "iterations": self.request.iterations, "progress": progress, "latest_frames": latest,
                 "outputs": outputs, "comic_pages": [f"comic/{name}" for name in comic],
+                "notice": frames_notice(self.out_dir),  # from the render's config.yaml, once it is written
                 "elapsed_s": round((self.finished or time.time()) - self.started, 1) if self.started else None}
 
 
