@@ -43,11 +43,13 @@ def _one_line(exc: BaseException) -> str:
 
 
 def validate_overrides(argv: list[str]) -> None:
-    """Compose the config for every value of every sweep, so any bad key or type fails here, in one line."""
+    """Compose the config for every value of every sweep and check it (spec.py), so any bad key or value fails
+    here, in one line, before anything starts."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
+    from . import spec
     from .config import register
 
     register()
@@ -66,10 +68,7 @@ def validate_overrides(argv: list[str]) -> None:
     try:
         with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
             for variant in variants:
-                cfg = compose(config_name="config", overrides=variant)
-                from .render_story import validate
-
-                validate(cfg)
+                spec.from_config(compose(config_name="config", overrides=variant))
     except UserError:
         raise
     except Exception as exc:  # noqa: BLE001 - composition errors come in many types; all are the user's
