@@ -85,6 +85,10 @@ RunSpec = _frozen(schema.Config, "RunSpec", {"iterations_to_render": property(_i
 
 def _build(spec_cls: type, data: object, prefix: str = ""):
     hints = typing.get_type_hints(spec_cls)
+    known = {f.name for f in fields(spec_cls)}
+    for name in data:
+        if name not in known:  # `+render.foo=1` composes; the key would be read by nobody
+            raise UserError(unknown_key(prefix + name))
     values = {}
     for f in fields(spec_cls):
         if f.name not in data:
@@ -126,6 +130,34 @@ def fields_for(target: type, *specs) -> dict:
                 out[f.name] = getattr(spec, f.name)
                 break
     return out
+
+
+def config_keys(spec_cls: type | None = None, prefix: str = "") -> list[str]:
+    """Every key of the config, dotted (`render.steps`, `model.sim.frame_s`), groups included (`render`)."""
+    keys = []
+    for f in fields(spec_cls or RunSpec):
+        keys.append(prefix + f.name)
+        nested = _nested_spec(f.type)
+        if nested is not None and typing.get_origin(f.type) is not tuple:
+            keys += config_keys(nested, f"{prefix}{f.name}.")
+    return keys
+
+
+def unknown_key(key: str) -> str:
+    """`render.stpes: no such key; did you mean render.steps?`: the closest existing key, and nothing else."""
+    import difflib
+
+    bare = key.lstrip("+~")
+    parent = bare.rpartition(".")[0]
+    keys = config_keys()
+    # A typo in the last part when its parent exists (render.stpes), else anywhere at the same depth (clustr.workers).
+    siblings = [k for k in keys if k.rpartition(".")[0] == parent] if parent in keys else []
+    if siblings:
+        names = difflib.get_close_matches(bare.rpartition(".")[2], [k.rpartition(".")[2] for k in siblings], n=1, cutoff=0.6)
+        close = [f"{parent}.{n}" for n in names]
+    else:
+        close = difflib.get_close_matches(bare, [k for k in keys if k.count(".") == bare.count(".")], n=1, cutoff=0.6)
+    return f"{key}: no such key" + (f"; did you mean {close[0]}?" if close else "")
 
 
 # --- the checks -------------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The config crosses once (spec.py): every key reaches the layers that read it."""
+"""The config crosses once (spec.py): every key reaches the layers that read it; a key the schema lacks is refused."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import pytest
 
 from storyadapter import config as schema
 from storyadapter import spec
-from storyadapter.launch import compose_config
+from storyadapter.errors import UserError
+from storyadapter.launch import compose_config, validate_overrides
 from storyadapter.render_story import plan_for, worker_spec
 from storyadapter.story.parse import load_story
 
@@ -89,3 +90,9 @@ def test_method_cluster_and_sim_keys_reach_csa_the_actors_and_the_sim_worker(tmp
     run, story = compose_run(tmp_path, "model=sim", *(f"model.sim.{k}={hydra_value(v)}" for k, v in sim.items()))
     made = worker_spec(run, story, None, tmp_path)
     assert isinstance(made, SimSpec) and {k: getattr(made, k) for k in sim} == sim
+
+
+def test_an_unknown_key_added_with_plus_is_refused_with_the_closest_key():
+    with pytest.raises(UserError) as raised:
+        validate_overrides(["story.path=s.txt", "output_dir=o", "+render.sed=3"])
+    assert str(raised.value) == "render.sed: no such key; did you mean render.seed?"
