@@ -64,7 +64,10 @@ def validate_overrides(argv: list[str]) -> None:
     try:
         with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
             for variant in variants:
-                spec.from_config(compose(config_name="config", overrides=variant))
+                run = spec.from_config(compose(config_name="config", overrides=variant))
+                # The same model without the user's model.* keys: what the preset sets itself is not the user's doing.
+                preset = compose(config_name="config", overrides=[o for o in variant if not _sets_model_key(o)])
+                spec.check_model_keys(run.model, spec.model_spec(preset.model))
     except UserError:
         raise
     except Exception as exc:  # noqa: BLE001 - composition errors come in many types; all are the user's
@@ -94,6 +97,11 @@ def _quoting_hint(arg: str) -> str | None:
     quoted = f"{key}='" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
     shell = f'"{quoted}"' if not set('"$`\\!') & set(quoted) else shlex.quote(quoted)
     return f"{arg}: not a value Hydra's override grammar reads; quote it, in the shell: {shell}"
+
+
+def _sets_model_key(override: str) -> bool:
+    key = override.lstrip("+~").partition("=")[0]
+    return key.startswith("model.")
 
 
 def _unknown_option(exc: Exception) -> str | None:

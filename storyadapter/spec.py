@@ -2,7 +2,7 @@
 
 Each spec class is its structured-config class from config.py, frozen: the same fields, types and defaults (lists
 become tuples), so a new key costs its field in config.py and its use, nothing more. Every check the schema's
-types cannot express lives here: allowed values and ranges. Each layer then
+types cannot express lives here: allowed values, ranges, the model keys each model kind reads. Each layer then
 takes what it needs from the specs (`fields_for` fills a layer's own settings type from same-named fields).
 
 Torch- and Ray-free: the launcher, the web UI's queue and model=sim use it before anything heavy is imported.
@@ -120,6 +120,11 @@ def from_config(cfg: DictConfig) -> "RunSpec":
     return run
 
 
+def model_spec(model: DictConfig) -> "ModelSpec":
+    """A composed model config as its spec, unchecked: the launcher's preset to compare the user's keys with."""
+    return _build(ModelSpec, OmegaConf.to_container(model, resolve=True), "model.")
+
+
 def fields_for(target: type, *specs) -> dict:
     """The values of `target`'s fields taken from the first spec that has a field of the same name: how a layer's
     own settings type (RenderSettings, CSASettings, ActorResources, RunPlan, SimSpec) is filled from the specs."""
@@ -185,6 +190,19 @@ PROBABILITIES = ("method.sa32", "method.sa64", "method.early_rate", "method.late
 # Positive when set; null means what the value says.
 POSITIVE_OR_NULL = {"render.stop_when_stable": "to run every iteration", "cluster.object_store_gb": "for Ray's default"}
 
+# The model.* keys each model kind reads; any other key set away from its preset's value is refused (it would be
+# ignored without a word). Keys that pick kernels or devices, the VAE, LoRAs and the cache serve every torch kind.
+_TORCH_KEYS = ("name", "kind", "dtype", "device", "compile", "deterministic", "cache_dir", "vae", "loras",
+               "single_file_config")
+MODEL_KEYS_READ = {
+    "hub": _TORCH_KEYS + ("pretrained", "ip_adapter", "ip_adapter_subfolder", "ip_adapter_weight",
+                          "image_encoder_folder", "variant"),
+    "tiny": _TORCH_KEYS,  # built offline: its own weights and IP-Adapter
+    "sdxl-random": _TORCH_KEYS,  # random full-size weights, built in the worker
+    "sim": ("name", "kind", "device", "sim"),  # no model at all
+}
+
+
 def _get(run, dotted: str):
     node = run
     for part in dotted.split("."):
@@ -218,3 +236,22 @@ def check(run: "RunSpec") -> None:
     for index, lora in enumerate(run.model.loras):
         if not lora.path or lora.path == "???":  # OmegaConf's MISSING
             raise UserError(f"model.loras[{index}].path: missing; give each LoRA as {{path: FILE.safetensors, scale: 0.8}}")
+
+
+def check_model_keys(model: "ModelSpec", preset: "ModelSpec") -> None:
+    """Refuse a model.* key the user set (it differs from `preset`, the same model composed without the user's
+    model.* overrides) that `model.kind` does not read."""
+    read = MODEL_KEYS_READ.get(model.kind, ())
+    for f in fields(model):
+        if f.name in read:
+            continue
+        mine, theirs = getattr(model, f.name), getattr(preset, f.name)
+        if f.name == "sim":  # report the nested key itself
+            for g in fields(mine):
+                if getattr(mine, g.name) != getattr(theirs, g.name):
+                    raise ConfigError(f"model.sim.{g.name}", getattr(mine, g.name),
+                                      f"model.kind={model.kind} does not use it (only model=sim does); remove it")
+        elif mine != theirs:
+            raise ConfigError(f"model.{f.name}", mine, f"model.kind={model.kind} does not use it; remove it"
+                              + (" (a checkpoint or hub id needs model.kind=hub, e.g. model=realvisxl)"
+                                 if f.name == "pretrained" else ""))

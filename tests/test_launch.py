@@ -104,6 +104,10 @@ def test_bad_config_is_one_line_naming_the_key(args, needles, tmp_path, tiny_cac
         ("render.stpes=2", "error: render.stpes: no such key; did you mean render.steps?"),
         ("clustr.workers=2", "error: clustr.workers: no such key; did you mean cluster.workers?"),
         ("render.nonsense=1", "error: render.nonsense: no such key"),  # nothing close: no guess, no list
+        # model=tiny builds its own weights: a checkpoint given to it would be ignored without a word
+        ("model.pretrained=/some/file.safetensors",
+         "error: model.pretrained=/some/file.safetensors: model.kind=tiny does not use it; remove it "
+         "(a checkpoint or hub id needs model.kind=hub, e.g. model=realvisxl)"),
     ],
 )
 def test_config_mistakes_get_one_line_that_says_what_to_type(arg, line, tmp_path, tiny_cache):

@@ -1,4 +1,5 @@
-"""The config crosses once (spec.py): every key reaches the layers that read it; a key the schema lacks is refused."""
+"""The config crosses once (spec.py): every key reaches the layers that read it, and a model key the chosen model
+kind ignores is refused."""
 
 from __future__ import annotations
 
@@ -90,6 +91,34 @@ def test_method_cluster_and_sim_keys_reach_csa_the_actors_and_the_sim_worker(tmp
     run, story = compose_run(tmp_path, "model=sim", *(f"model.sim.{k}={hydra_value(v)}" for k, v in sim.items()))
     made = worker_spec(run, story, None, tmp_path)
     assert isinstance(made, SimSpec) and {k: getattr(made, k) for k in sim} == sim
+
+
+@pytest.mark.parametrize("overrides", [
+    ["model=tiny"], ["model=sdxl-random"], ["model=sim"], ["model=realvisxl"], ["model=sdxl"],
+    ["model=tiny", "model.dtype=float16", "model.cache_dir=/tmp/c"],
+    ["model=realvisxl", "model.pretrained=/some/file.safetensors", "model.variant=fp16"],
+    ["model=sim", "model.sim.frame_s=0.5", "model.device=cpu"],
+])
+def test_keys_a_model_kind_reads_or_its_preset_sets_are_accepted(overrides):
+    validate_overrides(["story.path=s.txt", "output_dir=o", *overrides])
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["model=sim", "model.dtype=float16"], "model.dtype=float16: model.kind=sim does not use it; remove it"),
+    (["model=sdxl-random", "model.ip_adapter=h94/IP-Adapter"],
+     "model.ip_adapter=h94/IP-Adapter: model.kind=sdxl-random does not use it; remove it"),
+    (["model=tiny", "model.sim.frame_s=2"], "model.sim.frame_s=2.0: model.kind=tiny does not use it (only model=sim does); remove it"),
+    (["model=realvisxl", "model.kind=tiny"],  # the preset's own pretrained is not the user's: only variant counts
+     None),
+])
+def test_a_model_key_the_kind_ignores_is_refused_in_one_line(overrides, message):
+    args = ["story.path=s.txt", "output_dir=o", *overrides]
+    if message is None:
+        validate_overrides(args)
+        return
+    with pytest.raises(UserError) as raised:
+        validate_overrides(args)
+    assert str(raised.value) == message
 
 
 def test_an_unknown_key_added_with_plus_is_refused_with_the_closest_key():
