@@ -99,14 +99,10 @@ def load_config(argv: list[str]) -> BenchConfig:
 # --- shared set-up -----------------------------------------------------------------------------------
 
 def model_source(cfg: BenchConfig):
-    from omegaconf import OmegaConf
-
     from storyadapter.render_story import resolve_model
+    from storyadapter.spec import ModelSpec
 
-    from storyadapter.config import ModelConfig
-
-    model = OmegaConf.merge(OmegaConf.structured(ModelConfig), {"kind": cfg.model, "cache_dir": cfg.cache_dir})
-    return resolve_model(OmegaConf.create({"model": model}))[0]
+    return resolve_model(ModelSpec(kind=cfg.model, cache_dir=cfg.cache_dir))[0]
 
 
 def make_story(cfg: BenchConfig, frames: int, work: Path):

@@ -79,6 +79,7 @@ def delivery_modes(frames: int, size: int, steps: int) -> dict:
     from storyadapter.engine import driver, executor as engine
     from storyadapter.launch import compose_config
     from storyadapter.render_story import plan_for, resolve_model, worker_spec
+    from storyadapter.spec import from_config
     from storyadapter.story.parse import load_story
 
     work = Path(tempfile.mkdtemp(prefix="bench-id-banks-"))
@@ -88,17 +89,17 @@ def delivery_modes(frames: int, size: int, steps: int) -> dict:
     out = {}
     try:
         for mode in ("shared", "rerender"):
-            cfg = compose_config([f"story.path={story_path}", "model=tiny", "render=tiny", f"render.steps={steps}",
+            run = from_config(compose_config([f"story.path={story_path}", "model=tiny", "render=tiny", f"render.steps={steps}",
                                   f"render.height={size}", f"render.width={size}", "render.batch_size=1",
                                   "method=storydiffusion", f"method.id_banks={mode}", "cluster.threads_per_worker=1",
-                                  "outputs.enabled=false", f"output_dir={work / mode}"])
+                                  "outputs.enabled=false", f"output_dir={work / mode}"]))
             story = load_story(story_path)
             res = engine.ActorResources(workers=2, gpus_per_worker=0, cpus_per_worker=1, max_restarts=0, ready_timeout_s=300)
-            executor = engine.RayExecutor(worker_spec(cfg, story, resolve_model(cfg)[0], work / mode), res,
+            executor = engine.RayExecutor(worker_spec(run, story, resolve_model(run.model)[0], work / mode), res,
                                           use_gpu=False, fixed_cluster=True)
             try:
                 t = time.perf_counter()
-                driver.run_iterations(plan_for(cfg, story, work / mode), executor)
+                driver.run_iterations(plan_for(run, story, work / mode), executor)
                 wall = time.perf_counter() - t
                 counts = executor.counters()
             finally:

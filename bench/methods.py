@@ -34,6 +34,7 @@ def measure(method: str, frames: int, size: int, steps: int, iterations: int, ti
 
     from storyadapter.launch import compose_config
     from storyadapter.render_story import resolve_model, worker_spec
+    from storyadapter.spec import from_config
     from storyadapter.story.parse import load_story
 
     gpu = torch.cuda.is_available() and model != "tiny"
@@ -49,7 +50,8 @@ def measure(method: str, frames: int, size: int, steps: int, iterations: int, ti
                           *([] if gpu else ["model.device=cpu"]),
                           f"method={method}", f"output_dir={work / 'out'}", "cluster.threads_per_worker=1"])
     story = load_story(story_path)
-    worker = worker_spec(cfg, story, resolve_model(cfg)[0], work / "out").build()
+    run = from_config(cfg)
+    worker = worker_spec(run, story, resolve_model(run.model)[0], work / "out").build()
     per_frame, identity_s = [], 0.0
     renderer = worker.renderer
     if renderer.csa is not None:  # time the write phase apart from the reads

@@ -1,6 +1,7 @@
 """Structured configs: typed dataclasses that validate every Hydra override.
 
-The `conf/` tree picks values; these classes define which keys exist and their types.
+The `conf/` tree picks values; these classes define which keys exist, their types and defaults. spec.py freezes
+them into the specs every layer receives, and holds the checks types cannot express (allowed values, ranges).
 """
 
 from __future__ import annotations
@@ -9,8 +10,6 @@ from dataclasses import dataclass, field
 from typing import List, Optional
 
 from omegaconf import MISSING
-
-from .methods import METHODS
 
 
 @dataclass
@@ -94,7 +93,7 @@ class MethodConfig:
     """How character consistency is made: Story-Adapter's GRCA iterations, StoryDiffusion's consistent
     self-attention (CSA, one pass), or a hybrid whose iteration 0 is the CSA pass (storyadapter/attention/csa.py)."""
 
-    name: str = "story_adapter"  # story_adapter | storydiffusion | hybrid
+    name: str = "story_adapter"  # methods.METHODS: story_adapter | storydiffusion | hybrid
     id_length: int = 4  # identity frames per character rendered together (the write phase)
     sa32: float = 0.5  # share of each identity image's tokens kept in the ID bank at 1/32 resolution
     sa64: float = 0.5  # ... and at 1/16 resolution
@@ -150,25 +149,6 @@ class Config:
     output_dir: str = MISSING
     resume: bool = False
     log_level: str = "INFO"
-
-
-CHOICES = {
-    "model.kind": ("hub", "tiny", "sdxl-random", "sim"),
-    "render.seed_policy": ("shared", "per_frame"),
-    "render.reference_weighting": ("uniform", "characters"),
-    "render.reference_sdpa": ("split", "joint"),
-    "method.name": METHODS,
-    "method.id_banks": ("shared", "rerender"),
-    "cluster.mode": ("local", "ray"),
-    "outputs.comic_layout": ("classic", "four", "single"),
-    "outputs.caption_position": ("below", "above"),
-}
-POSITIVE = ("render.steps", "render.height", "render.width", "render.batch_size", "render.reference_size", "render.character_weight",
-            "cluster.workers", "cluster.threads_per_worker", "cluster.ready_timeout_s", "cluster.connect_timeout_s", "cluster.batch_timeout_s",
-            "cluster.batch_timeout_factor", "cluster.capacity_timeout_s", "model.sim.embedding_dim",
-            "model.sim.image_size", "model.sim.slowdown", "method.id_length")
-# Positive when set; null means what the value says.
-POSITIVE_OR_NULL = {"render.stop_when_stable": "to run every iteration", "cluster.object_store_gb": "for Ray's default"}
 
 
 def register() -> None:

@@ -6,6 +6,7 @@ Config errors are caught before Hydra runs, so users get one line naming the key
 from __future__ import annotations
 
 import re
+import shlex
 import signal
 import sys
 from pathlib import Path
@@ -43,19 +44,16 @@ def _one_line(exc: BaseException) -> str:
 
 
 def validate_overrides(argv: list[str]) -> None:
-    """Compose the config for every value of every sweep, so any bad key or type fails here, in one line."""
+    """Compose the config for every value of every sweep and check it (spec.py), so any bad key or value fails
+    here, in one line, before anything starts."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.override_parser.overrides_parser import OverridesParser
 
+    from . import spec
     from .config import register
 
     register()
-    args = [a for a in argv if not a.startswith("-")]
-    try:
-        overrides = OverridesParser.create().parse_overrides(args)
-    except Exception as exc:  # noqa: BLE001 - Hydra raises several parse error types
-        raise UserError(f"bad override: {_one_line(exc)}") from None
+    overrides = _parse([a for a in argv if not a.startswith("-")])
     base = [o.input_line for o in overrides if not o.is_sweep_override()]
     variants = [base] + [
         base + [f"{o.get_key_element()}={value}"]
@@ -66,16 +64,44 @@ def validate_overrides(argv: list[str]) -> None:
     try:
         with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
             for variant in variants:
-                cfg = compose(config_name="config", overrides=variant)
-                from .render_story import validate
-
-                validate(cfg)
+                run = spec.from_config(compose(config_name="config", overrides=variant))
+                # The same model without the user's model.* keys: what the preset sets itself is not the user's doing.
+                preset = compose(config_name="config", overrides=[o for o in variant if not _sets_model_key(o)])
+                spec.check_model_keys(run.model, spec.model_spec(preset.model))
     except UserError:
         raise
     except Exception as exc:  # noqa: BLE001 - composition errors come in many types; all are the user's
-        raise UserError(_unknown_option(exc) or f"config: {_one_line(exc)}") from None
+        raise UserError(_unknown_option(exc) or _unknown_key(exc) or f"config: {_one_line(exc)}") from None
     finally:
         GlobalHydra.instance().clear()
+
+
+def _parse(args: list[str]) -> list:
+    """Hydra's overrides; a value its grammar refuses is named with the quoting that makes it a plain string."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    for arg in args:
+        try:
+            parser.parse_override(arg)
+        except Exception as exc:  # noqa: BLE001 - Hydra raises several parse error types
+            raise UserError(_quoting_hint(arg) or f"bad override {arg}: {_one_line(exc)}") from None
+    return parser.parse_overrides(args)
+
+
+def _quoting_hint(arg: str) -> str | None:
+    """story.style=(No style) -> how to pass the value as a string: Hydra's quotes inside the shell's."""
+    key, eq, value = arg.partition("=")
+    if not eq or not key or not value:
+        return None
+    quoted = f"{key}='" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    shell = f'"{quoted}"' if not set('"$`\\!') & set(quoted) else shlex.quote(quoted)
+    return f"{arg}: not a value Hydra's override grammar reads; quote it, in the shell: {shell}"
+
+
+def _sets_model_key(override: str) -> bool:
+    key = override.lstrip("+~").partition("=")[0]
+    return key.startswith("model.")
 
 
 def _unknown_option(exc: Exception) -> str | None:
@@ -87,6 +113,16 @@ def _unknown_option(exc: Exception) -> str | None:
         return None
     group, name, options = found.groups()
     return f"{group}={name}: expected one of {', '.join(options.split())}"
+
+
+def _unknown_key(exc: Exception) -> str | None:
+    """'render.stpes: no such key; did you mean render.steps?' for a key the schema does not have."""
+    from . import spec
+
+    found = re.search(r"Could not override '([^']+)'|Could not delete from config\. '([^']+)' does not exist", str(exc))
+    if not found or (found.group(1) or found.group(2)).startswith("hydra."):
+        return None
+    return spec.unknown_key(found.group(1) or found.group(2))
 
 
 def compose_config(overrides: list[str]):

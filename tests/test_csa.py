@@ -44,10 +44,11 @@ def config(story: Path, out: Path, tiny_cache: Path, method: str, *extra: str):
 
 def worker_for(story_path: Path, out: Path, tiny_cache: Path, method: str, *extra: str):
     from storyadapter.render_story import resolve_model, worker_spec
+    from storyadapter.spec import from_config
 
-    cfg = config(story_path, out, tiny_cache, method, *extra)
+    run = from_config(config(story_path, out, tiny_cache, method, *extra))
     story = load_story(story_path)
-    return worker_spec(cfg, story, resolve_model(cfg)[0], out).build()
+    return worker_spec(run, story, resolve_model(run.model)[0], out).build()
 
 
 def frame_pixels(worker, frames: list[int]) -> dict[int, np.ndarray]:
@@ -170,17 +171,18 @@ def test_a_character_with_no_frame_of_its_own_and_no_description_is_one_error():
 
 def test_story_adapter_default_has_no_csa_and_an_unchanged_fingerprint(tmp_path, tiny_cache):
     from storyadapter.render_story import consistent_pass, plan_for
+    from storyadapter.spec import from_config
 
     story_path = write_story(tmp_path / "s.txt", TOM_LISA)
     story = load_story(story_path)
     from storyadapter.launch import compose_config
 
     default = compose_config([f"story.path={story_path}", "model=tiny", "render=tiny", f"output_dir={tmp_path}"])
-    assert default.method.name == "story_adapter" and consistent_pass(default, story) is None
+    assert default.method.name == "story_adapter" and consistent_pass(from_config(default), story) is None
     assert "method" not in rundir.fingerprint(default, story)
-    assert plan_for(default, story, tmp_path).iterations == 2
+    assert plan_for(from_config(default), story, tmp_path).iterations == 2
     sd = config(story_path, tmp_path, tiny_cache, "storydiffusion")
-    assert plan_for(sd, story, tmp_path).iterations == 0  # one pass: iter_00 only
+    assert plan_for(from_config(sd), story, tmp_path).iterations == 0  # one pass: iter_00 only
     assert rundir.fingerprint(sd, story)["method"]["name"] == "storydiffusion"
 
 

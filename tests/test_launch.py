@@ -97,6 +97,32 @@ def test_bad_config_is_one_line_naming_the_key(args, needles, tmp_path, tiny_cac
 
 
 @pytest.mark.parametrize(
+    "arg, line",
+    [
+        # Hydra's own message here is its override grammar's parse error, with no word on quoting.
+        ("story.style=(No style)",
+         "error: story.style=(No style): not a value Hydra's override grammar reads; quote it, in the shell: "
+         "\"story.style='(No style)'\""),
+        ("render.stpes=2", "error: render.stpes: no such key; did you mean render.steps?"),
+        ("clustr.workers=2", "error: clustr.workers: no such key; did you mean cluster.workers?"),
+        ("render.nonsense=1", "error: render.nonsense: no such key"),  # nothing close: no guess, no list
+        # model=tiny builds its own weights: a checkpoint given to it would be ignored without a word
+        ("model.pretrained=/some/file.safetensors",
+         "error: model.pretrained=/some/file.safetensors: model.kind=tiny does not use it; remove it "
+         "(a checkpoint or hub id needs model.kind=hub, e.g. model=realvisxl)"),
+    ],
+)
+def test_config_mistakes_get_one_line_that_says_what_to_type(arg, line, tmp_path, tiny_cache):
+    out = tmp_path / "out"
+    before = sorted(tmp_path.rglob("*"))
+    proc = launch(f"story.path={EXAMPLES / 'garden.yaml'}", "model=tiny", f"model.cache_dir={tiny_cache}",
+                  f"output_dir={out}", arg, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines() == [line]
+    assert sorted(tmp_path.rglob("*")) == before  # nothing written, output_dir included
+
+
+@pytest.mark.parametrize(
     "name, text, needle",
     [
         ("undefined.txt", "[Ana] a chef\n\n[Zed] runs away\n", "undefined.txt:3"),

@@ -92,21 +92,22 @@ def test_each_write_phase_runs_once_on_one_actor_and_its_bank_reaches_the_others
     from storyadapter.engine import driver, executor as engine
     from storyadapter.launch import compose_config
     from storyadapter.render_story import plan_for, resolve_model, worker_spec
+    from storyadapter.spec import from_config
     from storyadapter.story.parse import load_story
 
     out = tmp_path / "sd"
-    cfg = compose_config([
+    run = from_config(compose_config([
         f"story.path={story_file}", "model=tiny", f"model.cache_dir={tiny_cache}", "render=tiny", "render.steps=3",
         "render.batch_size=2", "method=storydiffusion", "method.id_length=2", "outputs.enabled=false",
         f"output_dir={out}",
-    ])
+    ]))
     story = load_story(story_file)
     res = engine.ActorResources(workers=2, gpus_per_worker=0, cpus_per_worker=1, max_restarts=0, ready_timeout_s=120)
-    executor = engine.RayExecutor(worker_spec(cfg, story, resolve_model(cfg)[0], out), res, use_gpu=False,
+    executor = engine.RayExecutor(worker_spec(run, story, resolve_model(run.model)[0], out), res, use_gpu=False,
                                   fixed_cluster=True)
     try:
         with caplog.at_level("INFO", logger="storyadapter.engine.executor"):
-            driver.run_iterations(plan_for(cfg, story, out), executor)
+            driver.run_iterations(plan_for(run, story, out), executor)
         counts = executor.counters()
     finally:
         executor.shutdown()

@@ -11,6 +11,7 @@ from storyadapter.rundir import guard as rundir
 from storyadapter.config import Config
 from storyadapter.errors import UserError
 from storyadapter.render_story import worker_spec
+from storyadapter.spec import from_config
 from storyadapter.story.parse import load_story
 
 from .conftest import write_story
@@ -39,18 +40,16 @@ def test_kernel_choices_may_change_on_resume_but_pixel_settings_may_not(tmp_path
 def test_deterministic_setting_reaches_the_worker(tmp_path):
     story = load_story(write_story(tmp_path / "s.txt", ["a fox in the snow"]))
     for value in (True, False):
-        spec = worker_spec(_cfg(tmp_path, f"model.deterministic={str(value).lower()}"), story, None, tmp_path)
+        spec = worker_spec(from_config(_cfg(tmp_path, f"model.deterministic={str(value).lower()}")), story, None, tmp_path)
         assert spec.deterministic is value
 
 
 def test_reference_sdpa_is_a_checked_pixel_setting(tmp_path):
-    from storyadapter.render_story import validate
-
     story = load_story(write_story(tmp_path / "s.txt", ["a fox in the snow"]))
-    spec = worker_spec(_cfg(tmp_path, "render.reference_sdpa=joint"), story, None, tmp_path)
+    spec = worker_spec(from_config(_cfg(tmp_path, "render.reference_sdpa=joint")), story, None, tmp_path)
     assert spec.settings.reference_sdpa == "joint"
     with pytest.raises(UserError, match=r"render\.reference_sdpa=fused"):
-        validate(_cfg(tmp_path, "render.reference_sdpa=fused"))
+        from_config(_cfg(tmp_path, "render.reference_sdpa=fused"))
     out = tmp_path / "out"
     rundir.write_config(out, _cfg(out), story, 10, 10)
     (out / "iter_00").mkdir()

@@ -30,7 +30,8 @@ from .protocol import BatchResult, FrameResult, StaleIterationError, fsync_dir, 
 
 @dataclass(frozen=True)
 class SimSpec:
-    """Picklable, like WorkerSpec: the Ray actor calls `build()` in its own process."""
+    """Picklable, like WorkerSpec: the Ray actor calls `build()` in its own process. Filled from model.sim.* by
+    name (spec.fields_for), so a new model.sim key is a field here and in config.SimConfig."""
 
     out_dir: str
     seed: int = 2024
@@ -144,21 +145,3 @@ class SimWorker:
         with replacing(trace / name) as tmp:
             tmp.write_text(json.dumps({"iteration": iteration, "frames": frames, "pid": os.getpid(),
                                        "started_at": started_at, "slow": self.slow, "node": self.node}))
-
-
-def validate_config(sim) -> None:
-    """Ranges the schema's types cannot express (model.sim.*)."""
-    from ..errors import UserError
-
-    if sim.frame_s < 0:
-        raise UserError(f"model.sim.frame_s={sim.frame_s}: must be 0 or more")
-    for key in ("jitter", "straggler_share"):
-        if not 0 <= sim[key] <= 1:
-            raise UserError(f"model.sim.{key}={sim[key]}: must be between 0 and 1")
-
-
-def spec_from_config(cfg, out_dir: Path) -> SimSpec:
-    s = cfg.model.sim
-    return SimSpec(out_dir=str(Path(out_dir).resolve()), seed=cfg.render.seed, frame_s=s.frame_s, jitter=s.jitter,
-                   straggler_share=s.straggler_share, slowdown=s.slowdown, embedding_dim=s.embedding_dim,
-                   image_size=s.image_size, trace_dir=s.trace_dir, device=cfg.model.device)

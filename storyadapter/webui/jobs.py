@@ -122,8 +122,7 @@ class RenderRequest:
             if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
                 raise UserError(f"request.{name}: expected a whole number from {low} to {high}, got {value!r}")
             numbers[name] = value
-        if numbers["size"] % 8:
-            raise UserError(f"request.size: must be a multiple of 8, got {numbers['size']}")
+        _check_as_config(method, numbers)
         return cls(story=story, story_format=fmt, title=title and title.strip(), style=style, model=model, method=method,
                    photos=_photos(data.get("photos")), **numbers)
 
@@ -138,6 +137,26 @@ class RenderRequest:
         if self.title:
             out.append(f"story.title={hydra_quote(self.title)}")
         return out
+
+
+# The config key each request field sets (RenderRequest.overrides), so the launcher's checks name the field.
+_FIELD_OF_KEY = {"render.iterations": "iterations", "render.steps": "steps", "render.height": "size",
+                 "render.width": "size", "render.seed": "seed", "cluster.workers": "workers", "method.name": "method"}
+
+
+def _check_as_config(method: str, numbers: dict) -> None:
+    """The request's settings through the launcher's own checks (spec.check): a rule such as "a multiple of 8"
+    is written once, and a request the render would refuse is refused before it is queued."""
+    from .. import spec
+
+    run = spec.RunSpec(
+        render=spec.RenderSpec(iterations=numbers["iterations"], steps=numbers["steps"], height=numbers["size"],
+                               width=numbers["size"], seed=numbers["seed"]),
+        method=spec.MethodSpec(name=method), cluster=spec.ClusterSpec(workers=numbers["workers"]))
+    try:
+        spec.check(run)
+    except spec.ConfigError as exc:
+        raise UserError(f"request.{_FIELD_OF_KEY.get(exc.key, exc.key)}: {exc.problem}, got {exc.value!r}") from None
 
 
 def _photos(value: object) -> tuple[tuple[str, bytes], ...]:

@@ -13,24 +13,18 @@ With consistent self-attention (method=storydiffusion|hybrid, csa.py), step 3 co
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 from PIL import Image
 
 from ..attention import csa, grca
+from ..spec import RenderSpec
 from . import text
 
 
-@dataclass(frozen=True)
-class RenderSettings:
-    steps: int = 50
-    height: int = 1024
-    width: int = 1024
-    guidance_scale: float = 7.5
-    reference_size: int = 256
-    reference_sdpa: str = "split"  # split | joint: reference attention as 2 SDPA calls per layer or 1 (grca.py)
+# The render.* settings as the config defines them (config.RenderConfig, frozen): a new render key reaches the
+# renderer as a field, with no copy in between. reference_sdpa: split | joint, 2 SDPA calls per layer or 1 (grca.py).
+RenderSettings = RenderSpec
 
 
 def initial_noise(seed: int, shape: tuple[int, ...]) -> torch.Tensor:

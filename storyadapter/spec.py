@@ -1,0 +1,257 @@
+"""The config, checked once and frozen: `from_config(cfg)` is where the Hydra config crosses into the code.
+
+Each spec class is its structured-config class from config.py, frozen: the same fields, types and defaults (lists
+become tuples), so a new key costs its field in config.py and its use, nothing more. Every check the schema's
+types cannot express lives here: allowed values, ranges, the model keys each model kind reads. Each layer then
+takes what it needs from the specs (`fields_for` fills a layer's own settings type from same-named fields).
+
+Torch- and Ray-free: the launcher, the web UI's queue and model=sim use it before anything heavy is imported.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import fields
+
+from omegaconf import DictConfig, OmegaConf
+
+from . import config as schema
+from .errors import UserError
+from .methods import METHODS, refinements
+
+
+class ConfigError(UserError):
+    """A config key whose value is refused: `key=value: problem`, one line."""
+
+    def __init__(self, key: str, value: object, problem: str):
+        super().__init__(f"{key}={value}: {problem}")
+        self.key, self.value, self.problem = key, value, problem
+
+
+# --- the specs: config.py's classes, frozen --------------------------------------------------------------------
+
+_SPEC_OF: dict[type, type] = {}  # schema class -> its frozen spec class
+
+
+def _frozen(schema_cls: type, name: str, namespace: dict | None = None) -> type:
+    """A frozen dataclass with `schema_cls`'s fields; nested schema classes become their specs, lists tuples."""
+    hints = typing.get_type_hints(schema_cls)
+    specs = []
+    for f in fields(schema_cls):
+        hint, default = _spec_type(hints[f.name]), f.default
+        if f.default_factory is not dataclasses.MISSING:
+            made = f.default_factory()
+            nested = _SPEC_OF.get(type(made))
+            default = nested() if nested else tuple(made)
+            default_field = dataclasses.field(default_factory=(lambda d=default: d))
+        else:
+            default_field = dataclasses.field(default=default)
+        specs.append((f.name, hint, default_field))
+    cls = dataclasses.make_dataclass(name, specs, frozen=True, namespace={"__module__": __name__, **(namespace or {}),
+                                                                         "__doc__": f"{schema_cls.__name__}, frozen."})
+    _SPEC_OF[schema_cls] = cls
+    return cls
+
+
+def _spec_type(hint):
+    """A field's type with schema classes replaced by their specs and lists by tuples."""
+    if hint in _SPEC_OF:
+        return _SPEC_OF[hint]
+    if typing.get_origin(hint) is list:
+        (item,) = typing.get_args(hint)
+        return typing.Tuple[_SPEC_OF.get(item, item), ...]
+    return hint
+
+
+StorySpec = _frozen(schema.StoryConfig, "StorySpec")
+LoraSpec = _frozen(schema.LoraConfig, "LoraSpec")
+SimModelSpec = _frozen(schema.SimConfig, "SimModelSpec")
+ModelSpec = _frozen(schema.ModelConfig, "ModelSpec")
+RenderSpec = _frozen(schema.RenderConfig, "RenderSpec")
+MethodSpec = _frozen(schema.MethodConfig, "MethodSpec")
+ClusterSpec = _frozen(schema.ClusterConfig, "ClusterSpec")
+OutputsSpec = _frozen(schema.OutputsConfig, "OutputsSpec")
+EvalSpec = _frozen(schema.EvalConfig, "EvalSpec")
+
+
+def _iterations_to_render(self) -> int:
+    """Refinements after iteration 0 that this run renders (methods.refinements)."""
+    return refinements(self.method.name, self.render.iterations)
+
+
+RunSpec = _frozen(schema.Config, "RunSpec", {"iterations_to_render": property(_iterations_to_render)})
+
+
+def _build(spec_cls: type, data: object, prefix: str = ""):
+    hints = typing.get_type_hints(spec_cls)
+    known = {f.name for f in fields(spec_cls)}
+    for name in data:
+        if name not in known:  # `+render.foo=1` composes; the key would be read by nobody
+            raise UserError(unknown_key(prefix + name))
+    values = {}
+    for f in fields(spec_cls):
+        if f.name not in data:
+            continue  # the spec's default (a bare config, e.g. a benchmark's model only)
+        value, hint = data[f.name], hints[f.name]
+        nested = _nested_spec(hint)
+        if nested is not None and isinstance(value, dict):
+            value = _build(nested, value, f"{prefix}{f.name}.")
+        elif nested is not None and isinstance(value, list):
+            value = tuple(_build(nested, v, f"{prefix}{f.name}[{i}].") for i, v in enumerate(value))
+        elif isinstance(value, list):
+            value = tuple(value)
+        values[f.name] = value
+    return spec_cls(**values)
+
+
+def _nested_spec(hint) -> type | None:
+    """The spec class inside a field's type (`LoraConfig`, `List[LoraConfig]`), if there is one."""
+    for candidate in (hint, *typing.get_args(hint)):
+        if candidate in _SPEC_OF.values():
+            return candidate
+    return None
+
+
+def from_config(cfg: DictConfig) -> "RunSpec":
+    """The checked, frozen specs of a composed config. Raises a one-line UserError for a value the user can fix."""
+    run = _build(RunSpec, OmegaConf.to_container(cfg, resolve=True))
+    check(run)
+    return run
+
+
+def model_spec(model: DictConfig) -> "ModelSpec":
+    """A composed model config as its spec, unchecked: the launcher's preset to compare the user's keys with."""
+    return _build(ModelSpec, OmegaConf.to_container(model, resolve=True), "model.")
+
+
+def fields_for(target: type, *specs) -> dict:
+    """The values of `target`'s fields taken from the first spec that has a field of the same name: how a layer's
+    own settings type (RenderSettings, CSASettings, ActorResources, RunPlan, SimSpec) is filled from the specs."""
+    out = {}
+    for f in fields(target):
+        for spec in specs:
+            if f.name in {g.name for g in fields(spec)}:
+                out[f.name] = getattr(spec, f.name)
+                break
+    return out
+
+
+def config_keys(spec_cls: type | None = None, prefix: str = "") -> list[str]:
+    """Every key of the config, dotted (`render.steps`, `model.sim.frame_s`), groups included (`render`)."""
+    keys = []
+    for f in fields(spec_cls or RunSpec):
+        keys.append(prefix + f.name)
+        nested = _nested_spec(f.type)
+        if nested is not None and typing.get_origin(f.type) is not tuple:
+            keys += config_keys(nested, f"{prefix}{f.name}.")
+    return keys
+
+
+def unknown_key(key: str) -> str:
+    """`render.stpes: no such key; did you mean render.steps?`: the closest existing key, and nothing else."""
+    import difflib
+
+    bare = key.lstrip("+~")
+    parent = bare.rpartition(".")[0]
+    keys = config_keys()
+    # A typo in the last part when its parent exists (render.stpes), else anywhere at the same depth (clustr.workers).
+    siblings = [k for k in keys if k.rpartition(".")[0] == parent] if parent in keys else []
+    if siblings:
+        names = difflib.get_close_matches(bare.rpartition(".")[2], [k.rpartition(".")[2] for k in siblings], n=1, cutoff=0.6)
+        close = [f"{parent}.{n}" for n in names]
+    else:
+        close = difflib.get_close_matches(bare, [k for k in keys if k.count(".") == bare.count(".")], n=1, cutoff=0.6)
+    return f"{key}: no such key" + (f"; did you mean {close[0]}?" if close else "")
+
+
+# --- the checks -------------------------------------------------------------------------------------------------
+
+CHOICES = {
+    "model.kind": ("hub", "tiny", "sdxl-random", "sim"),
+    "render.seed_policy": ("shared", "per_frame"),
+    "render.reference_weighting": ("uniform", "characters"),
+    "render.reference_sdpa": ("split", "joint"),
+    "method.name": METHODS,
+    "method.id_banks": ("shared", "rerender"),
+    "cluster.mode": ("local", "ray"),
+    "outputs.comic_layout": ("classic", "four", "single"),
+    "outputs.caption_position": ("below", "above"),
+}
+POSITIVE = ("render.steps", "render.height", "render.width", "render.batch_size", "render.reference_size",
+            "render.character_weight", "cluster.workers", "cluster.threads_per_worker", "cluster.ready_timeout_s",
+            "cluster.connect_timeout_s", "cluster.batch_timeout_s", "cluster.batch_timeout_factor",
+            "cluster.capacity_timeout_s", "cluster.cpus_per_worker", "model.sim.embedding_dim", "model.sim.image_size",
+            "model.sim.slowdown", "method.id_length")
+NOT_NEGATIVE = ("render.iterations", "method.plain_steps", "cluster.gpus_per_worker", "model.sim.frame_s")
+MULTIPLE_OF_8 = ("render.height", "render.width")  # the VAE downsamples by 8
+PROBABILITIES = ("method.sa32", "method.sa64", "method.early_rate", "method.late_rate", "model.sim.jitter",
+                 "model.sim.straggler_share")
+# Positive when set; null means what the value says.
+POSITIVE_OR_NULL = {"render.stop_when_stable": "to run every iteration", "cluster.object_store_gb": "for Ray's default"}
+
+# The model.* keys each model kind reads; any other key set away from its preset's value is refused (it would be
+# ignored without a word). Keys that pick kernels or devices, the VAE, LoRAs and the cache serve every torch kind.
+_TORCH_KEYS = ("name", "kind", "dtype", "device", "compile", "deterministic", "cache_dir", "vae", "loras",
+               "single_file_config")
+MODEL_KEYS_READ = {
+    "hub": _TORCH_KEYS + ("pretrained", "ip_adapter", "ip_adapter_subfolder", "ip_adapter_weight",
+                          "image_encoder_folder", "variant"),
+    "tiny": _TORCH_KEYS,  # built offline: its own weights and IP-Adapter
+    "sdxl-random": _TORCH_KEYS,  # random full-size weights, built in the worker
+    "sim": ("name", "kind", "device", "sim"),  # no model at all
+}
+
+
+def _get(run, dotted: str):
+    node = run
+    for part in dotted.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def check(run: "RunSpec") -> None:
+    """Every check the schema's types cannot express; the first failure is raised as a ConfigError."""
+    for key, allowed in CHOICES.items():
+        if _get(run, key) not in allowed:
+            raise ConfigError(key, _get(run, key), f"expected one of {', '.join(allowed)}")
+    for key in POSITIVE:
+        if _get(run, key) <= 0:
+            raise ConfigError(key, _get(run, key), "must be positive")
+    for key in NOT_NEGATIVE:
+        if _get(run, key) < 0:
+            raise ConfigError(key, _get(run, key), "must be 0 or more")
+    for key in MULTIPLE_OF_8:
+        if _get(run, key) % 8:
+            raise ConfigError(key, _get(run, key), "must be a multiple of 8 (the VAE downsamples by 8)")
+    if run.render.guidance_scale < 1.0:
+        raise ConfigError("render.guidance_scale", run.render.guidance_scale, "must be at least 1 (classifier-free guidance)")
+    for key in PROBABILITIES:
+        if not 0.0 <= _get(run, key) <= 1.0:
+            raise ConfigError(key, _get(run, key), "must be a probability, between 0 and 1")
+    for key, null_means in POSITIVE_OR_NULL.items():
+        value = _get(run, key)
+        if value is not None and value <= 0:
+            raise ConfigError(key, value, f"must be positive (or null {null_means})")
+    for index, lora in enumerate(run.model.loras):
+        if not lora.path or lora.path == "???":  # OmegaConf's MISSING
+            raise UserError(f"model.loras[{index}].path: missing; give each LoRA as {{path: FILE.safetensors, scale: 0.8}}")
+
+
+def check_model_keys(model: "ModelSpec", preset: "ModelSpec") -> None:
+    """Refuse a model.* key the user set (it differs from `preset`, the same model composed without the user's
+    model.* overrides) that `model.kind` does not read."""
+    read = MODEL_KEYS_READ.get(model.kind, ())
+    for f in fields(model):
+        if f.name in read:
+            continue
+        mine, theirs = getattr(model, f.name), getattr(preset, f.name)
+        if f.name == "sim":  # report the nested key itself
+            for g in fields(mine):
+                if getattr(mine, g.name) != getattr(theirs, g.name):
+                    raise ConfigError(f"model.sim.{g.name}", getattr(mine, g.name),
+                                      f"model.kind={model.kind} does not use it (only model=sim does); remove it")
+        elif mine != theirs:
+            raise ConfigError(f"model.{f.name}", mine, f"model.kind={model.kind} does not use it; remove it"
+                              + (" (a checkpoint or hub id needs model.kind=hub, e.g. model=realvisxl)"
+                                 if f.name == "pretrained" else ""))
