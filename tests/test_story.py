@@ -10,7 +10,8 @@ import pytest
 import yaml
 
 from storyadapter.errors import UserError
-from storyadapter.story.parse import Frame, Story, StoryError, describe, load_story
+from storyadapter.story.model import Frame, Story, describe
+from storyadapter.story.parse import StoryError, load_story
 from storyadapter.story.styles import DEFAULT_STYLE, Style, get_style, style_names
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "storyadapter" / "examples"
@@ -329,6 +330,14 @@ def test_bad_yaml(tmp_path, content, line, fragments):
 )
 def test_bad_json(tmp_path, content, line, fragments):
     expect_error(write(tmp_path, "bad.json", content), line, *fragments)
+
+
+def test_json_lines_count_past_brackets_and_quotes_inside_strings(tmp_path):
+    content = '{"frames": [\n  "a \\"[\\" {[",\n  "ok",\n  {"prompt": "p",\n   "caption": 1%s}\n]}' % ("0" * 5000)
+    # the 5001-digit number is a type error on its own line, not Python's int() digit limit
+    expect_error(write(tmp_path, "q.json", content), 5, "caption of frame 2 must be a string", "int")
+    expect_error(write(tmp_path, "n.json", '{"frames": [NaN]}'), 1, "frame 0", "float")
+    expect_error(write(tmp_path, "d.json", '{"frames": ' + "[" * 40 + "]" * 40 + "}"), 1, "nested too deeply")
 
 
 def test_yaml_python_tags_are_refused_not_constructed(tmp_path):

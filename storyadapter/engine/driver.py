@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from ..rundir import convergence, journal, manifest
 from ..story import references, schedule
-from ..story.parse import Story
+from ..story.model import Story
 from .timeline import BatchTimeline
 from .protocol import BatchResult, FrameResult, Worker
 

@@ -1,0 +1,56 @@
+"""What a story is once read: its frames (tags expanded, lines kept), characters, style and source digest."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass, field
+
+from storyadapter.story.photos import CharacterPhoto
+from storyadapter.story.styles import get_style
+
+
+@dataclass(frozen=True)
+class Frame:
+    index: int
+    prompt: str  # character tags expanded, no style applied
+    caption: str  # "" if none
+    characters: tuple[str, ...]  # in order of first appearance
+    line: int  # 1-based line in the source file
+
+
+@dataclass(frozen=True)
+class Story:
+    title: str
+    style: str  # canonical style name
+    characters: dict[str, str] = field(hash=False)  # name -> description, in definition order
+    frames: tuple[Frame, ...]
+    source: str
+    digest: str  # sha256 hex of the file bytes
+    photos: dict[str, CharacterPhoto] = field(default_factory=dict, hash=False)  # name -> reference photo
+
+    def photo_names(self) -> tuple[str, ...]:
+        return tuple(self.photos)
+
+    @property
+    def slug(self) -> str:
+        """The title as a safe file/directory name: [A-Za-z0-9_-], 1 to 64 characters."""
+        # NFKD + ascii drops accents ("Café" -> "Cafe") instead of losing the whole letter.
+        plain = unicodedata.normalize("NFKD", self.title).encode("ascii", "ignore").decode()
+        slug = re.sub(r"[^A-Za-z0-9_-]+", "_", plain).strip("_-")[:64].strip("_-")
+        # A leading '-' would read as an option to command-line tools, hence the strip above.
+        return slug or (f"story-{self.digest[:12]}" if self.digest else "story")
+
+    def styled(self, frame: Frame) -> tuple[str, str]:
+        """(prompt, negative_prompt) for a frame after this story's style template."""
+        return get_style(self.style).apply(frame.prompt)
+
+
+def describe(story: Story) -> str:
+    """One-line summary, e.g. 'The Night Garden: 5 frames, 2 characters, style Comic book'."""
+
+    def count(n: int, word: str) -> str:
+        return f"{n} {word}" + ("" if n == 1 else "s")
+
+    frames, chars = count(len(story.frames), "frame"), count(len(story.characters), "character")
+    return f"{story.title}: {frames}, {chars}, style {story.style}"
