@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from storyadapter.errors import UserError
-from storyadapter.story.model import Frame, Story, describe
+from storyadapter.story.model import describe
 from storyadapter.story.parse import StoryError, load_story
 from storyadapter.story.styles import DEFAULT_STYLE, Style, get_style, style_names
 
@@ -475,41 +475,10 @@ def test_styled_output(tmp_path):
     assert "{hello}" in braces.styled(braces.frames[0])[0]
 
 
-# ----------------------------------------------------------------------------- slug
+# ----------------------------------------------------------------------------- titles
 
 
-def _story(title: str, digest: str = "ab" * 32) -> Story:
-    frame = Frame(index=0, prompt="x", caption="", characters=(), line=1)
-    return Story(title=title, style=DEFAULT_STYLE, characters={}, frames=(frame,), source="s.txt", digest=digest)
-
-
-@pytest.mark.parametrize(
-    "title,expected",
-    [
-        ("The Night Garden", "The_Night_Garden"),
-        ("../../etc", "etc"),
-        ("a/b", "a_b"),
-        ("..", "story-abababababab"),
-        ("", "story-abababababab"),
-        ("日本の物語", "story-abababababab"),
-        ("Café Noir", "Cafe_Noir"),
-        ("-rf *", "rf"),
-        ("C:\\Windows\\system32", "C_Windows_system32"),
-        ("x" * 100, "x" * 64),
-    ],
-)
-def test_slug_is_filesystem_safe(title, expected):
-    slug = _story(title).slug
-    assert slug == expected
-    assert re.fullmatch(r"[A-Za-z0-9_-]{1,64}", slug)
-    assert slug not in (".", "..")
-
-
-def test_slug_without_digest_is_never_empty():
-    assert _story("///", digest="").slug == "story"
-
-
-def test_yaml_title_drives_slug_and_default_title_is_stem(tmp_path):
+def test_yaml_title_is_kept_and_default_title_is_stem(tmp_path):
     s = load_story(write(tmp_path, "t.yaml", "title: '../../etc/passwd'\nframes: [x]\n"))
-    assert s.title == "../../etc/passwd" and s.slug == "etc_passwd"
+    assert s.title == "../../etc/passwd"
     assert load_story(write(tmp_path, "my story.json", '{"frames": ["x"]}')).title == "my story"

@@ -182,10 +182,6 @@ _ROWS = {
 }
 
 
-def _row_count(row: str) -> int:
-    return sum(c.stack for c in _ROWS[row])
-
-
 def _page_rows(layout: str, page: int, count: int) -> list[str]:
     """Row templates of one page holding `count` frames."""
     if layout == "single":

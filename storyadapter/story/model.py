@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import re
-import unicodedata
 from dataclasses import dataclass, field
 
 from storyadapter.story.photos import CharacterPhoto
@@ -31,15 +29,6 @@ class Story:
 
     def photo_names(self) -> tuple[str, ...]:
         return tuple(self.photos)
-
-    @property
-    def slug(self) -> str:
-        """The title as a safe file/directory name: [A-Za-z0-9_-], 1 to 64 characters."""
-        # NFKD + ascii drops accents ("Café" -> "Cafe") instead of losing the whole letter.
-        plain = unicodedata.normalize("NFKD", self.title).encode("ascii", "ignore").decode()
-        slug = re.sub(r"[^A-Za-z0-9_-]+", "_", plain).strip("_-")[:64].strip("_-")
-        # A leading '-' would read as an option to command-line tools, hence the strip above.
-        return slug or (f"story-{self.digest[:12]}" if self.digest else "story")
 
     def styled(self, frame: Frame) -> tuple[str, str]:
         """(prompt, negative_prompt) for a frame after this story's style template."""
