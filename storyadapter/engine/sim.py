@@ -25,7 +25,8 @@ from PIL import Image
 from .. import environment
 from ..rundir import manifest
 from ..atomic import replacing
-from .protocol import BatchResult, FrameResult, StaleIterationError, fsync_dir, write_png_durably
+from ..rundir.frame_files import fsync_dir, write_png_durably
+from .protocol import BatchResult, FrameResult, StaleIterationError
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,8 @@ from ..story.identity import ConsistentPass, IdentityBatch
 from ..models.loading import ModelSource, load_pipeline, pick_device, pick_dtype
 from ..story.photos import CharacterPhoto
 from .renderer import RenderSettings, StoryRenderer
-from ..engine.protocol import BankUnavailable, BatchResult, FrameResult, StaleIterationError, fsync_dir
+from ..engine.protocol import BankUnavailable, BatchResult, FrameResult, StaleIterationError
+from ..rundir.frame_files import fsync_dir
 
 log = logging.getLogger(__name__)
 
