@@ -328,9 +328,7 @@ def _save_atomic(image: Image.Image, path: Path) -> None:
 
 
 def resolve_iteration(out_dir: Path, iteration: int | None) -> int:
-    from .metrics import finished_iterations_or_fail
-
-    done = finished_iterations_or_fail(out_dir)
+    done = manifest.finished_iterations_or_fail(out_dir)
     if iteration is None:
         return done[-1]
     if iteration not in done:

@@ -18,7 +18,6 @@ from .metrics import (
     METRICS_PNG,
     ClipScorer,
     evaluate_render,
-    finished_iterations_or_fail,
     format_table,
     load_image,
     plot_metrics,
@@ -74,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not path.is_dir():
             raise UserError(f"{path}: no such directory")
         if is_render_dir(path):
-            finished_iterations_or_fail(path)  # fail on an empty manifest before loading a model
+            manifest.finished_iterations_or_fail(path)  # fail on an empty manifest before loading a model
             results = evaluate_render(path, ClipScorer(args.clip_model, key="--clip-model"))
             first = "iteration"
         else:
