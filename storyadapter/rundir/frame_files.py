@@ -10,6 +10,19 @@ import os
 from pathlib import Path
 
 from ..atomic import replacing
+from .manifest import iteration_dirname
+
+
+def make_iteration_dir(out_dir: Path, iteration: int) -> str:
+    """DIR/iter_XX, created if missing, its name returned relative to `out_dir`.
+
+    A new directory's entry is made durable before any record can name a file in it.
+    """
+    rel_dir = iteration_dirname(iteration)
+    if not (out_dir / rel_dir).is_dir():
+        (out_dir / rel_dir).mkdir(parents=True, exist_ok=True)
+        fsync_dir(out_dir)
+    return rel_dir
 
 
 def write_png_durably(image, path: Path) -> None:
