@@ -11,10 +11,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from bench.harness import (
-    BenchConfig, PeakMemory, engine_frame_flops, make_story, model_source, settings, sync, upstream_frame_flops,
+    BenchConfig, PeakMemory, child_config, engine_frame_flops, make_story, model_source, settings, sync, upstream_frame_flops,
     worker_spec,
 )
 
@@ -27,12 +26,7 @@ def growth_child(kind: str, cfg_dict: dict, work: str) -> list[dict]:
     Each N is measured `growth_reps` times, in order then reversed (25,100,400,400,100,25), so a drift in
     machine load does not masquerade as growth. Within a repetition a time is the median over the sampled frames;
     across repetitions the fastest counts (other load only adds time); memory is the peak over repetitions."""
-    from storyadapter.logs import quiet_libraries
-
-    quiet_libraries()
-    cfg = BenchConfig(**cfg_dict)
-    if cfg.device == "cpu":
-        torch.set_num_threads(cfg.threads)
+    cfg = child_config(cfg_dict)
     source = model_source(cfg)
     work_dir = Path(work) / f"growth-{kind}"
     work_dir.mkdir(parents=True, exist_ok=True)

@@ -142,6 +142,17 @@ def run_plan(cfg: BenchConfig, story, out_dir: Path, iterations: int, batch_size
                    seed=cfg.seed, seed_policy=cfg.seed_policy)
 
 
+def child_config(cfg_dict: dict) -> BenchConfig:
+    """The config inside a spawned child process, which starts bare: quiet library logs, the CPU thread count."""
+    from storyadapter.logs import quiet_libraries
+
+    quiet_libraries()
+    cfg = BenchConfig(**cfg_dict)
+    if cfg.device == "cpu":
+        torch.set_num_threads(cfg.threads)
+    return cfg
+
+
 def sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
