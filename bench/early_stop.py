@@ -10,7 +10,6 @@ for real weights (measure those with `python -m storyadapter.launch ... render.s
 
 from __future__ import annotations
 
-import json
 import tempfile
 from pathlib import Path
 

@@ -1,6 +1,6 @@
 """The benchmarks' shared harness: the config and presets, the model, story and worker set-up, and the measuring
-tools (device sync, peak memory, FLOPs counted by torch) that bench/throughput.py and bench/sweeps.py use, and
-bench/model_flops.py counts with."""
+tools (device sync, peak memory, FLOPs counted by torch, round summaries, the machine's description) that
+bench/loops.py, bench/growth.py and bench/sweeps.py use, and bench/model_flops.py counts with."""
 
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import dataclasses
 import gc
+import platform
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -136,6 +138,17 @@ def run_plan(cfg: BenchConfig, story, out_dir: Path, iterations: int, batch_size
                    seed=cfg.seed, seed_policy=cfg.seed_policy)
 
 
+def child_config(cfg_dict: dict) -> BenchConfig:
+    """The config inside a spawned child process, which starts bare: quiet library logs, the CPU thread count."""
+    from storyadapter.logs import quiet_libraries
+
+    quiet_libraries()
+    cfg = BenchConfig(**cfg_dict)
+    if cfg.device == "cpu":
+        torch.set_num_threads(cfg.threads)
+    return cfg
+
+
 def sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -243,3 +256,62 @@ def upstream_frame_flops(adapter, prompt: tuple[str, str], refs, cfg: BenchConfi
         adapter.settings = base
     unet_step = two - one
     return {"total": one + (cfg.steps - 1) * unet_step, "unet_step": unet_step, "per_frame_fixed": one - unet_step}
+
+
+# --- a round of a loop, and the machine it ran on ---------------------------------------------------
+
+def round_summary(iters: list[dict], workers: int) -> dict:
+    frames = sum(i["frames"] for i in iters)
+    wall = sum(i["wall_s"] for i in iters)
+    refine = [i for i in iters if i["iteration"] > 0]
+    out = {"frames": frames, "wall_s": wall, "fps": frames / wall, "iterations": iters}
+    if refine:
+        out["refine_fps"] = sum(i["frames"] for i in refine) / sum(i["wall_s"] for i in refine)
+    if all("busy_s" in i for i in iters):
+        busy = sum(i["busy_s"] for i in iters)
+        driver_s = sum(i["driver_s"] for i in iters)
+        barrier_s = sum(i.get("barrier_s", 0.0) for i in iters)
+        none_s = sum(i.get("none_rendering_s", 0.0) for i in iters)
+        out.update(busy_s=busy, driver_s=driver_s, barrier_s=barrier_s, none_rendering_s=none_s,
+                   idle_fraction=1 - busy / (workers * wall), driver_fraction=driver_s / wall,
+                   barrier_fraction=barrier_s / (workers * wall), none_rendering_fraction=none_s / wall)
+    return out
+
+
+def median_round(rounds: list[dict], field: str = "fps") -> dict:
+    return sorted(rounds, key=lambda r: r[field])[len(rounds) // 2]
+
+
+def best_round(rounds: list[dict]) -> dict:
+    """The fastest round: other load on the machine only ever adds time, so the best round is the closest
+    estimate of the loop's own cost (the usual best-of-N of timing tools); medians are reported beside it."""
+    return max(rounds, key=lambda r: r["fps"])
+
+
+def environment(cfg: BenchConfig) -> dict:
+    import diffusers
+    import transformers
+
+    try:
+        import ray
+
+        ray_version = ray.__version__
+    except ImportError:
+        ray_version = "not installed"
+    env = {"python": platform.python_version(), "torch": torch.__version__, "diffusers": diffusers.__version__,
+           "transformers": transformers.__version__, "ray": ray_version, "cpu_count": os.cpu_count(),
+           "platform": platform.platform(), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+           "loadavg_start": os.getloadavg()}
+    if cfg.device.startswith("cuda") and torch.cuda.is_available():
+        env["gpu"] = torch.cuda.get_device_name(0)
+        env["gpus"] = torch.cuda.device_count()
+        env["cuda"] = torch.version.cuda
+        env["cudnn"] = torch.backends.cudnn.version()
+        try:  # the driver version, as the issue asks results to state it
+            import subprocess
+
+            env["driver"] = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                           capture_output=True, text=True, timeout=30).stdout.strip() or None
+        except (OSError, subprocess.SubprocessError):
+            env["driver"] = None
+    return env

@@ -33,14 +33,10 @@ def sweep_points(cfg) -> list[dict]:
 
 def sweep_child(cfg_dict: dict, work: str, point: dict) -> dict:
     """Time `sweep_reps` batches of `point['batch']` refinement frames (bank of `frames` references) on one worker."""
-    from bench.harness import BenchConfig, PeakMemory, make_story, model_source, sync, worker_spec
-    from storyadapter.logs import quiet_libraries
+    from bench.harness import PeakMemory, child_config, make_story, model_source, sync, worker_spec
     from storyadapter.worker.frame_worker import FrameWorker
 
-    quiet_libraries()
-    cfg = BenchConfig(**cfg_dict)
-    if cfg.device == "cpu":
-        torch.set_num_threads(cfg.threads)
+    cfg = child_config(cfg_dict)
     spec_fields, settings_fields = VARIANTS[point["variant"]]
     batch = point["batch"]
     out = Path(work) / f"sweep-{point['variant']}-b{batch}-c{int(point['compile'])}"

@@ -17,7 +17,8 @@ from .rundir import guard as rundir
 from .errors import UserError
 from .outputs.metrics import METRICS_JSON
 from .story.photos import write_sidecar
-from .story.parse import Story, describe, load_story
+from .story.model import Story, describe
+from .story.parse import load_story
 
 # torch, diffusers and Ray are imported inside the functions that need them, so bad input is
 # reported in well under a second instead of after seconds of imports.

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.throughput import TARGETS, _met, ratios
+from bench.report import TARGETS, met, ratios
 
 
 def loop(name: str, fps: list[float], workers: int = 1, idle: list[float] | None = None) -> dict:
@@ -49,8 +49,8 @@ def test_throughput_ratios_are_medians_of_per_round_ratios():
     assert out["driver_overhead_no_actor_rendering"] == pytest.approx(0.05 / 4)
     assert out["barrier_wait"] == pytest.approx(0.025)
     assert out["driver_overhead_engine_1"] == pytest.approx(0.02)
-    assert _met("driver_overhead", out["driver_overhead"]) == "**no**"  # 5.0% is not < 5%
-    assert _met("engine_1_vs_plain", out["engine_1_vs_plain"]) == "yes"
+    assert met("driver_overhead", out["driver_overhead"]) == "**no**"  # 5.0% is not < 5%
+    assert met("engine_1_vs_plain", out["engine_1_vs_plain"]) == "yes"
     assert set(TARGETS) <= set(out) | {"engine_1_vs_plain_refinement", "engine_1_vs_upstream_refinement",
                                        "driver_overhead_long_story"}
 

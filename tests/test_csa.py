@@ -14,7 +14,8 @@ from storyadapter.attention import csa
 from storyadapter.story import identity
 from storyadapter.rundir import guard as rundir
 from storyadapter.errors import UserError
-from storyadapter.story.parse import Frame, Story, load_story
+from storyadapter.story.model import Frame, Story
+from storyadapter.story.parse import load_story
 
 from .conftest import write_story
 

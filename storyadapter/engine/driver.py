@@ -16,7 +16,7 @@ import numpy as np
 
 from ..rundir import convergence, journal, manifest
 from ..story import references, schedule
-from ..story.parse import Story
+from ..story.model import Story
 from .progress import iteration_progress
 from .timeline import BatchTimeline
 from .protocol import BatchResult, FrameResult, Worker

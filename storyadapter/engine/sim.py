@@ -25,7 +25,8 @@ from PIL import Image
 from .. import environment
 from ..rundir import manifest
 from ..atomic import replacing
-from .protocol import BatchResult, FrameResult, StaleIterationError, fsync_dir, write_png_durably
+from ..rundir.frame_files import make_iteration_dir, write_png_durably
+from .protocol import BatchResult, FrameResult, StaleIterationError
 
 
 @dataclass(frozen=True)
@@ -112,10 +113,7 @@ class SimWorker:
             self._trace(iteration, frames, started_at)
         time.sleep(max(0.0, sum(self.frame_seconds(f, iteration) for f in frames)))
         out_dir = Path(self.spec.out_dir)
-        rel_dir = manifest.iteration_dirname(iteration)
-        if not (out_dir / rel_dir).is_dir():
-            (out_dir / rel_dir).mkdir(parents=True, exist_ok=True)
-            fsync_dir(out_dir)
+        rel_dir = make_iteration_dir(out_dir, iteration)
         results = []
         for frame in frames:
             key = _digest(self.spec.seed, frame, iteration, self._bank_digest, self._scale)

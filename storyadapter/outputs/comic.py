@@ -185,10 +185,6 @@ _ROWS = {
 }
 
 
-def _row_count(row: str) -> int:
-    return sum(c.stack for c in _ROWS[row])
-
-
 def _page_rows(layout: str, page: int, count: int) -> list[str]:
     """Row templates of one page holding `count` frames."""
     if layout == "single":
@@ -350,9 +346,7 @@ def _save_atomic(image: Image.Image, path: Path) -> None:
 
 
 def resolve_iteration(out_dir: Path, iteration: int | None) -> int:
-    from .metrics import finished_iterations_or_fail
-
-    done = finished_iterations_or_fail(out_dir)
+    done = manifest.finished_iterations_or_fail(out_dir)
     if iteration is None:
         return done[-1]
     if iteration not in done:

@@ -25,7 +25,6 @@ from .metrics import (
     evaluate_render,
     evaluate_render_from_manifest,
     fetch_hint,
-    finished_iterations_or_fail,
     format_table,
     load_image,
     plot_metrics,
@@ -85,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not path.is_dir():
             raise UserError(f"{path}: no such directory")
         if is_render_dir(path):
-            finished_iterations_or_fail(path)  # fail on an empty manifest before loading a model
+            manifest.finished_iterations_or_fail(path)  # fail on an empty manifest before loading a model
             if args.clip_model:
                 results = evaluate_render(path, ClipScorer(args.clip_model, key="--clip-model"))
             else:

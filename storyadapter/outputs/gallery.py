@@ -20,7 +20,7 @@ from .gif import write_gif_streaming
 from .thumbs import THUMB_MAX, thumbnail
 from .comic import COMIC_DIR, Box, fit_image, load_font, resolve_iteration
 from ..rundir.manifest import FrameRecord
-from .metrics import METRICS_JSON, METRICS_PNG, finished_iterations_or_fail, load_image
+from .metrics import METRICS_JSON, METRICS_PNG, load_image
 from .notice import frames_notice, recorded
 
 GIF_NAME = "story.gif"
@@ -70,7 +70,7 @@ def write_contact_sheet(out_dir: Path, max_columns: int = 8) -> Path:
     """DIR/iterations.png: one row per iteration (labelled), columns an even sample of frames,
     so refinement across iterations can be seen at a glance."""
     out_dir = Path(out_dir)
-    iterations = finished_iterations_or_fail(out_dir)
+    iterations = manifest.finished_iterations_or_fail(out_dir)
     first = manifest.read_records(out_dir, iterations[0])
     columns = sample_columns(len(first), max(1, max_columns))
     frame_size = load_image(out_dir / first[0].image_path).size
@@ -196,7 +196,7 @@ def write_index(out_dir: Path) -> Path:
     """DIR/index.html: final frames with captions, per-iteration tabs (CSS only), metrics, and links
     to the comic pages, GIF and contact sheet. No scripts, no external URLs."""
     out_dir = Path(out_dir)
-    iterations = finished_iterations_or_fail(out_dir)
+    iterations = manifest.finished_iterations_or_fail(out_dir)
     last = iterations[-1]
     by_iter = {it: manifest.read_records(out_dir, it) for it in iterations}
     title = _story_title(out_dir)

@@ -183,22 +183,12 @@ def load_image(path: Path) -> Image.Image:
         raise UserError(f"{path}: cannot read image ({exc})") from exc
 
 
-def finished_iterations_or_fail(out_dir: Path) -> list[int]:
-    out_dir = Path(out_dir)
-    if not out_dir.is_dir():
-        raise UserError(f"{out_dir}: no such render directory")
-    iterations = manifest.finished_iterations(out_dir)
-    if not iterations:
-        raise UserError(f"{out_dir / manifest.MANIFEST_DIR}: no finished iteration (no iter_NN.parquet part)")
-    return iterations
-
-
 def evaluate_render(out_dir: Path, scorer) -> list[dict[str, Any]]:
     """Metrics for every finished iteration of a render directory, without writing anything."""
     out_dir = Path(out_dir)
     results = []
     text_cache: dict[str, np.ndarray] = {}  # prompts repeat across iterations: embed each once
-    for it in finished_iterations_or_fail(out_dir):
+    for it in manifest.finished_iterations_or_fail(out_dir):
         records = manifest.read_records(out_dir, it)
         missing = [p for p in dict.fromkeys(r.prompt for r in records) if p not in text_cache]
         if missing:
@@ -218,7 +208,7 @@ def evaluate_render_from_manifest(out_dir: Path) -> list[dict[str, Any]]:
     Used when no separate CLIP model is configured: no text tower, so clip_t is None.
     """
     results = []
-    for it in finished_iterations_or_fail(out_dir):
+    for it in manifest.finished_iterations_or_fail(out_dir):
         records = manifest.read_records(out_dir, it)
         emb = _normalise(np.stack([r.embedding for r in records]))
         row = metrics_from_embeddings(emb, emb, [r.characters for r in records])

@@ -11,7 +11,8 @@ from typing import Any
 from .comic import write_comic
 from ..errors import UserError
 from .gallery import write_contact_sheet, write_gif, write_index
-from .metrics import ClipScorer, finished_iterations_or_fail, run_metrics
+from ..rundir.manifest import finished_iterations_or_fail
+from .metrics import ClipScorer, run_metrics
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from .. import environment
 from . import manifest
 from ..atomic import replacing
 from ..errors import UserError
-from ..story.parse import Story
+from ..story.model import Story
 
 CONFIG_FILE = "config.yaml"
 # Settings that change pixels. Everything else (cluster layout, outputs, resume, logging) may differ on resume.

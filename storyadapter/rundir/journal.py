@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from .manifest import MANIFEST_DIR, iteration_dirname
-from ..engine.protocol import FrameResult, fsync_dir
+from ..engine.protocol import FrameResult
+from .frame_files import fsync_dir
 
 log = logging.getLogger(__name__)
 

@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..atomic import replacing
+from ..errors import UserError
 
 MANIFEST_DIR = "manifest"
 _PART = re.compile(r"^iter_(\d+)\.parquet$")
@@ -98,6 +99,17 @@ def finished_iterations(out_dir: Path) -> list[int]:
         return []
     found = [int(m.group(1)) for p in mdir.iterdir() if (m := _PART.match(p.name))]
     return sorted(found)
+
+
+def finished_iterations_or_fail(out_dir: Path) -> list[int]:
+    """finished_iterations, or one line naming the directory when it is missing or holds no finished iteration."""
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        raise UserError(f"{out_dir}: no such render directory")
+    iterations = finished_iterations(out_dir)
+    if not iterations:
+        raise UserError(f"{out_dir / MANIFEST_DIR}: no finished iteration (no iter_NN.parquet part)")
+    return iterations
 
 
 def read_part(out_dir: Path, iteration: int) -> pa.Table:

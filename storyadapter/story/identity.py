@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from . import schedule
 from ..errors import UserError
 from ..methods import CSASettings
-from .parse import Story
+from .model import Story
 from .styles import get_style
 
 # Views for synthesized identity prompts: varied enough that the bank is not one picture repeated.

@@ -26,7 +26,8 @@ from ..story.identity import ConsistentPass, IdentityBatch
 from ..models.loading import ModelSource, load_pipeline, pick_device, pick_dtype
 from ..story.photos import CharacterPhoto
 from .renderer import RenderSettings, StoryRenderer
-from ..engine.protocol import BankUnavailable, BatchResult, FrameResult, StaleIterationError, fsync_dir
+from ..engine.protocol import BankUnavailable, BatchResult, FrameResult, StaleIterationError
+from ..rundir.frame_files import make_iteration_dir
 
 log = logging.getLogger(__name__)
 
@@ -207,10 +208,7 @@ class FrameWorker:
         if not frames:
             return BatchResult([], time.perf_counter() - start, started_at, os.getpid())
         out_dir = Path(self.spec.out_dir)
-        rel_dir = manifest.iteration_dirname(iteration)
-        if not (out_dir / rel_dir).is_dir():
-            (out_dir / rel_dir).mkdir(parents=True, exist_ok=True)
-            fsync_dir(out_dir)  # the new directory's entry must be durable before any record names a file in it
+        rel_dir = make_iteration_dir(out_dir, iteration)
         paths = [f"{rel_dir}/{manifest.frame_filename(frame)}" for frame in frames]
         # PNGs are written in the background while the CLIP pass runs (frame_writer.py explains the choice);
         # the batch is reported only once every file is durable, and a failed write fails it.

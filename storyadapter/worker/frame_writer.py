@@ -19,7 +19,7 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-from ..engine.protocol import write_png_durably
+from ..rundir.frame_files import write_png_durably
 
 
 class FrameWriter:
