@@ -61,7 +61,7 @@ def test_text_encoding_matches_diffusers_and_accepts_long_prompts(renderer):
     assert torch.equal(ours.negative_tokens, negative)
 
     long_prompt = ", ".join(f"detail number {i}" for i in range(60))  # ~240 tokens
-    from storyadapter.worker.text import count_windows
+    from storyadapter.backbones.sdxl_text import count_windows
 
     windows = count_windows(pipe.tokenizer, long_prompt)
     assert windows >= 3

@@ -97,7 +97,7 @@ class FrameWorker:
         self.spec = spec
         consistent = spec.consistent
         self.renderer = StoryRenderer(pipe, spec.settings, consistent.settings if consistent else None)
-        from .text import story_windows
+        from ..backbones.sdxl_text import story_windows
 
         texts = [p for fp in spec.prompts for p in (fp.prompt, fp.negative)]
         if consistent:  # identity prompts share the story's text windows (one conditioning length for all)

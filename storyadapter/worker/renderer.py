@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from ..attention import csa, grca
-from . import text
+from ..backbones import sdxl_text as text
 
 
 @dataclass(frozen=True)
