@@ -25,10 +25,10 @@ from dataclasses import dataclass
 import numpy as np
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..methods import CSASettings
+from .processors import attend_to
 
 
 class IdBank:
@@ -151,21 +151,6 @@ class ConsistentSelfAttention:
         return rate > 0.0 and torch.rand((), generator=generator).item() < rate
 
 
-def attention_with_context(attn, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-    """attn1 with its queries from x and its keys/values from `context` (both already normed, (B, T, C))."""
-    batch = x.shape[0]
-    heads = attn.heads
-    query, key, value = attn.to_q(x), attn.to_k(context), attn.to_v(context)
-    head_dim = key.shape[-1] // heads
-    query, key, value = (t.view(batch, -1, heads, head_dim).transpose(1, 2) for t in (query, key, value))
-    out = F.scaled_dot_product_attention(query, key, value)
-    out = out.transpose(1, 2).reshape(batch, -1, heads * head_dim).to(query.dtype)
-    out = attn.to_out[1](attn.to_out[0](out))
-    if attn.residual_connection:
-        out = out + x
-    return out / attn.rescale_output_factor
-
-
 class ConsistentSelfAttnProcessor(nn.Module):
     """attn1 processor of one up-block layer; plain self-attention (diffusers' own) outside a CSA phase."""
 
@@ -195,7 +180,7 @@ class ConsistentSelfAttnProcessor(nn.Module):
         phase.bank.tokens[(state.step, self.layer)] = torch.cat(sampled, dim=1).to(state.bank_device, copy=True)
         if not state._gate(phase.generator):
             return self.plain(attn, hidden_states)
-        outs = [attention_with_context(attn, x[:, i], torch.cat(sampled[:i] + sampled[i + 1:] + [x[:, i]], dim=1))
+        outs = [attend_to(attn, x[:, i], torch.cat(sampled[:i] + sampled[i + 1:] + [x[:, i]], dim=1))
                 for i in range(n)]
         return torch.stack(outs, dim=1).reshape(hidden_states.shape[0], *outs[0].shape[1:])
 
@@ -218,7 +203,7 @@ class ConsistentSelfAttnProcessor(nn.Module):
                 outs.append(self.plain(attn, x[:, f]))
                 continue
             bank = [slices[c] for c in phase.characters[f]]
-            outs.append(attention_with_context(attn, x[:, f], torch.cat(bank + [x[:, f]], dim=1)))
+            outs.append(attend_to(attn, x[:, f], torch.cat(bank + [x[:, f]], dim=1)))
         return torch.stack(outs, dim=1).reshape(hidden_states.shape[0], *outs[0].shape[1:])
 
 

@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .processors import CrossAttentionProcessor, split_heads, text_attention
+
 
 def _attend(query, key, value, bias=None):
     """Attention of a batch of queries to one shared set of keys/values (batch 1, broadcast).
@@ -40,54 +42,6 @@ def _attend(query, key, value, bias=None):
     if bias is None:
         return F.scaled_dot_product_attention(query, key, value)
     return F.scaled_dot_product_attention(query, key, value, attn_mask=bias.to(query.dtype))
-
-
-def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
-    batch, tokens, inner = x.shape
-    return x.view(batch, tokens, heads, inner // heads).transpose(1, 2)
-
-
-class CrossAttentionProcessor(nn.Module):
-    """diffusers' cross-attention plumbing (norms, head split, output projection, residual) around `attend`.
-
-    Subclasses decide what the queries attend to; this wrapper matches `AttnProcessor2_0` op for op.
-    """
-
-    def attend(self, attn, query: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        """(batch, heads, tokens, head_dim) queries and the raw encoder states -> attention output, same shape."""
-        raise NotImplementedError
-
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **_):
-        if attention_mask is not None:
-            raise NotImplementedError("attention masks are not used by SDXL cross-attention")
-        residual = hidden_states
-        if attn.spatial_norm is not None:
-            hidden_states = attn.spatial_norm(hidden_states, temb)
-        input_ndim = hidden_states.ndim
-        if input_ndim == 4:
-            batch, channels, height, width = hidden_states.shape
-            hidden_states = hidden_states.view(batch, channels, height * width).transpose(1, 2)
-        batch = hidden_states.shape[0]
-        if attn.group_norm is not None:
-            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
-
-        query = split_heads(attn.to_q(hidden_states), attn.heads)
-        out = self.attend(attn, query, encoder_hidden_states)
-
-        hidden_states = out.transpose(1, 2).reshape(batch, -1, out.shape[1] * out.shape[-1]).to(query.dtype)
-        hidden_states = attn.to_out[0](hidden_states)
-        hidden_states = attn.to_out[1](hidden_states)
-        if input_ndim == 4:
-            hidden_states = hidden_states.transpose(-1, -2).reshape(batch, channels, height, width)
-        if attn.residual_connection:
-            hidden_states = hidden_states + residual
-        return hidden_states / attn.rescale_output_factor
-
-
-def text_attention(attn, query: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-    context = attn.norm_encoder_hidden_states(text) if attn.norm_cross else text
-    key, value = split_heads(attn.to_k(context), attn.heads), split_heads(attn.to_v(context), attn.heads)
-    return F.scaled_dot_product_attention(query, key, value)
 
 
 class GlobalReferenceAttnProcessor(CrossAttentionProcessor):
