@@ -89,7 +89,7 @@ def test_csa_processor_equals_the_formula_for_a_given_mask():
 
     with state.writing("Tom", n, seed=0):
         state.begin_step(2)
-        state._phase.masks[(2, "sa32")] = mask
+        state.phase.masks[(2, "sa32")] = mask
         got = attn(x)
     rows = x.view(2, n, tokens, dim)
     sampled = [rows[:, i][:, mask[i]] for i in range(n)]
@@ -117,7 +117,7 @@ def test_step_schedule_and_gates_are_deterministic():
     def draws(seed):
         state.begin_step(5)
         g = torch.Generator("cpu").manual_seed(seed)
-        return [state._gate(g) for _ in range(200)]
+        return [state.gate(g) for _ in range(200)]
 
     assert draws(3) == draws(3) and draws(3) != draws(4)
     assert 0.6 < np.mean(draws(3)) < 0.8
