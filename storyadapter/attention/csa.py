@@ -218,21 +218,14 @@ class ConsistentSelfAttnProcessor(nn.Module):
         return torch.stack(outs, dim=1).reshape(hidden_states.shape[0], *outs[0].shape[1:])
 
 
-def install(unet, settings: CSASettings, bank_device: torch.device | str = "cpu") -> ConsistentSelfAttention:
-    """Swap the self-attention processors of the up blocks for CSA ones; every other processor stays.
-
-    Call after `load_ip_adapter` and `grca.install`: both re-create processors. The lowest-resolution up
-    block with attention samples at sa32, the next ones at sa64 (SDXL: 30 layers at 1/32, 6 at 1/16).
-    """
+def install(backbone, settings: CSASettings, bank_device: torch.device | str = "cpu") -> ConsistentSelfAttention:
+    """Put CSA processors on the backbone's self-attention layers for it (SDXL: the up blocks'); every other
+    processor stays. The coarsest resolution samples at sa32, the finer ones at sa64 (SDXL: 30 layers at
+    1/32, 6 at 1/16)."""
     state = ConsistentSelfAttention(settings, bank_device)
-    processors = dict(unet.attn_processors)
-    blocks = sorted({int(name.split(".")[1]) for name in processors
-                     if name.startswith("up_blocks.") and name.endswith("attn1.processor")})
-    if not blocks:
-        raise RuntimeError("the UNet has no self-attention in its up blocks")
-    for name in processors:
-        if name.startswith("up_blocks.") and name.endswith("attn1.processor"):
-            resolution = "sa32" if int(name.split(".")[1]) == blocks[0] else "sa64"
-            processors[name] = ConsistentSelfAttnProcessor(state, name.removesuffix(".processor"), resolution)
-    unet.set_attn_processor(processors)
+    layers = backbone.self_attention_layers()
+    if not layers:
+        raise RuntimeError("the backbone has no self-attention layers for consistent self-attention")
+    backbone.set_attention_processors({layer: ConsistentSelfAttnProcessor(state, layer, "sa32" if rank == 0 else "sa64")
+                                       for layer, rank in layers.items()})
     return state

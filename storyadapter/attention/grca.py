@@ -51,24 +51,25 @@ class GlobalReferenceAttnProcessor(CrossAttentionProcessor):
     diffusers does for classifier-free guidance: the first half unconditional, the second conditional.
     """
 
-    def __init__(self, to_k_ip: nn.Linear, to_v_ip: nn.Linear):
+    def __init__(self, to_k_ip: nn.Linear, to_v_ip: nn.Linear, heads: int, joint: bool = False):
         super().__init__()
         self.to_k_ip = to_k_ip
         self.to_v_ip = to_v_ip
+        self.heads = heads
+        self.joint = joint  # one SDPA call for both CFG halves (see the module docstring)
         self.scale = 0.0
-        self.joint = False  # one SDPA call for both CFG halves (see the module docstring)
         self._ref: tuple[torch.Tensor, ...] | None = None  # split: (k_cond, v_cond, k_uncond, v_uncond); joint: (k, v)
         self.ref_bias: torch.Tensor | None = None  # (batch, 1, 1, 4N) logits added on the conditional branch
         self.ref_gate: torch.Tensor | None = None  # (2 * batch, 1, 1, 1) per-frame multiplier of the branch
 
     @torch.no_grad()
-    def set_references(self, cond_tokens: torch.Tensor | None, uncond_tokens: torch.Tensor | None, heads: int):
+    def set_references(self, cond_tokens: torch.Tensor | None, uncond_tokens: torch.Tensor | None):
         """Project reference tokens (1, T, C) to keys/values once; None clears them."""
         if cond_tokens is None:
             self._ref = None
             return
         k_cond, v_cond, k_uncond, v_uncond = (
-            split_heads(proj(tokens), heads)
+            split_heads(proj(tokens), self.heads)
             for tokens in (cond_tokens, uncond_tokens)
             for proj in (self.to_k_ip, self.to_v_ip)
         )
@@ -96,25 +97,12 @@ class GlobalReferenceAttnProcessor(CrossAttentionProcessor):
         return out
 
 
-def install(unet) -> tuple[nn.Module, dict[str, GlobalReferenceAttnProcessor]]:
-    """Swap diffusers' IP-Adapter processors (set up by `load_ip_adapter`) for GRCA ones.
+def install(backbone, joint: bool = False) -> dict[str, GlobalReferenceAttnProcessor]:
+    """Put a GRCA processor on each of the backbone's IP-Adapter cross-attention layers; returns them by layer name.
 
-    Returns the image projection (CLIP embedding -> 4 tokens) and the GRCA processors by layer name.
-    The UNet's own per-step image projection is detached: reference tokens are fed once per iteration.
+    `joint`: the reference term as one SDPA call for both guidance halves (render.reference_sdpa=joint).
     """
-    from diffusers.models.attention_processor import AttnProcessor2_0, IPAdapterAttnProcessor2_0
-
-    projection = unet.encoder_hid_proj.image_projection_layers[0]
-    processors: dict[str, nn.Module] = {}
-    grca: dict[str, GlobalReferenceAttnProcessor] = {}
-    for name, proc in unet.attn_processors.items():
-        if isinstance(proc, IPAdapterAttnProcessor2_0):
-            grca[name] = GlobalReferenceAttnProcessor(proc.to_k_ip[0], proc.to_v_ip[0])
-            processors[name] = grca[name]
-        else:
-            processors[name] = AttnProcessor2_0()
-    if not grca:
-        raise RuntimeError("no IP-Adapter cross-attention layers found; was load_ip_adapter called?")
-    unet.set_attn_processor(processors)
-    unet.encoder_hid_proj = None
-    return projection, grca
+    processors = {name: GlobalReferenceAttnProcessor(layer.to_k, layer.to_v, layer.heads, joint)
+                  for name, layer in backbone.reference_layers().items()}
+    backbone.set_attention_processors(processors)
+    return processors
