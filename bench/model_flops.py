@@ -28,13 +28,14 @@ def _unet_step(pipe, text, size: int, device, dtype, extra_tokens=None):
 def full_size_flops(ns: list[int], steps: int, size: int, prompt: str, negative: str) -> dict:
     from bench.harness import count_flops
     from bench.upstream_loop import UpstreamStoryAdapter
+    from storyadapter.backbones.sdxl import SDXLBackbone
     from storyadapter.models import sdxl_random
     from storyadapter.worker.renderer import RenderSettings, StoryRenderer
 
     device, dtype = torch.device("meta"), torch.bfloat16
     pipe = sdxl_random.build_pipeline(device, dtype)
     settings = RenderSettings(steps=steps, height=size, width=size, guidance_scale=7.5)
-    renderer = StoryRenderer(pipe, settings)
+    renderer = StoryRenderer(SDXLBackbone(pipe), settings)
     text = renderer.encode_text(prompt, negative)
     text_flops = count_flops(lambda: renderer.encode_text(prompt, negative))
     decode = count_flops(lambda: pipe.vae.decode(torch.zeros(1, 4, size // 8, size // 8, device=device, dtype=dtype)))

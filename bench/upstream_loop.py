@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from storyadapter.attention.grca import CrossAttentionProcessor, split_heads, text_attention
+from storyadapter.attention.processors import CrossAttentionProcessor, split_heads, text_attention
 from storyadapter.worker.renderer import RenderSettings, initial_noise
 
 TEXT_TOKENS = 77  # upstream splits encoder_hidden_states at a fixed 77: text | image tokens

@@ -16,10 +16,10 @@ PROMPTS = ("a lighthouse keeper climbs the stairs", "a red boat in a storm")
 
 
 def _renderer_and_texts(source):
-    from storyadapter.models.loading import load_pipeline
+    from storyadapter.models.loading import load_backbone
 
     torch.set_num_threads(1)  # as the tiny_pipe fixture: fixed arithmetic, and no oversubscribed cores
-    renderer = StoryRenderer(load_pipeline(source, torch.device("cpu"), torch.float32), SETTINGS)
+    renderer = StoryRenderer(load_backbone(source, torch.device("cpu"), torch.float32), SETTINGS)
     return renderer, [renderer.encode_text(p, "blurry") for p in PROMPTS]
 
 

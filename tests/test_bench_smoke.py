@@ -53,7 +53,7 @@ def test_upstream_loop_encodes_n_squared_and_matches_plain_loop(tiny_source, tmp
     spec = WorkerSpec(tiny_source, SETTINGS, tuple(FramePrompt(*p) for p in prompts),
                       str(tmp_path / "plain"), seed=2024, seed_policy="shared", device="cpu", dtype="float32", threads=1)
     worker = FrameWorker(spec)
-    plain_seen = count_images(worker.renderer.pipe.image_encoder)
+    plain_seen = count_images(worker.renderer.backbone.pipe.image_encoder)
     run_iterations(RunPlan(story, tmp_path / "plain", 1, 1, 0.3, 0.5, 2024, "shared"), LocalExecutor(worker))
     assert plain_seen[0] == worker.image_encodes == 2 * n  # each new frame once: N per iteration
 

@@ -91,7 +91,7 @@ def test_csa_processor_equals_the_formula_for_a_given_mask():
 
     with state.writing("Tom", n, seed=0):
         state.begin_step(2)
-        state._phase.masks[(2, "sa32")] = mask
+        state.phase.masks[(2, "sa32")] = mask
         got = attn(x)
     rows = x.view(2, n, tokens, dim)
     sampled = [rows[:, i][:, mask[i]] for i in range(n)]
@@ -119,23 +119,23 @@ def test_step_schedule_and_gates_are_deterministic():
     def draws(seed):
         state.begin_step(5)
         g = torch.Generator("cpu").manual_seed(seed)
-        return [state._gate(g) for _ in range(200)]
+        return [state.gate(g) for _ in range(200)]
 
     assert draws(3) == draws(3) and draws(3) != draws(4)
     assert 0.6 < np.mean(draws(3)) < 0.8
 
 
 def test_csa_replaces_only_the_up_blocks_self_attention(tiny_source):
-    from storyadapter.models.loading import load_pipeline
+    from storyadapter.models.loading import load_backbone
     from storyadapter.worker.renderer import RenderSettings, StoryRenderer
 
-    renderer = StoryRenderer(load_pipeline(tiny_source, torch.device("cpu"), torch.float32), RenderSettings(),
+    renderer = StoryRenderer(load_backbone(tiny_source, torch.device("cpu"), torch.float32), RenderSettings(),
                              csa.CSASettings())
-    procs = renderer.pipe.unet.attn_processors
+    procs = renderer.backbone.pipe.unet.attn_processors
     replaced = {n for n, p in procs.items() if isinstance(p, csa.ConsistentSelfAttnProcessor)}
     assert replaced == {n for n in procs if n.startswith("up_blocks.") and n.endswith("attn1.processor")}
     assert replaced
-    assert all(procs[n] is p for n, p in renderer.processors.items())  # GRCA's cross-attention stays
+    assert all(procs[f"{n}.processor"] is p for n, p in renderer.grca.items())  # GRCA's cross-attention stays
     by_resolution = {procs[n].resolution for n in replaced if n.startswith("up_blocks.0.")}
     assert by_resolution == {"sa32"} and {procs[n].resolution for n in replaced} == {"sa32", "sa64"}
 
@@ -339,8 +339,8 @@ def test_the_write_phase_decodes_its_frames_one_at_a_time(tmp_path, tiny_cache):
     story = write_story(tmp_path / "s.txt", TOM_LISA)
     worker = worker_for(story, tmp_path / "out", tiny_cache, "storydiffusion", "render.batch_size=2")
     decoded = []
-    real = worker.renderer._decode
-    worker.renderer._decode = lambda latents: decoded.append(latents.shape[0]) or real(latents)
+    real = worker.renderer.backbone.decode
+    worker.renderer.backbone.decode = lambda latents: decoded.append(latents.shape[0]) or real(latents)
     worker.begin_iteration(0, None, 0.0)
     worker.write_identity(0, "Tom")
     worker.write_identity(0, "Lisa")

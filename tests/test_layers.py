@@ -1,8 +1,8 @@
 """The layers are folders, and these tests are their boundary (README, "Layout"):
 
 - story/, rundir/, engine/, outputs/ and webui/ run on the driver: importing any of their modules never imports torch;
-- the engine never imports the worker side (worker/, attention/, models/) nor outputs/;
-- worker/ and attention/ run inside the actors and never import Ray;
+- the engine never imports the worker side (worker/, attention/, backbones/, models/) nor outputs/;
+- worker/, attention/ and backbones/ run inside the actors and never import Ray;
 - outputs/ and the web UI never import the engine or the worker;
 - no import cycles among the modules of storyadapter/ and bench/, counting imports inside functions too.
 
@@ -28,11 +28,13 @@ PACKAGE = REPO / "storyadapter"
 FORBIDDEN = {
     "story": ["torch"],
     "rundir": ["torch"],
-    "engine": ["torch", "storyadapter.worker", "storyadapter.attention", "storyadapter.models", "storyadapter.outputs"],
+    "engine": ["torch", "storyadapter.worker", "storyadapter.attention", "storyadapter.backbones", "storyadapter.models",
+               "storyadapter.outputs"],
     "outputs": ["torch", "storyadapter.engine", "storyadapter.worker"],
     "webui": ["torch", "storyadapter.engine", "storyadapter.worker"],
     "worker": ["ray"],
     "attention": ["ray"],
+    "backbones": ["ray"],
 }
 
 

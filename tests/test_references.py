@@ -84,11 +84,12 @@ def _processor_case():
     torch.manual_seed(0)
     dim, heads, cross, n_refs = 16, 2, 12, 5
     attn = Attention(query_dim=dim, cross_attention_dim=cross, heads=heads, dim_head=dim // heads)
-    proc = grca.GlobalReferenceAttnProcessor(torch.nn.Linear(cross, dim, bias=False), torch.nn.Linear(cross, dim, bias=False))
+    proc = grca.GlobalReferenceAttnProcessor(torch.nn.Linear(cross, dim, bias=False), torch.nn.Linear(cross, dim, bias=False),
+                                             heads)
     attn.set_processor(proc)
     x, text = torch.randn(4, 7, dim), torch.randn(4, 9, cross)  # 2 unconditional + 2 conditional rows
     ref_cond, ref_uncond = torch.randn(1, 4 * n_refs, cross), torch.randn(1, 4, cross)
-    proc.set_references(ref_cond, ref_uncond, heads)
+    proc.set_references(ref_cond, ref_uncond)
     proc.scale = 0.4
 
     def split(t):
@@ -196,8 +197,10 @@ def test_joint_reference_sdpa_applies_the_same_bias_and_gate():
         [("Tom",), ("Ana",)], [("Tom",), ("Ana",), ("Ana",), ("Tom",), ("Ana",)], 50.0))
     outs = []
     for joint in (False, True):
-        proc.joint = joint
-        proc.set_references(cond, uncond, 2)
+        proc = grca.GlobalReferenceAttnProcessor(proc.to_k_ip, proc.to_v_ip, proc.heads, joint)
+        attn.set_processor(proc)
+        proc.set_references(cond, uncond)
+        proc.scale = 0.4
         proc.ref_bias = bias.repeat_interleave(4, dim=1)[:, None, None, :]
         proc.ref_gate = torch.tensor([1.0, 0.0, 1.0, 0.0])[:, None, None, None]
         outs.append(attn(x, encoder_hidden_states=text))

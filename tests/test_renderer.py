@@ -25,10 +25,10 @@ SETTINGS = RenderSettings(steps=2, height=64, width=64, guidance_scale=7.5)
 def renderer(tiny_source):
     # A fresh pipeline per test: StoryRenderer swaps the attention processors in place. One CPU thread, as
     # workers render (cluster.threads_per_worker): batched arithmetic depends on how threads split it.
-    from storyadapter.models.loading import load_pipeline
+    from storyadapter.models.loading import load_backbone
 
     with torch_settings.reproducible(threads=1):
-        yield StoryRenderer(load_pipeline(tiny_source, torch.device("cpu"), torch.float32), SETTINGS)
+        yield StoryRenderer(load_backbone(tiny_source, torch.device("cpu"), torch.float32), SETTINGS)
 
 
 def pixels(image) -> np.ndarray:
@@ -52,7 +52,7 @@ def test_scale_zero_equals_text_only_sdxl_pipeline(renderer, tiny_source):
 
 
 def test_text_encoding_matches_diffusers_and_accepts_long_prompts(renderer):
-    pipe = renderer.pipe
+    pipe = renderer.backbone.pipe
     prompt = "a tall chef with curly red hair"
     tokens, negative, pooled, _ = pipe.encode_prompt(prompt, device="cpu", do_classifier_free_guidance=True,
                                                      negative_prompt="blurry")
@@ -61,7 +61,7 @@ def test_text_encoding_matches_diffusers_and_accepts_long_prompts(renderer):
     assert torch.equal(ours.negative_tokens, negative)
 
     long_prompt = ", ".join(f"detail number {i}" for i in range(60))  # ~240 tokens
-    from storyadapter.worker.text import count_windows
+    from storyadapter.backbones.sdxl_text import count_windows
 
     windows = count_windows(pipe.tokenizer, long_prompt)
     assert windows >= 3
@@ -96,13 +96,13 @@ def test_grca_layer_equals_direct_joint_softmax(joint):
     torch.manual_seed(0)
     dim, heads, cross, n_refs = 16, 2, 12, 5
     attn = Attention(query_dim=dim, cross_attention_dim=cross, heads=heads, dim_head=dim // heads)
-    proc = grca.GlobalReferenceAttnProcessor(torch.nn.Linear(cross, dim, bias=False), torch.nn.Linear(cross, dim, bias=False))
-    proc.joint = joint
+    proc = grca.GlobalReferenceAttnProcessor(torch.nn.Linear(cross, dim, bias=False), torch.nn.Linear(cross, dim, bias=False),
+                                             heads, joint)
     attn.set_processor(proc)
     x = torch.randn(4, 7, dim)  # batch: 2 unconditional + 2 conditional
     text = torch.randn(4, 9, cross)
     ref_cond, ref_uncond = torch.randn(1, 4 * n_refs, cross), torch.randn(1, 4, cross)
-    proc.set_references(ref_cond, ref_uncond, heads)
+    proc.set_references(ref_cond, ref_uncond)
     proc.scale = 0.4
     got = attn(x, encoder_hidden_states=text)
 
@@ -166,8 +166,8 @@ def test_encoder_passes_per_iteration_and_text_encoded_once(tiny_source, tmp_pat
         assert torch.get_num_threads() == 2  # the worker's one thread is its own business, not the process's
     finally:
         torch.set_num_threads(outside[0])
-    image_calls = _count_calls(worker.renderer.pipe.image_encoder)
-    text_calls = _count_calls(worker.renderer.pipe.text_encoder)
+    image_calls = _count_calls(worker.renderer.backbone.pipe.image_encoder)
+    text_calls = _count_calls(worker.renderer.backbone.pipe.text_encoder)
     plan = driver.RunPlan(story=story, out_dir=tmp_path / "out", iterations=2, batch_size=1, scale_start=0.3,
                           scale_end=0.5, seed=1, seed_policy="per_frame")
     stats = driver.run_iterations(plan, driver.LocalExecutor(worker))
@@ -230,10 +230,10 @@ def test_fp16_vae_is_upcast_once_and_pixels_match_diffusers(tiny_source):
     equal diffusers' pipeline, which converts the VAE fp16 -> fp32 -> fp16 on every call."""
     from diffusers import DDIMScheduler, StableDiffusionXLPipeline
 
-    from storyadapter.models.loading import load_pipeline
+    from storyadapter.models.loading import load_backbone
 
-    r = StoryRenderer(load_pipeline(tiny_source, torch.device("cpu"), torch.float16), SETTINGS)
-    vae = r.pipe.vae
+    r = StoryRenderer(load_backbone(tiny_source, torch.device("cpu"), torch.float16), SETTINGS)
+    vae = r.backbone.pipe.vae
     assert r.dtype == torch.float16 and vae.config.force_upcast
     weights = {name: (p.dtype, p.data_ptr()) for name, p in vae.named_parameters()}
     assert {dtype for dtype, _ in weights.values()} == {torch.float32}
@@ -261,12 +261,12 @@ def test_fp16_vae_is_upcast_once_and_pixels_match_diffusers(tiny_source):
 
 def test_joint_reference_sdpa_renders_like_split(tiny_source):
     """One SDPA call for both CFG halves: the same frames up to rounding, and bitwise text-only at scale 0."""
-    from storyadapter.models.loading import load_pipeline
+    from storyadapter.models.loading import load_backbone
 
-    split = StoryRenderer(load_pipeline(tiny_source, torch.device("cpu"), torch.float32), SETTINGS)
-    joint = StoryRenderer(load_pipeline(tiny_source, torch.device("cpu"), torch.float32),
+    split = StoryRenderer(load_backbone(tiny_source, torch.device("cpu"), torch.float32), SETTINGS)
+    joint = StoryRenderer(load_backbone(tiny_source, torch.device("cpu"), torch.float32),
                           RenderSettings(steps=2, height=64, width=64, guidance_scale=7.5, reference_sdpa="joint"))
-    assert all(p.joint for p in joint.processors.values()) and not any(p.joint for p in split.processors.values())
+    assert all(p.joint for p in joint.grca.values()) and not any(p.joint for p in split.grca.values())
     bank = np.random.default_rng(2).normal(size=(3, split.embedding_dim)).astype(np.float32)
     frames = {}
     for scale in (0.0, 0.5):

@@ -25,10 +25,10 @@ from dataclasses import dataclass
 import numpy as np
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..methods import CSASettings
+from .processors import attend_to
 
 
 class IdBank:
@@ -89,7 +89,7 @@ class PackedBank:
 
 
 @dataclass
-class _Write:
+class WritePhase:
     bank: IdBank
     images: int
     generator: torch.Generator
@@ -97,20 +97,29 @@ class _Write:
 
 
 @dataclass
-class _Read:
+class ReadPhase:
     characters: list[tuple[str, ...]]  # per frame of the batch
     generators: list[torch.Generator]
 
 
 class ConsistentSelfAttention:
-    """State shared by every CSA processor of one UNet: phase, denoising step, random streams, ID banks."""
+    """State shared by every CSA processor of one UNet: phase, denoising step, random streams, ID banks.
+
+    The renderer drives it (`begin_step`, `writing`, `reading`); the processors, which get it in their
+    constructor, read `phase`, `step`, `settings`, `banks`, `bank_device` and draw from `mask` and `gate`.
+    """
 
     def __init__(self, settings: CSASettings, bank_device: torch.device | str = "cpu"):
         self.settings = settings
         self.bank_device = torch.device(bank_device)  # the host: banks outgrow an accelerator (README)
         self.banks: dict[str, IdBank] = {}
         self.step = 0
-        self._phase: _Write | _Read | None = None
+        self._phase: WritePhase | ReadPhase | None = None
+
+    @property
+    def phase(self) -> WritePhase | ReadPhase | None:
+        """The phase in progress (None: plain self-attention)."""
+        return self._phase
 
     def begin_step(self, step: int) -> None:
         """Called by the renderer at each denoising step, so an interrupted render cannot leave a stale count."""
@@ -120,7 +129,7 @@ class ConsistentSelfAttention:
     def writing(self, character: str, images: int, seed: int):
         """Render `images` identity frames of `character` as one batch and store its ID bank."""
         bank = IdBank(character)
-        self._phase = _Write(bank, images, torch.Generator("cpu").manual_seed(seed), {})
+        self._phase = WritePhase(bank, images, torch.Generator("cpu").manual_seed(seed), {})
         try:
             yield bank
             self.banks[character] = bank
@@ -133,37 +142,24 @@ class ConsistentSelfAttention:
         missing = sorted({c for cs in characters for c in cs} - set(self.banks))
         if missing:
             raise RuntimeError(f"no ID bank for {missing}: render their identity frames first")
-        self._phase = _Read(list(characters), [torch.Generator("cpu").manual_seed(s) for s in seeds])
+        self._phase = ReadPhase(list(characters), [torch.Generator("cpu").manual_seed(s) for s in seeds])
         try:
             yield
         finally:
             self._phase = None
 
-    def _mask(self, phase: _Write, resolution: str, tokens: int) -> torch.Tensor:
+    def mask(self, phase: WritePhase, resolution: str, tokens: int) -> torch.Tensor:
+        """This step's Bernoulli mask of the tokens each identity image shares, (images, tokens), one per resolution."""
         key = (self.step, resolution)
         if key not in phase.masks:
             rate = self.settings.sa32 if resolution == "sa32" else self.settings.sa64
             phase.masks[key] = torch.rand((phase.images, tokens), generator=phase.generator) < rate
         return phase.masks[key]
 
-    def _gate(self, generator: torch.Generator) -> bool:
+    def gate(self, generator: torch.Generator) -> bool:
+        """Whether this layer call applies CSA, at this step's rate, from `generator`'s stream."""
         rate = self.settings.rate(self.step)
         return rate > 0.0 and torch.rand((), generator=generator).item() < rate
-
-
-def attention_with_context(attn, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-    """attn1 with its queries from x and its keys/values from `context` (both already normed, (B, T, C))."""
-    batch = x.shape[0]
-    heads = attn.heads
-    query, key, value = attn.to_q(x), attn.to_k(context), attn.to_v(context)
-    head_dim = key.shape[-1] // heads
-    query, key, value = (t.view(batch, -1, heads, head_dim).transpose(1, 2) for t in (query, key, value))
-    out = F.scaled_dot_product_attention(query, key, value)
-    out = out.transpose(1, 2).reshape(batch, -1, heads * head_dim).to(query.dtype)
-    out = attn.to_out[1](attn.to_out[0](out))
-    if attn.residual_connection:
-        out = out + x
-    return out / attn.rescale_output_factor
 
 
 class ConsistentSelfAttnProcessor(nn.Module):
@@ -177,15 +173,15 @@ class ConsistentSelfAttnProcessor(nn.Module):
         self.plain = AttnProcessor2_0()
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
-        phase = self.state._phase
+        phase = self.state.phase
         if phase is None or encoder_hidden_states is not None or attention_mask is not None or hidden_states.ndim != 3 \
                 or attn.spatial_norm is not None or attn.group_norm is not None:
             return self.plain(attn, hidden_states, encoder_hidden_states, attention_mask, temb, **kwargs)
-        if isinstance(phase, _Write):
+        if isinstance(phase, WritePhase):
             return self._write(attn, hidden_states, phase)
         return self._read(attn, hidden_states, phase)
 
-    def _write(self, attn, hidden_states, phase: _Write):
+    def _write(self, attn, hidden_states, phase: WritePhase):
         state, n = self.state, phase.images
         if state.settings.rate(state.step) == 0.0:  # plain steps never read the bank: nothing to store
             return self.plain(attn, hidden_states)
@@ -193,18 +189,18 @@ class ConsistentSelfAttnProcessor(nn.Module):
         mask = self._mask_on(phase, x.shape[2], x.device)
         sampled = [x[:, i][:, mask[i]] for i in range(n)]
         phase.bank.tokens[(state.step, self.layer)] = torch.cat(sampled, dim=1).to(state.bank_device, copy=True)
-        if not state._gate(phase.generator):
+        if not state.gate(phase.generator):
             return self.plain(attn, hidden_states)
-        outs = [attention_with_context(attn, x[:, i], torch.cat(sampled[:i] + sampled[i + 1:] + [x[:, i]], dim=1))
+        outs = [attend_to(attn, x[:, i], torch.cat(sampled[:i] + sampled[i + 1:] + [x[:, i]], dim=1))
                 for i in range(n)]
         return torch.stack(outs, dim=1).reshape(hidden_states.shape[0], *outs[0].shape[1:])
 
-    def _mask_on(self, phase: _Write, tokens: int, device) -> torch.Tensor:
-        return self.state._mask(phase, self.resolution, tokens).to(device)
+    def _mask_on(self, phase: WritePhase, tokens: int, device) -> torch.Tensor:
+        return self.state.mask(phase, self.resolution, tokens).to(device)
 
-    def _read(self, attn, hidden_states, phase: _Read):
+    def _read(self, attn, hidden_states, phase: ReadPhase):
         state = self.state
-        gates = [bool(chars) and state._gate(g) for chars, g in zip(phase.characters, phase.generators)]
+        gates = [bool(chars) and state.gate(g) for chars, g in zip(phase.characters, phase.generators)]
         if not any(gates):  # the whole batch exactly as plain SDXL: [NC] frames equal text-only renders
             return self.plain(attn, hidden_states)
         m = len(phase.characters)
@@ -218,25 +214,18 @@ class ConsistentSelfAttnProcessor(nn.Module):
                 outs.append(self.plain(attn, x[:, f]))
                 continue
             bank = [slices[c] for c in phase.characters[f]]
-            outs.append(attention_with_context(attn, x[:, f], torch.cat(bank + [x[:, f]], dim=1)))
+            outs.append(attend_to(attn, x[:, f], torch.cat(bank + [x[:, f]], dim=1)))
         return torch.stack(outs, dim=1).reshape(hidden_states.shape[0], *outs[0].shape[1:])
 
 
-def install(unet, settings: CSASettings, bank_device: torch.device | str = "cpu") -> ConsistentSelfAttention:
-    """Swap the self-attention processors of the up blocks for CSA ones; every other processor stays.
-
-    Call after `load_ip_adapter` and `grca.install`: both re-create processors. The lowest-resolution up
-    block with attention samples at sa32, the next ones at sa64 (SDXL: 30 layers at 1/32, 6 at 1/16).
-    """
+def install(backbone, settings: CSASettings, bank_device: torch.device | str = "cpu") -> ConsistentSelfAttention:
+    """Put CSA processors on the backbone's self-attention layers for it (SDXL: the up blocks'); every other
+    processor stays. The coarsest resolution samples at sa32, the finer ones at sa64 (SDXL: 30 layers at
+    1/32, 6 at 1/16)."""
     state = ConsistentSelfAttention(settings, bank_device)
-    processors = dict(unet.attn_processors)
-    blocks = sorted({int(name.split(".")[1]) for name in processors
-                     if name.startswith("up_blocks.") and name.endswith("attn1.processor")})
-    if not blocks:
-        raise RuntimeError("the UNet has no self-attention in its up blocks")
-    for name in processors:
-        if name.startswith("up_blocks.") and name.endswith("attn1.processor"):
-            resolution = "sa32" if int(name.split(".")[1]) == blocks[0] else "sa64"
-            processors[name] = ConsistentSelfAttnProcessor(state, name.removesuffix(".processor"), resolution)
-    unet.set_attn_processor(processors)
+    layers = backbone.self_attention_layers()
+    if not layers:
+        raise RuntimeError("the backbone has no self-attention layers for consistent self-attention")
+    backbone.set_attention_processors({layer: ConsistentSelfAttnProcessor(state, layer, "sa32" if rank == 0 else "sa64")
+                                       for layer, rank in layers.items()})
     return state

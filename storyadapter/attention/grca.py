@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .processors import CrossAttentionProcessor, split_heads, text_attention
+
 
 def _attend(query, key, value, bias=None):
     """Attention of a batch of queries to one shared set of keys/values (batch 1, broadcast).
@@ -42,54 +44,6 @@ def _attend(query, key, value, bias=None):
     return F.scaled_dot_product_attention(query, key, value, attn_mask=bias.to(query.dtype))
 
 
-def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
-    batch, tokens, inner = x.shape
-    return x.view(batch, tokens, heads, inner // heads).transpose(1, 2)
-
-
-class CrossAttentionProcessor(nn.Module):
-    """diffusers' cross-attention plumbing (norms, head split, output projection, residual) around `attend`.
-
-    Subclasses decide what the queries attend to; this wrapper matches `AttnProcessor2_0` op for op.
-    """
-
-    def attend(self, attn, query: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        """(batch, heads, tokens, head_dim) queries and the raw encoder states -> attention output, same shape."""
-        raise NotImplementedError
-
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **_):
-        if attention_mask is not None:
-            raise NotImplementedError("attention masks are not used by SDXL cross-attention")
-        residual = hidden_states
-        if attn.spatial_norm is not None:
-            hidden_states = attn.spatial_norm(hidden_states, temb)
-        input_ndim = hidden_states.ndim
-        if input_ndim == 4:
-            batch, channels, height, width = hidden_states.shape
-            hidden_states = hidden_states.view(batch, channels, height * width).transpose(1, 2)
-        batch = hidden_states.shape[0]
-        if attn.group_norm is not None:
-            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
-
-        query = split_heads(attn.to_q(hidden_states), attn.heads)
-        out = self.attend(attn, query, encoder_hidden_states)
-
-        hidden_states = out.transpose(1, 2).reshape(batch, -1, out.shape[1] * out.shape[-1]).to(query.dtype)
-        hidden_states = attn.to_out[0](hidden_states)
-        hidden_states = attn.to_out[1](hidden_states)
-        if input_ndim == 4:
-            hidden_states = hidden_states.transpose(-1, -2).reshape(batch, channels, height, width)
-        if attn.residual_connection:
-            hidden_states = hidden_states + residual
-        return hidden_states / attn.rescale_output_factor
-
-
-def text_attention(attn, query: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-    context = attn.norm_encoder_hidden_states(text) if attn.norm_cross else text
-    key, value = split_heads(attn.to_k(context), attn.heads), split_heads(attn.to_v(context), attn.heads)
-    return F.scaled_dot_product_attention(query, key, value)
-
-
 class GlobalReferenceAttnProcessor(CrossAttentionProcessor):
     """Cross-attention processor: text attention plus one softmax over all reference tokens.
 
@@ -97,24 +51,25 @@ class GlobalReferenceAttnProcessor(CrossAttentionProcessor):
     diffusers does for classifier-free guidance: the first half unconditional, the second conditional.
     """
 
-    def __init__(self, to_k_ip: nn.Linear, to_v_ip: nn.Linear):
+    def __init__(self, to_k_ip: nn.Linear, to_v_ip: nn.Linear, heads: int, joint: bool = False):
         super().__init__()
         self.to_k_ip = to_k_ip
         self.to_v_ip = to_v_ip
+        self.heads = heads
+        self.joint = joint  # one SDPA call for both CFG halves (see the module docstring)
         self.scale = 0.0
-        self.joint = False  # one SDPA call for both CFG halves (see the module docstring)
         self._ref: tuple[torch.Tensor, ...] | None = None  # split: (k_cond, v_cond, k_uncond, v_uncond); joint: (k, v)
         self.ref_bias: torch.Tensor | None = None  # (batch, 1, 1, 4N) logits added on the conditional branch
         self.ref_gate: torch.Tensor | None = None  # (2 * batch, 1, 1, 1) per-frame multiplier of the branch
 
     @torch.no_grad()
-    def set_references(self, cond_tokens: torch.Tensor | None, uncond_tokens: torch.Tensor | None, heads: int):
+    def set_references(self, cond_tokens: torch.Tensor | None, uncond_tokens: torch.Tensor | None):
         """Project reference tokens (1, T, C) to keys/values once; None clears them."""
         if cond_tokens is None:
             self._ref = None
             return
         k_cond, v_cond, k_uncond, v_uncond = (
-            split_heads(proj(tokens), heads)
+            split_heads(proj(tokens), self.heads)
             for tokens in (cond_tokens, uncond_tokens)
             for proj in (self.to_k_ip, self.to_v_ip)
         )
@@ -142,25 +97,12 @@ class GlobalReferenceAttnProcessor(CrossAttentionProcessor):
         return out
 
 
-def install(unet) -> tuple[nn.Module, dict[str, GlobalReferenceAttnProcessor]]:
-    """Swap diffusers' IP-Adapter processors (set up by `load_ip_adapter`) for GRCA ones.
+def install(backbone, joint: bool = False) -> dict[str, GlobalReferenceAttnProcessor]:
+    """Put a GRCA processor on each of the backbone's IP-Adapter cross-attention layers; returns them by layer name.
 
-    Returns the image projection (CLIP embedding -> 4 tokens) and the GRCA processors by layer name.
-    The UNet's own per-step image projection is detached: reference tokens are fed once per iteration.
+    `joint`: the reference term as one SDPA call for both guidance halves (render.reference_sdpa=joint).
     """
-    from diffusers.models.attention_processor import AttnProcessor2_0, IPAdapterAttnProcessor2_0
-
-    projection = unet.encoder_hid_proj.image_projection_layers[0]
-    processors: dict[str, nn.Module] = {}
-    grca: dict[str, GlobalReferenceAttnProcessor] = {}
-    for name, proc in unet.attn_processors.items():
-        if isinstance(proc, IPAdapterAttnProcessor2_0):
-            grca[name] = GlobalReferenceAttnProcessor(proc.to_k_ip[0], proc.to_v_ip[0])
-            processors[name] = grca[name]
-        else:
-            processors[name] = AttnProcessor2_0()
-    if not grca:
-        raise RuntimeError("no IP-Adapter cross-attention layers found; was load_ip_adapter called?")
-    unet.set_attn_processor(processors)
-    unet.encoder_hid_proj = None
-    return projection, grca
+    processors = {name: GlobalReferenceAttnProcessor(layer.to_k, layer.to_v, layer.heads, joint)
+                  for name, layer in backbone.reference_layers().items()}
+    backbone.set_attention_processors(processors)
+    return processors

@@ -1,4 +1,4 @@
-"""Load an SDXL pipeline with IP-Adapter the same way for real and tiny weights."""
+"""Load an SDXL pipeline with IP-Adapter the same way for real and tiny weights, and the backbone around it."""
 
 from __future__ import annotations
 
@@ -104,6 +104,13 @@ def load_pipeline(source: ModelSource, device: torch.device, dtype: torch.dtype)
     pipe.set_progress_bar_config(disable=True)
     pipe.image_encoder.to(dtype)
     return pipe.to(device)
+
+
+def load_backbone(source: ModelSource, device: torch.device, dtype: torch.dtype):
+    """The renderer's view of the model (backbones/base.py): today always SDXL + IP-Adapter."""
+    from ..backbones.sdxl import SDXLBackbone
+
+    return SDXLBackbone(load_pipeline(source, device, dtype))
 
 
 def _load_ip_adapter(pipe, source: ModelSource) -> None:

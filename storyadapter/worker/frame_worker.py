@@ -1,4 +1,4 @@
-"""A frame worker: owns one loaded pipeline and renders batches of frames of one story.
+"""A frame worker: owns one loaded model (a backbone) and renders batches of frames of one story.
 
 Runs in-process (tests, notebooks) or inside a Ray actor (the engine); it knows nothing of Ray.
 """
@@ -23,7 +23,7 @@ from . import torch_settings
 from .frame_writer import FrameWriter
 from ..attention.csa import IdBank, PackedBank
 from ..story.identity import ConsistentPass, IdentityBatch
-from ..models.loading import ModelSource, load_pipeline, pick_device, pick_dtype
+from ..models.loading import ModelSource, load_backbone, pick_device, pick_dtype
 from ..story.photos import CharacterPhoto
 from .renderer import RenderSettings, StoryRenderer
 from ..engine.protocol import BankUnavailable, BatchResult, FrameResult, StaleIterationError
@@ -92,18 +92,16 @@ class FrameWorker:
 
         quiet_libraries()
         device = pick_device(spec.device)
-        pipe = load_pipeline(spec.source, device, pick_dtype(spec.dtype, device))
+        backbone = load_backbone(spec.source, device, pick_dtype(spec.dtype, device))
         if spec.compile:
-            pipe.unet = torch.compile(pipe.unet)
+            backbone.compile()
         self.spec = spec
         consistent = spec.consistent
-        self.renderer = StoryRenderer(pipe, spec.settings, consistent.settings if consistent else None)
-        from .text import story_windows
-
+        self.renderer = StoryRenderer(backbone, spec.settings, consistent.settings if consistent else None)
         texts = [p for fp in spec.prompts for p in (fp.prompt, fp.negative)]
         if consistent:  # identity prompts share the story's text windows (one conditioning length for all)
             texts += [p for b in consistent.identities for pair in b.prompts for p in pair]
-        self._windows = story_windows(pipe, texts)
+        self._windows = backbone.text_windows(texts)
         self._identity_images: dict[str, dict[int, object]] = {}  # character -> its shown identity frames
         self._text: dict[int, object] = {}
         self._iteration: int | None = None  # the iteration whose bank the renderer holds

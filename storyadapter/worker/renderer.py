@@ -1,10 +1,11 @@
-"""The Story-Adapter renderer for one process: SDXL + IP-Adapter with Global Reference Cross-Attention.
+"""The Story-Adapter renderer for one process: a backbone (backbones/: SDXL + IP-Adapter) with Global Reference
+Cross-Attention. The model's calls go through the backbone; what is here is the algorithm.
 
 Reads top to bottom as the algorithm:
   1. `encode_text`       - prompt embeddings, once per frame for the whole run;
   2. `set_references`    - CLIP global embeddings of all N reference frames -> 4N tokens -> K/V, once per iteration;
      `set_reference_weights` - optional per-frame logits/gates over those references, per batch (references.py);
-  3. `render`            - DDIM denoising with classifier-free guidance for a batch of frames;
+  3. `render`            - denoising with classifier-free guidance for a batch of frames (SDXL: DDIM);
   4. `embed_images`      - each new frame resized to 256 px and encoded once: the next iteration's bank.
 With consistent self-attention (method=storydiffusion|hybrid, csa.py), step 3 comes in two phases:
   3a. `render_identity`  - a character's identity frames as one batch, filling its ID bank;
@@ -18,8 +19,8 @@ import torch
 from PIL import Image
 
 from ..attention import csa, grca
+from ..backbones.base import Backbone, TextEmbedding
 from ..spec import RenderSpec
-from . import text
 
 
 # The render.* settings as the config defines them (config.RenderConfig, frozen): a new render key reaches the
@@ -33,44 +34,29 @@ def initial_noise(seed: int, shape: tuple[int, ...]) -> torch.Tensor:
 
 
 class StoryRenderer:
-    def __init__(self, pipe, settings: RenderSettings, consistency: csa.CSASettings | None = None):
-        if pipe.image_encoder is None:
-            raise ValueError("the pipeline needs an IP-Adapter image encoder (call load_ip_adapter first)")
-        self.pipe = pipe
+    def __init__(self, backbone: Backbone, settings: RenderSettings, consistency: csa.CSASettings | None = None):
+        self.backbone = backbone
         self.settings = settings
-        self.projection, self.processors = grca.install(pipe.unet)
-        for proc in self.processors.values():
-            proc.joint = settings.reference_sdpa == "joint"
-        # CSA goes in after GRCA, which re-creates every processor; None leaves SDXL's self-attention untouched.
-        self.csa = csa.install(pipe.unet, consistency) if consistency is not None else None
-        self._heads = {name: self._attention_heads(name) for name in self.processors}
-        self._cross_dim = int(pipe.unet.config.cross_attention_dim)
+        self.grca = grca.install(backbone, joint=settings.reference_sdpa == "joint")
+        # CSA goes in after GRCA; None leaves the backbone's self-attention untouched.
+        self.csa = csa.install(backbone, consistency) if consistency is not None else None
         self._tokens_per_reference = 0  # IP-Adapter tokens per bank row, known once a bank is loaded
-        if pipe.vae.dtype == torch.float16 and pipe.vae.config.force_upcast:
-            # SDXL's VAE overflows in fp16. Upcast it once, so decoding casts latents, never weights (diffusers'
-            # pipeline converts the VAE fp16 -> fp32 -> fp16 on every call). Same pixels: fp16 -> fp32 is exact.
-            pipe.vae.to(torch.float32)
-        self._vae_dtype = pipe.vae.dtype
 
     @property
     def device(self) -> torch.device:
-        return self.pipe.unet.device
+        return self.backbone.device
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.pipe.unet.dtype
+        return self.backbone.dtype
 
     @property
     def embedding_dim(self) -> int:
-        return int(self.pipe.image_encoder.config.projection_dim)
-
-    def _attention_heads(self, processor_name: str) -> int:
-        module = self.pipe.unet.get_submodule(processor_name.removesuffix(".processor"))
-        return module.heads
+        return self.backbone.embedding_dim
 
     # 1. text -------------------------------------------------------------------------------------
-    def encode_text(self, prompt: str, negative: str, windows: int = 1) -> text.TextEmbedding:
-        return text.encode(self.pipe, prompt, negative, windows)
+    def encode_text(self, prompt: str, negative: str, windows: int = 1) -> TextEmbedding:
+        return self.backbone.encode_text(prompt, negative, windows)
 
     # 2. references -------------------------------------------------------------------------------
     @torch.no_grad()
@@ -81,18 +67,20 @@ class StoryRenderer:
         """
         self.set_reference_weights(None, None)
         if bank is None or scale == 0.0:
-            for proc in self.processors.values():
-                proc.set_references(None, None, 0)
+            for proc in self.grca.values():
+                proc.set_references(None, None)
                 proc.scale = 0.0
             return
         embeds = torch.tensor(np.asarray(bank), dtype=self.dtype, device=self.device)  # copy: Ray hands read-only arrays
-        cond = self.projection(embeds).reshape(1, -1, self._cross_dim)  # (1, 4N, C)
+        tokens = self.backbone.image_tokens(embeds)  # (N, T, C)
+        cond = tokens.reshape(1, -1, tokens.shape[-1])  # (1, TN, C)
         # The unconditional branch sees the tokens of an all-zero embedding. Its N copies are identical,
-        # and a softmax over identical copies equals one over a single copy, so 4 tokens suffice.
-        uncond = self.projection(torch.zeros_like(embeds[:1])).reshape(1, -1, self._cross_dim)
-        self._tokens_per_reference = cond.shape[1] // len(embeds)
-        for name, proc in self.processors.items():
-            proc.set_references(cond, uncond, self._heads[name])
+        # and a softmax over identical copies equals one over a single copy, so T tokens suffice.
+        zero = self.backbone.image_tokens(torch.zeros_like(embeds[:1]))
+        uncond = zero.reshape(1, -1, zero.shape[-1])
+        self._tokens_per_reference = tokens.shape[1]
+        for proc in self.grca.values():
+            proc.set_references(cond, uncond)
             proc.scale = float(scale)
 
     @torch.no_grad()
@@ -106,44 +94,30 @@ class StoryRenderer:
         if gate is not None:
             g = torch.tensor(np.asarray(gate), dtype=self.dtype, device=self.device)
             gate_t = torch.cat([g, g])[:, None, None, None]  # unconditional half first, as in `render`
-        for proc in self.processors.values():
+        for proc in self.grca.values():
             proc.ref_bias, proc.ref_gate = bias_t, gate_t
 
     # 3. denoising --------------------------------------------------------------------------------
     @torch.no_grad()
-    def render(self, embeddings: list[text.TextEmbedding], seeds: list[int], decode_singly: bool = False) -> list[Image.Image]:
-        pipe, s = self.pipe, self.settings
-        # Read once: diffusers' ModelMixin.device/.dtype walk every UNet module (~2000 in SDXL) on each access.
-        device, dtype = self.device, self.dtype
-        batch = len(embeddings)
-        scheduler = pipe.scheduler
-        scheduler.set_timesteps(s.steps, device=device)
+    def render(self, embeddings: list[TextEmbedding], seeds: list[int], decode_singly: bool = False) -> list[Image.Image]:
+        model, s = self.backbone, self.settings
+        timesteps = model.timesteps(s.steps, s.height, s.width)
+        shape = model.latent_shape(s.height, s.width)
+        latents = model.initial_latents(torch.cat([initial_noise(seed, shape) for seed in seeds]))
+        conditioning = model.conditioning(embeddings, s.height, s.width)
 
-        latent_shape = (1, pipe.unet.config.in_channels, s.height // pipe.vae_scale_factor, s.width // pipe.vae_scale_factor)
-        latents = torch.cat([initial_noise(seed, latent_shape) for seed in seeds]).to(device, dtype)
-        latents = latents * scheduler.init_noise_sigma
-
-        # Classifier-free guidance layout: unconditional half first, as diffusers does.
-        tokens = torch.cat([e.negative_tokens for e in embeddings] + [e.tokens for e in embeddings]).to(device, dtype)
-        pooled = torch.cat([e.negative_pooled for e in embeddings] + [e.pooled for e in embeddings]).to(device, dtype)
-        size = (s.height, s.width)
-        time_ids = torch.tensor([list(size + (0, 0) + size)], dtype=dtype, device=device).repeat(2 * batch, 1)
-        added = {"text_embeds": pooled, "time_ids": time_ids}
-
-        for step, t in enumerate(scheduler.timesteps):
+        for step, t in enumerate(timesteps):
             if self.csa is not None:
                 self.csa.begin_step(step)
-            model_in = scheduler.scale_model_input(torch.cat([latents] * 2), t)
-            noise = pipe.unet(model_in, t, encoder_hidden_states=tokens, added_cond_kwargs=added, return_dict=False)[0]
-            uncond, cond = noise.chunk(2)
-            noise = uncond + s.guidance_scale * (cond - uncond)
-            latents = scheduler.step(noise, t, latents, return_dict=False)[0]
+            uncond, cond = model.predict_noise(latents, t, conditioning)
+            noise = uncond + s.guidance_scale * (cond - uncond)  # classifier-free guidance
+            latents = model.step(noise, t, latents)
         if decode_singly:
-            return [image for i in range(batch) for image in self._decode(latents[i:i + 1])]
-        return self._decode(latents)
+            return [image for i in range(len(seeds)) for image in model.decode(latents[i:i + 1])]
+        return model.decode(latents)
 
     # 3a/3b. consistent self-attention -----------------------------------------------------------
-    def render_identity(self, character: str, embeddings: list[text.TextEmbedding], seeds: list[int],
+    def render_identity(self, character: str, embeddings: list[TextEmbedding], seeds: list[int],
                         draw_seed: int) -> list[Image.Image]:
         """Write phase: `character`'s identity frames in one batch, each attending to the others; stores its ID bank.
 
@@ -152,26 +126,16 @@ class StoryRenderer:
         with self.csa.writing(character, len(embeddings), draw_seed):
             return self.render(embeddings, seeds, decode_singly=True)
 
-    def render_consistent(self, embeddings: list[text.TextEmbedding], seeds: list[int],
+    def render_consistent(self, embeddings: list[TextEmbedding], seeds: list[int],
                           characters: list[tuple[str, ...]], draw_seeds: list[int]) -> list[Image.Image]:
         """Read phase: each frame attends to the ID banks of its characters (none: plain self-attention)."""
         with self.csa.reading(characters, draw_seeds):
             return self.render(embeddings, seeds)
 
-    def _decode(self, latents: torch.Tensor) -> list[Image.Image]:
-        # The VAE keeps one dtype for the whole run (see __init__); only the latents are cast.
-        vae = self.pipe.vae
-        latents = latents.to(self._vae_dtype) / vae.config.scaling_factor
-        images = vae.decode(latents, return_dict=False)[0]
-        return self.pipe.image_processor.postprocess(images, output_type="pil")
-
     # 4. reference embeddings ---------------------------------------------------------------------
     @torch.no_grad()
     def embed_images(self, images: list[Image.Image]) -> np.ndarray:
-        """CLIP global (projected) embeddings, (len(images), D) float32; one encoder pass per call."""
+        """Image-encoder global (projected) embeddings, (len(images), D) float32; one encoder pass per call."""
         size = self.settings.reference_size
         small = [im.convert("RGB").resize((size, size), Image.Resampling.BICUBIC) for im in images]
-        pixels = self.pipe.feature_extractor(small, return_tensors="pt").pixel_values
-        encoder = self.pipe.image_encoder
-        out = encoder(pixels.to(encoder.device, encoder.dtype)).image_embeds
-        return out.float().cpu().numpy()
+        return self.backbone.encode_images(small)

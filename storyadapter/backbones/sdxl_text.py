@@ -8,21 +8,11 @@ at most 75 tokens gives exactly what `StableDiffusionXLPipeline.encode_prompt` g
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
+from .base import TextEmbedding
+
 WINDOW = 75  # 77 minus BOS and EOS
-
-
-@dataclass
-class TextEmbedding:
-    """One frame's conditioning: (windows*77, C) tokens and the pooled vector, for prompt and negative."""
-
-    tokens: torch.Tensor
-    pooled: torch.Tensor
-    negative_tokens: torch.Tensor
-    negative_pooled: torch.Tensor
 
 
 def count_windows(tokenizer, text: str) -> int:

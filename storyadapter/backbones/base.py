@@ -1,0 +1,135 @@
+"""The interface between the Story-Adapter algorithm and a model family: everything the renderer, GRCA and CSA
+ask of the model, and nothing else.
+
+The renderer (worker/renderer.py) runs the algorithm: seeds, classifier-free guidance, references, the CSA
+phases. A backbone owns the pipeline's components and knows their call shapes: the text encoders, the denoiser
+(SDXL's UNet; a DiT for another family) with its scheduler, the VAE, the image encoder and IP-Adapter
+projection of the references, and which attention layers exist. A second model family is a new module next
+to sdxl.py implementing this class; the renderer and attention/ need no edit to use it.
+
+Conventions every backbone keeps:
+  * `predict_noise` returns the two guidance branches; the renderer combines them (the guidance formula is the
+    algorithm's, not the model's);
+  * a frame's starting noise comes from a CPU generator seeded by the renderer, in `latent_shape`, so pixels
+    never depend on the device or the batch;
+  * attention layers are named by module path; processors from attention/ are installed by those names.
+    SDXL's processors (attention/) work on diffusers' `Attention` with the guidance batch laid out
+    [unconditional; conditional]; a family whose attention has another call shape brings processors of its own.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+
+@dataclass
+class TextEmbedding:
+    """One frame's conditioning: the prompt's token embeddings and pooled vector, and the negative prompt's."""
+
+    tokens: torch.Tensor
+    pooled: torch.Tensor
+    negative_tokens: torch.Tensor
+    negative_pooled: torch.Tensor
+
+
+@dataclass(frozen=True)
+class ReferenceLayer:
+    """An IP-Adapter cross-attention layer: the projections of image tokens to its keys and values."""
+
+    to_k: nn.Linear
+    to_v: nn.Linear
+    heads: int
+
+
+class Backbone(ABC):
+    """A loaded model family, as the renderer, GRCA and CSA call it."""
+
+    # the model ----------------------------------------------------------------------------------
+    @property
+    @abstractmethod
+    def device(self) -> torch.device:
+        """Where the denoiser runs."""
+
+    @property
+    @abstractmethod
+    def dtype(self) -> torch.dtype:
+        """The denoiser's dtype: conditioning and reference tokens are cast to it."""
+
+    def compile(self) -> None:
+        """Compile the denoiser (torch.compile); before the renderer first calls it."""
+        raise NotImplementedError(f"{type(self).__name__} cannot be compiled")
+
+    # text ---------------------------------------------------------------------------------------
+    @abstractmethod
+    def text_windows(self, texts: list[str]) -> int:
+        """How many encoder windows the longest of `texts` needs: every frame of a story is encoded with
+        this many, so a frame's conditioning never depends on its batch."""
+
+    @abstractmethod
+    def encode_text(self, prompt: str, negative: str, windows: int) -> TextEmbedding:
+        """A frame's prompt and negative prompt, encoded once for the whole run."""
+
+    # denoising ----------------------------------------------------------------------------------
+    @abstractmethod
+    def timesteps(self, steps: int, height: int, width: int) -> torch.Tensor:
+        """Set the scheduler up for `steps` steps at this image size; the timesteps, in order."""
+
+    @abstractmethod
+    def latent_shape(self, height: int, width: int) -> tuple[int, ...]:
+        """Shape of one frame's starting noise, batch 1."""
+
+    @abstractmethod
+    def initial_latents(self, noise: torch.Tensor) -> torch.Tensor:
+        """The batch's starting noise (from the renderer's seeds) as the denoiser's first input latents."""
+
+    @abstractmethod
+    def conditioning(self, texts: list[TextEmbedding], height: int, width: int) -> Any:
+        """Everything the denoiser takes besides latents and timestep, for a batch of frames (opaque to the
+        renderer: passed back to `predict_noise`)."""
+
+    @abstractmethod
+    def predict_noise(self, latents: torch.Tensor, t: torch.Tensor, conditioning: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """The denoiser's (unconditional, conditional) predictions for `latents` at timestep `t`."""
+
+    @abstractmethod
+    def step(self, noise: torch.Tensor, t: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+        """One scheduler step: the latents at the next timestep."""
+
+    @abstractmethod
+    def decode(self, latents: torch.Tensor) -> list[Image.Image]:
+        """Final latents to images."""
+
+    # references ---------------------------------------------------------------------------------
+    @property
+    @abstractmethod
+    def embedding_dim(self) -> int:
+        """Length of a reference's image embedding (a row of the bank)."""
+
+    @abstractmethod
+    def encode_images(self, images: list[Image.Image]) -> np.ndarray:
+        """Image-encoder embeddings of `images`, (len(images), embedding_dim) float32, in one pass."""
+
+    @abstractmethod
+    def image_tokens(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """The IP-Adapter's tokens of each reference: (N, embedding_dim) -> (N, tokens per reference, C)."""
+
+    # attention layers ---------------------------------------------------------------------------
+    @abstractmethod
+    def reference_layers(self) -> Mapping[str, ReferenceLayer]:
+        """The IP-Adapter cross-attention layers by name, where GRCA attends to the references."""
+
+    @abstractmethod
+    def self_attention_layers(self) -> Mapping[str, int]:
+        """The self-attention layers consistent self-attention takes over, by name -> resolution rank
+        (0: the coarsest resolution among them, 1: the next, ...)."""
+
+    @abstractmethod
+    def set_attention_processors(self, processors: Mapping[str, nn.Module]) -> None:
+        """Install `processors` on the layers they are keyed by; every other layer keeps its processor."""

@@ -1,0 +1,150 @@
+"""SDXL + IP-Adapter behind the backbone interface (base.py), wrapping diffusers' StableDiffusionXLPipeline.
+
+The pipeline comes from models/loading.py with the IP-Adapter loaded. Taking it over, the backbone keeps the
+adapter's image projection and its per-layer `to_k_ip`/`to_v_ip` for GRCA, and gives every attention layer
+diffusers' plain processor: reference tokens are fed once per iteration (attention/grca.py), never by the UNet.
+The denoising calls are those of `StableDiffusionXLPipeline.__call__`, op for op, so that scale 0 renders its
+pixels exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from . import sdxl_text
+from .base import Backbone, ReferenceLayer, TextEmbedding
+
+
+@dataclass(frozen=True)
+class SDXLConditioning:
+    tokens: torch.Tensor  # (2B, windows*77, 2048): unconditional half first, as diffusers lays out guidance
+    added: dict  # the UNet's added conditions: pooled text embeddings and size time ids
+
+
+class SDXLBackbone(Backbone):
+    def __init__(self, pipe):
+        from diffusers.models.attention_processor import AttnProcessor2_0, IPAdapterAttnProcessor2_0
+
+        if pipe.image_encoder is None:
+            raise ValueError("the pipeline needs an IP-Adapter image encoder (call load_ip_adapter first)")
+        self.pipe = pipe
+        unet = pipe.unet
+        self._reference_layers: dict[str, ReferenceLayer] = {}
+        plain: dict[str, nn.Module] = {}
+        for name, proc in unet.attn_processors.items():
+            layer = name.removesuffix(".processor")
+            if isinstance(proc, IPAdapterAttnProcessor2_0):
+                self._reference_layers[layer] = ReferenceLayer(proc.to_k_ip[0], proc.to_v_ip[0], unet.get_submodule(layer).heads)
+            plain[name] = AttnProcessor2_0()
+        if not self._reference_layers:
+            raise RuntimeError("no IP-Adapter cross-attention layers found; was load_ip_adapter called?")
+        self._projection = unet.encoder_hid_proj.image_projection_layers[0]  # CLIP embedding -> 4 tokens
+        unet.set_attn_processor(plain)
+        unet.encoder_hid_proj = None  # the UNet's own per-step image projection is detached
+        if pipe.vae.dtype == torch.float16 and pipe.vae.config.force_upcast:
+            # SDXL's VAE overflows in fp16. Upcast it once, so decoding casts latents, never weights (diffusers'
+            # pipeline converts the VAE fp16 -> fp32 -> fp16 on every call). Same pixels: fp16 -> fp32 is exact.
+            pipe.vae.to(torch.float32)
+        self._vae_dtype = pipe.vae.dtype
+
+    # the model ----------------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self.pipe.unet.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.pipe.unet.dtype
+
+    def compile(self) -> None:
+        self.pipe.unet = torch.compile(self.pipe.unet)
+
+    # text ---------------------------------------------------------------------------------------
+    def text_windows(self, texts: list[str]) -> int:
+        return sdxl_text.story_windows(self.pipe, texts)
+
+    def encode_text(self, prompt: str, negative: str, windows: int) -> TextEmbedding:
+        return sdxl_text.encode(self.pipe, prompt, negative, windows)
+
+    # denoising ----------------------------------------------------------------------------------
+    def timesteps(self, steps: int, height: int, width: int) -> torch.Tensor:
+        self.pipe.scheduler.set_timesteps(steps, device=self.device)
+        return self.pipe.scheduler.timesteps
+
+    def latent_shape(self, height: int, width: int) -> tuple[int, ...]:
+        factor = self.pipe.vae_scale_factor
+        return (1, self.pipe.unet.config.in_channels, height // factor, width // factor)
+
+    def initial_latents(self, noise: torch.Tensor) -> torch.Tensor:
+        return noise.to(self.device, self.dtype) * self.pipe.scheduler.init_noise_sigma
+
+    def conditioning(self, texts: list[TextEmbedding], height: int, width: int) -> SDXLConditioning:
+        # Read once: diffusers' ModelMixin.device/.dtype walk every UNet module (~2000 in SDXL) on each access.
+        device, dtype = self.device, self.dtype
+        tokens = torch.cat([e.negative_tokens for e in texts] + [e.tokens for e in texts]).to(device, dtype)
+        pooled = torch.cat([e.negative_pooled for e in texts] + [e.pooled for e in texts]).to(device, dtype)
+        size = (height, width)
+        time_ids = torch.tensor([list(size + (0, 0) + size)], dtype=dtype, device=device).repeat(2 * len(texts), 1)
+        return SDXLConditioning(tokens, {"text_embeds": pooled, "time_ids": time_ids})
+
+    @torch.no_grad()
+    def predict_noise(self, latents: torch.Tensor, t: torch.Tensor, conditioning: SDXLConditioning):
+        # One UNet call on the guidance batch [unconditional; conditional], as diffusers does (attention/ relies on it).
+        model_in = self.pipe.scheduler.scale_model_input(torch.cat([latents] * 2), t)
+        noise = self.pipe.unet(model_in, t, encoder_hidden_states=conditioning.tokens,
+                               added_cond_kwargs=conditioning.added, return_dict=False)[0]
+        uncond, cond = noise.chunk(2)
+        return uncond, cond
+
+    def step(self, noise: torch.Tensor, t: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+        return self.pipe.scheduler.step(noise, t, latents, return_dict=False)[0]
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> list[Image.Image]:
+        # The VAE keeps one dtype for the whole run (see __init__); only the latents are cast.
+        vae = self.pipe.vae
+        latents = latents.to(self._vae_dtype) / vae.config.scaling_factor
+        images = vae.decode(latents, return_dict=False)[0]
+        return self.pipe.image_processor.postprocess(images, output_type="pil")
+
+    # references ---------------------------------------------------------------------------------
+    @property
+    def embedding_dim(self) -> int:
+        return int(self.pipe.image_encoder.config.projection_dim)
+
+    @torch.no_grad()
+    def encode_images(self, images: list[Image.Image]) -> np.ndarray:
+        pixels = self.pipe.feature_extractor(images, return_tensors="pt").pixel_values
+        encoder = self.pipe.image_encoder
+        out = encoder(pixels.to(encoder.device, encoder.dtype)).image_embeds
+        return out.float().cpu().numpy()
+
+    @torch.no_grad()
+    def image_tokens(self, embeddings: torch.Tensor) -> torch.Tensor:
+        return self._projection(embeddings)
+
+    # attention layers ---------------------------------------------------------------------------
+    def reference_layers(self) -> Mapping[str, ReferenceLayer]:
+        return dict(self._reference_layers)
+
+    def self_attention_layers(self) -> Mapping[str, int]:
+        """The up blocks' attn1 (StoryDiffusion's choice), ranked by up block: SDXL's go coarse to fine
+        (30 layers at 1/32 of the image, 6 at 1/16)."""
+        layers = [name.removesuffix(".processor") for name in self.pipe.unet.attn_processors
+                  if name.startswith("up_blocks.") and name.endswith("attn1.processor")]
+        blocks = sorted({int(layer.split(".")[1]) for layer in layers})
+        return {layer: blocks.index(int(layer.split(".")[1])) for layer in layers}
+
+    def set_attention_processors(self, processors: Mapping[str, nn.Module]) -> None:
+        installed = dict(self.pipe.unet.attn_processors)
+        unknown = [name for name in processors if f"{name}.processor" not in installed]
+        if unknown:
+            raise KeyError(f"no attention layer named {unknown[0]}")
+        installed.update({f"{name}.processor": proc for name, proc in processors.items()})
+        self.pipe.unet.set_attn_processor(installed)
