@@ -240,15 +240,15 @@ def _render(cfg: DictConfig, story: Story, out_dir: Path, state: rundir.RunDir) 
     """Start the cluster and the actors, render every unfinished iteration, then score the metrics that need
     CLIP on the actors (their GPUs) before releasing them. Returns whether metrics were written, and the
     error to raise once the other outputs are written."""
-    from .engine import driver, executor as engine
+    from .engine import clip_scorer, cluster, driver, executor as engine, placement
     from .worker.clip import ActorClip
 
     source, eval_clip = resolve_model(cfg)
     c = cfg.cluster
-    started = engine.connect(c.mode, c.address, c.workers, c.cpus_per_worker, c.object_store_gb, c.connect_timeout_s)
+    started = cluster.connect(c.mode, c.address, c.workers, c.cpus_per_worker, c.object_store_gb, c.connect_timeout_s)
     executor = None
     try:
-        res = engine.ActorResources(c.workers, c.gpus_per_worker, c.cpus_per_worker, c.max_restarts, c.ready_timeout_s,
+        res = placement.ActorResources(c.workers, c.gpus_per_worker, c.cpus_per_worker, c.max_restarts, c.ready_timeout_s,
                                     c.batch_timeout_s, c.batch_timeout_factor, c.capacity_timeout_s)
         executor = engine.RayExecutor(worker_spec(cfg, story, source, out_dir), res, use_gpu=actor_devices(cfg),
                                       fixed_cluster=c.mode == "local", clip=ActorClip)
@@ -268,7 +268,7 @@ def _render(cfg: DictConfig, story: Story, out_dir: Path, state: rundir.RunDir) 
 
             log.info("metrics: scoring every iteration with CLIP %s on the render actors", clip)
             try:
-                metrics.run_metrics(out_dir, engine.ActorClipScorer(executor, clip))
+                metrics.run_metrics(out_dir, clip_scorer.ActorClipScorer(executor, clip))
             except UserError as exc:
                 log.error("metrics: skipped: %s", exc)
                 return False, exc

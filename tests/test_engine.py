@@ -216,7 +216,7 @@ def test_a_stalled_actor_s_batches_go_to_the_free_one_with_identical_output(refe
 
 
 def test_too_few_cpus_or_gpus_is_a_clear_error(local_ray):
-    from storyadapter.engine.executor import ActorResources, check_capacity
+    from storyadapter.engine.placement import ActorResources, check_capacity
 
     check_capacity(ActorResources(2, 1.0, 1.0, 0, 10.0), use_gpu=False)  # fits the 2-CPU test cluster
     with pytest.raises(UserError, match=r"cluster.workers=3 .* needs 3 CPUs; the Ray cluster has 2"):
