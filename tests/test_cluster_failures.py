@@ -8,8 +8,6 @@ real driver, engine, actors and manifest, with frames that take a fixed time and
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -19,6 +17,7 @@ import pytest
 from storyadapter.rundir import journal, manifest
 
 from .conftest import write_story
+from .engine_hooks import start_driver_at, wait_until_at, watch_executor
 from .test_engine import assert_same_render
 
 pytestmark = pytest.mark.slow
@@ -66,22 +65,26 @@ def render(story_file, out_dir, address, workers, *extra) -> Path:
     return render_story(compose_config(overrides(story_file, out_dir, address, workers, *extra)), out_dir)
 
 
-def test_a_node_lost_mid_iteration_neither_hangs_nor_changes_a_pixel(cluster, story_file, tmp_path):
+def test_a_node_lost_mid_iteration_neither_hangs_nor_changes_a_pixel(cluster, story_file, tmp_path, monkeypatch):
     c, nodes = cluster
     reference = render(story_file, tmp_path / "ref", c.address, 2)
 
     out = tmp_path / "out"
+    removed = []
+
+    def remove_a_node(executor, iteration, finished):
+        if iteration == 1 and not removed:  # both actors have batches in flight
+            c.remove_node(nodes[1])  # a lost node: its actor dies and, with no spare capacity, cannot come back
+            removed.append(nodes[1])
+
+    watch_executor(monkeypatch, on_batches=remove_a_node)
     errors: list[BaseException] = []
     thread = threading.Thread(target=lambda: _capture(errors, render, story_file, out, c.address, 2))
     thread.start()
-    deadline = time.monotonic() + 180
-    while not journal.journal_path(out, 1).exists() and thread.is_alive() and time.monotonic() < deadline:
-        time.sleep(0.005)
-    assert journal.journal_path(out, 1).exists(), "iteration 1 never started"
-    c.remove_node(nodes[1])  # a lost node: its actor dies and, with no spare capacity, cannot come back
-    thread.join(timeout=180)
+    thread.join(timeout=360)
     assert not thread.is_alive(), "the run hung after losing a node"
     assert not errors, errors
+    assert removed, "iteration 1 never started"
     assert_same_render(reference, out, ITERATIONS, N_FRAMES)
     nodes[1] = c.add_node(num_cpus=1)  # leave the cluster as the next test expects it
     c.wait_for_nodes()
@@ -98,20 +101,23 @@ def test_losing_every_node_ends_the_run_with_one_line_and_keeps_finished_frames(
     c, nodes = cluster
     out = tmp_path / "out"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_ADDRESS": c.address}
-    cmd = [sys.executable, "-m", "storyadapter.launch", *overrides(story_file, out, c.address, 2)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-    deadline = time.monotonic() + 180
-    while len(journal.read(out, 1)) < 2 and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.005)
-    assert journal.read(out, 1), proc.stderr.read().decode()[-2000:] if proc.poll() is not None else "no progress"
+    log = tmp_path / "driver.log"
+    with open(log, "wb") as stderr:
+        proc = start_driver_at("journal:1:2", "go", overrides(story_file, out, c.address, 2), stderr=stderr, env=env)
+    try:
+        wait_until_at(proc, "journal:1:2", 180)
+    except AssertionError as exc:
+        proc.kill()
+        raise AssertionError(f"{exc}:\n{log.read_text()[-2000:]}") from None
     for node in nodes:
         c.remove_node(node)
     lost_at = time.monotonic()
     try:
-        _, err = proc.communicate(timeout=120)
+        proc.communicate(timeout=120)
     finally:
         proc.kill()
     waited = time.monotonic() - lost_at
+    err = log.read_bytes()
     lines = [ln for ln in err.decode().splitlines() if ln.startswith("error:")]
     assert proc.returncode == 2, err.decode()[-3000:]
     assert len(lines) == 1 and "cluster:" in lines[0] and "resume=true" in lines[0], err.decode()[-3000:]
@@ -127,16 +133,30 @@ def test_losing_every_node_ends_the_run_with_one_line_and_keeps_finished_frames(
     c.wait_for_nodes()
 
 
-def test_a_cluster_that_grows_late_is_waited_for_not_refused(cluster, story_file, tmp_path):
+def test_a_cluster_that_grows_late_is_waited_for_not_refused(cluster, story_file, tmp_path, monkeypatch):
     """An autoscaling cluster shows too few resources at first: the placement waits (cluster.ready_timeout_s)
     and the render starts once a node joins."""
+    from ray.util import placement_group_table
+
+    from storyadapter.engine import placement
+
     c, nodes = cluster
     out = tmp_path / "out"
+    groups: list = []
+    asked = threading.Event()
+    reserve = placement.placement_group
+
+    def reserve_and_say(*args, **kwargs):
+        groups.append(reserve(*args, **kwargs))
+        asked.set()
+        return groups[-1]
+
+    monkeypatch.setattr(placement, "placement_group", reserve_and_say)
     errors: list[BaseException] = []
     thread = threading.Thread(target=lambda: _capture(errors, render, story_file, out, c.address, 3))
     thread.start()  # 3 workers on 2 one-CPU nodes: the third bundle waits for capacity
-    time.sleep(3)
-    assert thread.is_alive() and not (out / "iter_00").exists(), errors
+    assert asked.wait(timeout=120), errors or "the render never asked for its actors' resources"
+    assert placement_group_table(groups[0])["state"] == "PENDING" and not (out / "iter_00").exists(), errors
     late = c.add_node(num_cpus=1)
     thread.join(timeout=180)
     try:
@@ -145,3 +165,4 @@ def test_a_cluster_that_grows_late_is_waited_for_not_refused(cluster, story_file
         assert manifest.finished_iterations(out) == list(range(ITERATIONS + 1))
     finally:
         c.remove_node(late)
+
