@@ -245,7 +245,8 @@ def _render(cfg: DictConfig, story: Story, out_dir: Path, state: rundir.RunDir) 
 
     source, eval_clip = resolve_model(cfg)
     c = cfg.cluster
-    started = cluster.connect(c.mode, c.address, c.workers, c.cpus_per_worker, c.object_store_gb, c.connect_timeout_s)
+    started = cluster.connect(c.mode, c.address, c.workers, c.cpus_per_worker, c.object_store_gb, c.connect_timeout_s,
+                              gpus_per_worker=c.gpus_per_worker if needs_gpu(cfg) else 0.0)
     executor = None
     try:
         res = placement.ActorResources(c.workers, c.gpus_per_worker, c.cpus_per_worker, c.max_restarts, c.ready_timeout_s,

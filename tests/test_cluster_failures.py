@@ -8,6 +8,8 @@ real driver, engine, actors and manifest, with frames that take a fixed time and
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -166,3 +168,22 @@ def test_a_cluster_that_grows_late_is_waited_for_not_refused(cluster, story_file
     finally:
         c.remove_node(late)
 
+
+
+def test_a_cluster_without_the_resources_the_render_needs_is_refused_at_once(cluster, story_file, tmp_path):
+    """cluster=ray on a cluster with no GPU, for a render on GPUs: one line naming what the cluster has and what
+    the render needs, at once (not after cluster.ready_timeout_s), exit non-zero, nothing written."""
+    c, _ = cluster
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "storyadapter.launch",
+           *overrides(story_file, out, c.address, 2, "model.device=cuda", "cluster.ready_timeout_s=3600")]
+    # A wait for the placement would outlast the timeout: the refusal comes before any placement.
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert lines[0].startswith(f"error: cluster=ray: the Ray cluster at {c.address} cannot place one render actor, "
+                               "which needs 1 GPU (cluster.gpus_per_worker=1) on one node: it has 0 GPUs, 2 CPUs on 3 "
+                               "nodes"), lines[0]
+    assert "model.device=cpu" in lines[0]
+    assert not out.exists()
