@@ -83,10 +83,10 @@ class PlainLoop(DriverLoop):
 
 class EngineLoop(DriverLoop):
     def setup(self, source) -> None:
-        from storyadapter.engine import executor as engine
+        from storyadapter.engine import executor as engine, placement
 
         gpu = self.cfg.device != "cpu"
-        res = engine.ActorResources(workers=self.workers, gpus_per_worker=self.gpu_share if gpu else 0.0, cpus_per_worker=1.0,
+        res = placement.ActorResources(workers=self.workers, gpus_per_worker=self.gpu_share if gpu else 0.0, cpus_per_worker=1.0,
                                     max_restarts=0, ready_timeout_s=1800.0)
         t = time.perf_counter()
         self.executor = engine.RayExecutor(worker_spec(self.cfg, self.story, source, self.out_dir, self.cfg.compile), res,
@@ -175,7 +175,7 @@ def run_loops(cfg: BenchConfig, result: dict, source, story, work: Path, workers
     try:
         import ray
 
-        from storyadapter.engine import executor as engine
+        from storyadapter.engine import cluster as engine
     except ImportError as exc:  # e.g. a GPU box with torch but no Ray: the loops without the engine still run
         log.warning("Ray is not importable (%s): the engine loops are skipped", exc)
         ray = engine = None

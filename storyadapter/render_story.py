@@ -182,15 +182,16 @@ def _render(run: specs.RunSpec, cfg: DictConfig, story: Story, out_dir: Path,
     """Start the cluster and the actors, render every unfinished iteration, then score the metrics that need
     CLIP on the actors (their GPUs) before releasing them. Returns whether metrics were written, and the
     error to raise once the other outputs are written. `cfg` goes to the run directory's config.yaml only."""
-    from .engine import driver, executor as engine
+    from .engine import clip_scorer, cluster, driver, executor as engine, placement
     from .worker.clip import ActorClip
 
     source, eval_clip = resolve_model(run.model)
     c = run.cluster
-    started = engine.connect(c.mode, c.address, c.workers, c.cpus_per_worker, c.object_store_gb, c.connect_timeout_s)
+    started = cluster.connect(c.mode, c.address, c.workers, c.cpus_per_worker, c.object_store_gb, c.connect_timeout_s,
+                              gpus_per_worker=c.gpus_per_worker if needs_gpu(run) else 0.0)
     executor = None
     try:
-        res = engine.ActorResources(**specs.fields_for(engine.ActorResources, c))
+        res = placement.ActorResources(**specs.fields_for(placement.ActorResources, c))
         executor = engine.RayExecutor(worker_spec(run, story, source, out_dir), res, use_gpu=actor_devices(run),
                                       fixed_cluster=c.mode == "local", clip=ActorClip)
         env = getattr(executor, "environment", None)
@@ -209,7 +210,7 @@ def _render(run: specs.RunSpec, cfg: DictConfig, story: Story, out_dir: Path,
 
             log.info("metrics: scoring every iteration with CLIP %s on the render actors", clip)
             try:
-                metrics.run_metrics(out_dir, engine.ActorClipScorer(executor, clip))
+                metrics.run_metrics(out_dir, clip_scorer.ActorClipScorer(executor, clip))
             except UserError as exc:
                 log.error("metrics: skipped: %s", exc)
                 return False, exc

@@ -19,6 +19,7 @@ import pytest
 from storyadapter.rundir import journal, manifest
 
 from .conftest import write_story
+from .engine_hooks import start_driver_at, wait_until_at, watch_executor
 from .test_engine import assert_same_render
 
 pytestmark = pytest.mark.slow
@@ -66,22 +67,26 @@ def render(story_file, out_dir, address, workers, *extra) -> Path:
     return render_story(compose_config(overrides(story_file, out_dir, address, workers, *extra)), out_dir)
 
 
-def test_a_node_lost_mid_iteration_neither_hangs_nor_changes_a_pixel(cluster, story_file, tmp_path):
+def test_a_node_lost_mid_iteration_neither_hangs_nor_changes_a_pixel(cluster, story_file, tmp_path, monkeypatch):
     c, nodes = cluster
     reference = render(story_file, tmp_path / "ref", c.address, 2)
 
     out = tmp_path / "out"
+    removed = []
+
+    def remove_a_node(executor, iteration, finished):
+        if iteration == 1 and not removed:  # both actors have batches in flight
+            c.remove_node(nodes[1])  # a lost node: its actor dies and, with no spare capacity, cannot come back
+            removed.append(nodes[1])
+
+    watch_executor(monkeypatch, on_batches=remove_a_node)
     errors: list[BaseException] = []
     thread = threading.Thread(target=lambda: _capture(errors, render, story_file, out, c.address, 2))
     thread.start()
-    deadline = time.monotonic() + 180
-    while not journal.journal_path(out, 1).exists() and thread.is_alive() and time.monotonic() < deadline:
-        time.sleep(0.005)
-    assert journal.journal_path(out, 1).exists(), "iteration 1 never started"
-    c.remove_node(nodes[1])  # a lost node: its actor dies and, with no spare capacity, cannot come back
-    thread.join(timeout=180)
+    thread.join(timeout=360)
     assert not thread.is_alive(), "the run hung after losing a node"
     assert not errors, errors
+    assert removed, "iteration 1 never started"
     assert_same_render(reference, out, ITERATIONS, N_FRAMES)
     nodes[1] = c.add_node(num_cpus=1)  # leave the cluster as the next test expects it
     c.wait_for_nodes()
@@ -98,20 +103,23 @@ def test_losing_every_node_ends_the_run_with_one_line_and_keeps_finished_frames(
     c, nodes = cluster
     out = tmp_path / "out"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_ADDRESS": c.address}
-    cmd = [sys.executable, "-m", "storyadapter.launch", *overrides(story_file, out, c.address, 2)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-    deadline = time.monotonic() + 180
-    while len(journal.read(out, 1)) < 2 and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.005)
-    assert journal.read(out, 1), proc.stderr.read().decode()[-2000:] if proc.poll() is not None else "no progress"
+    log = tmp_path / "driver.log"
+    with open(log, "wb") as stderr:
+        proc = start_driver_at("journal:1:2", "go", overrides(story_file, out, c.address, 2), stderr=stderr, env=env)
+    try:
+        wait_until_at(proc, "journal:1:2", 180)
+    except AssertionError as exc:
+        proc.kill()
+        raise AssertionError(f"{exc}:\n{log.read_text()[-2000:]}") from None
     for node in nodes:
         c.remove_node(node)
     lost_at = time.monotonic()
     try:
-        _, err = proc.communicate(timeout=120)
+        proc.communicate(timeout=120)
     finally:
         proc.kill()
     waited = time.monotonic() - lost_at
+    err = log.read_bytes()
     lines = [ln for ln in err.decode().splitlines() if ln.startswith("error:")]
     assert proc.returncode == 2, err.decode()[-3000:]
     assert len(lines) == 1 and "cluster:" in lines[0] and "resume=true" in lines[0], err.decode()[-3000:]
@@ -127,16 +135,30 @@ def test_losing_every_node_ends_the_run_with_one_line_and_keeps_finished_frames(
     c.wait_for_nodes()
 
 
-def test_a_cluster_that_grows_late_is_waited_for_not_refused(cluster, story_file, tmp_path):
+def test_a_cluster_that_grows_late_is_waited_for_not_refused(cluster, story_file, tmp_path, monkeypatch):
     """An autoscaling cluster shows too few resources at first: the placement waits (cluster.ready_timeout_s)
     and the render starts once a node joins."""
+    from ray.util import placement_group_table
+
+    from storyadapter.engine import placement
+
     c, nodes = cluster
     out = tmp_path / "out"
+    groups: list = []
+    asked = threading.Event()
+    reserve = placement.placement_group
+
+    def reserve_and_say(*args, **kwargs):
+        groups.append(reserve(*args, **kwargs))
+        asked.set()
+        return groups[-1]
+
+    monkeypatch.setattr(placement, "placement_group", reserve_and_say)
     errors: list[BaseException] = []
     thread = threading.Thread(target=lambda: _capture(errors, render, story_file, out, c.address, 3))
     thread.start()  # 3 workers on 2 one-CPU nodes: the third bundle waits for capacity
-    time.sleep(3)
-    assert thread.is_alive() and not (out / "iter_00").exists(), errors
+    assert asked.wait(timeout=120), errors or "the render never asked for its actors' resources"
+    assert placement_group_table(groups[0])["state"] == "PENDING" and not (out / "iter_00").exists(), errors
     late = c.add_node(num_cpus=1)
     thread.join(timeout=180)
     try:
@@ -145,3 +167,23 @@ def test_a_cluster_that_grows_late_is_waited_for_not_refused(cluster, story_file
         assert manifest.finished_iterations(out) == list(range(ITERATIONS + 1))
     finally:
         c.remove_node(late)
+
+
+
+def test_a_cluster_without_the_resources_the_render_needs_is_refused_at_once(cluster, story_file, tmp_path):
+    """cluster=ray on a cluster with no GPU, for a render on GPUs: one line naming what the cluster has and what
+    the render needs, at once (not after cluster.ready_timeout_s), exit non-zero, nothing written."""
+    c, _ = cluster
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "storyadapter.launch",
+           *overrides(story_file, out, c.address, 2, "model.device=cuda", "cluster.ready_timeout_s=3600")]
+    # A wait for the placement would outlast the timeout: the refusal comes before any placement.
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert lines[0].startswith(f"error: cluster=ray: the Ray cluster at {c.address} cannot place one render actor, "
+                               "which needs 1 GPU (cluster.gpus_per_worker=1) on one node: it has 0 GPUs, 2 CPUs on 3 "
+                               "nodes"), lines[0]
+    assert "model.device=cpu" in lines[0]
+    assert not out.exists()

@@ -8,14 +8,12 @@ not fetched the bank yet, with the pixels of an undisturbed run.
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 
 import pytest
 
-from storyadapter.rundir import journal
-
 from .conftest import write_story
+from .engine_hooks import watch_executor
 from .test_cluster_failures import _capture, cluster  # noqa: F401 - the fixture: a CPU-less head, two 1-CPU nodes
 from .test_engine import assert_same_render
 
@@ -40,24 +38,29 @@ def render(story_file, tiny_cache, out: Path, address: str) -> Path:
     return render_story(cfg, out)
 
 
-def test_a_node_lost_after_the_write_phase_neither_hangs_nor_changes_a_pixel(cluster, tiny_cache, tmp_path):
+def test_a_node_lost_after_the_write_phase_neither_hangs_nor_changes_a_pixel(cluster, tiny_cache, tmp_path, monkeypatch):
     c, nodes = cluster
     story_file = write_story(tmp_path / "fair.txt", STORY)
     reference = render(story_file, tiny_cache, tmp_path / "ref", c.address)
 
     out = tmp_path / "out"
+    done: set[int] = set()
+    removed_after: list[set[int]] = []
+
+    def remove_a_node_after_the_write_phases(executor, iteration, finished):
+        done.update(r.frame for batch in finished for r in batch.frames)
+        # Frames 0-3 are the identity frames: once they are journaled, both write phases are done.
+        if {0, 1, 2, 3} <= done and not removed_after:
+            removed_after.append(set(done))
+            c.remove_node(nodes[1])
+
+    watch_executor(monkeypatch, on_batches=remove_a_node_after_the_write_phases)
     errors: list[BaseException] = []
     thread = threading.Thread(target=lambda: _capture(errors, render, story_file, tiny_cache, out, c.address))
     thread.start()
-    deadline = time.monotonic() + 300
-    # Frames 0-3 are the identity frames: once they are journaled, both write phases are done.
-    while not {0, 1, 2, 3} <= set(journal.read(out, 0)) and thread.is_alive() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    done = set(journal.read(out, 0))
-    assert {0, 1, 2, 3} <= done, errors or "the write phases never finished"
-    assert len(done) < N_FRAMES, "the read phase was over before the node could be removed"
-    c.remove_node(nodes[1])
-    thread.join(timeout=300)
+    thread.join(timeout=600)
+    assert removed_after, errors or "the write phases never finished"
+    assert len(removed_after[0]) < N_FRAMES, "the read phase was over before the node could be removed"
     assert not thread.is_alive(), "the run hung after losing a node"
     assert not errors, errors
     assert_same_render(reference, out, 0, N_FRAMES)

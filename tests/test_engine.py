@@ -7,13 +7,11 @@ the failures differ, so every output must be bitwise identical to the uninterrup
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
-import subprocess
-import sys
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +22,7 @@ from storyadapter.rundir import manifest
 from storyadapter.errors import UserError
 
 from .conftest import write_story
+from .engine_hooks import actor_pid, start_driver_at, wait_until_at, watch_executor
 
 pytestmark = pytest.mark.slow
 N_FRAMES = 12
@@ -76,17 +75,17 @@ def assert_same_render(a: Path, b: Path, iterations: int = ITERATIONS, frames: i
     assert manifest.finished_iterations(b) == list(range(iterations + 1))
 
 
-def kill_driver_when(story_file, tiny_cache, out: Path, ready, what: str) -> None:
-    """Run the launcher (1 worker) in its own session and SIGKILL it with the Ray it started once `ready()`."""
-    cmd = [sys.executable, "-m", "storyadapter.launch", *overrides(story_file, tiny_cache, out, 1)]
-    proc = subprocess.Popen(cmd, cwd=out.parent, start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    deadline = time.monotonic() + 240
+def kill_driver_at(story_file, tiny_cache, out: Path, point: str) -> None:
+    """Run the launcher (1 worker) in its own session, its driver paused at `point` (tests/driver_at.py), and
+    SIGKILL it there with the Ray it started."""
+    log = out.parent / "driver.log"
+    with open(log, "wb") as stderr:
+        proc = start_driver_at(point, "pause", overrides(story_file, tiny_cache, out, 1), cwd=out.parent,
+                               start_new_session=True, stderr=stderr, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     try:
-        while not ready():
-            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-            assert time.monotonic() < deadline, what
-            time.sleep(0.005)
+        wait_until_at(proc, point, 240)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}:\n{log.read_text()[-2000:]}") from None
     finally:
         family = [proc.pid] + [c.pid for c in psutil.Process(proc.pid).children(recursive=True)] if proc.poll() is None else []
         os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray it started, as if the node died
@@ -100,7 +99,7 @@ def kill_driver_when(story_file, tiny_cache, out: Path, ready, what: str) -> Non
 
 def test_driver_killed_after_iteration_1_resumes_to_identical_output(story_file, tiny_cache, tmp_path, request):
     out = tmp_path / "out"
-    kill_driver_when(story_file, tiny_cache, out, lambda: manifest.part_path(out, 1).exists(), "iteration 1 never finished")
+    kill_driver_at(story_file, tiny_cache, out, "part:1")
     assert manifest.finished_iterations(out) == [0, 1], "the driver must be killed before iteration 2 finished"
 
     reference = request.getfixturevalue("reference")  # starts the in-process Ray only after the kill
@@ -123,21 +122,6 @@ def test_one_and_two_workers_give_identical_pixels_and_bank_is_put_once(referenc
     assert_same_render(reference, out)
 
 
-def _render_actors() -> list[psutil.Process]:
-    found = []
-    for p in psutil.Process(os.getpid()).children(recursive=True):
-        try:
-            if p.cmdline() and p.cmdline()[0].startswith("ray::RenderActor"):
-                found.append(p)
-        except psutil.NoSuchProcess:
-            pass
-    return found
-
-
-def _actors_rendering() -> list[psutil.Process]:
-    return [p for p in _render_actors() if "render_batch" in " ".join(p.cmdline())]
-
-
 def render_in_background(story_file, tiny_cache, out, workers) -> tuple[threading.Thread, list[BaseException]]:
     """Start a render in a thread; what it raised ends up in the returned list."""
     errors: list[BaseException] = []
@@ -153,70 +137,63 @@ def render_in_background(story_file, tiny_cache, out, workers) -> tuple[threadin
     return thread, errors
 
 
-def test_actor_killed_mid_iteration_is_restarted_with_identical_output(reference, story_file, tiny_cache, tmp_path):
+def test_actor_killed_mid_iteration_is_restarted_with_identical_output(reference, story_file, tiny_cache, tmp_path,
+                                                                      monkeypatch):
     out = tmp_path / "out"
-    thread, errors = render_in_background(story_file, tiny_cache, out, 2)
-    killed = None
-    deadline = time.monotonic() + 240
-    while killed is None and thread.is_alive() and time.monotonic() < deadline:
-        started = any((out / "iter_01").glob("frame_*.png")) if (out / "iter_01").is_dir() else False
-        if started and not manifest.part_path(out, 1).exists():
-            busy = _actors_rendering()
-            if busy:
-                killed = busy[0].pid
-                os.kill(killed, signal.SIGKILL)
-                assert not manifest.part_path(out, 1).exists()
-        time.sleep(0.005)
-    thread.join(timeout=300)
-    assert killed is not None, "no render actor was caught mid-iteration"
-    assert not errors, errors
-    assert not psutil.pid_exists(killed) or psutil.Process(killed).status() == psutil.STATUS_ZOMBIE
+    killed = []
+
+    def kill_the_first_to_finish(executor, iteration, finished):
+        if iteration == 1 and not killed:  # its second batch is still in flight
+            killed.append(finished[0].worker_pid)
+            os.kill(killed[0], signal.SIGKILL)
+            assert not manifest.part_path(out, 1).exists()
+
+    watch_executor(monkeypatch, on_batches=kill_the_first_to_finish)
+    render(story_file, tiny_cache, out, 2)
+    assert killed, "no render actor was killed in iteration 1"
+    assert not psutil.pid_exists(killed[0]) or psutil.Process(killed[0]).status() == psutil.STATUS_ZOMBIE
     assert_same_render(reference, out)
 
 
-def _frames_on_disk(out: Path, iteration: int) -> int:
-    d = out / manifest.iteration_dirname(iteration)
-    return len(list(d.glob("frame_*.png"))) if d.is_dir() else 0
-
-
-def test_a_stalled_actor_s_batches_go_to_the_free_one_with_identical_output(reference, story_file, tiny_cache, tmp_path, caplog):
-    """SIGSTOP one actor early in iteration 0 (a straggler: a busy node, a throttled GPU): the other actor
-    renders the batches the stalled one had not started, and the pixels do not change."""
+def test_a_stalled_actor_s_batches_go_to_the_free_one_with_identical_output(reference, story_file, tiny_cache, tmp_path,
+                                                                           caplog, monkeypatch):
+    """SIGSTOP one actor as iteration 0 starts (a straggler: a busy node, a throttled GPU): the other actor
+    renders every batch the stalled one had not been sent, and the pixels do not change."""
     out = tmp_path / "out"
     caplog.set_level(logging.DEBUG, logger="storyadapter.engine.executor")
+    stalled: list[int] = []
+    done: set[int] = set()
+    free_actor_done = threading.Event()
+    # The stalled actor keeps only what it is sent at once: one batch and one queued behind it (2 x 2 frames).
+    held_back_at_most = 2 * 2
+
+    def stall_actor_0(executor, iteration):
+        if iteration == 0:
+            stalled.append(actor_pid(executor, 0))
+            os.kill(stalled[0], signal.SIGSTOP)
+
+    def count(executor, iteration, finished):
+        if iteration == 0:
+            done.update(r.frame for batch in finished for r in batch.frames)
+            if len(done) >= N_FRAMES - held_back_at_most:
+                free_actor_done.set()
+
+    watch_executor(monkeypatch, on_iteration=stall_actor_0, on_batches=count)
     thread, errors = render_in_background(story_file, tiny_cache, out, 2)
-    stalled = None
-    deadline = time.monotonic() + 240
     try:
-        while stalled is None and thread.is_alive() and time.monotonic() < deadline:
-            busy = _actors_rendering()
-            if busy and _frames_on_disk(out, 0) == 0:
-                stalled = busy[0]
-                stalled.suspend()
-            time.sleep(0.002)
-        assert stalled is not None, "no render actor was caught in iteration 0"
-        # Hold it until the free actor has nothing left to take: the frame count stops growing.
-        seen, steady_since = -1, time.monotonic()
-        while time.monotonic() - steady_since < 2.0 and time.monotonic() < deadline:
-            now = _frames_on_disk(out, 0)
-            if now != seen:
-                seen, steady_since = now, time.monotonic()
-            time.sleep(0.05)
-        held_back = N_FRAMES - seen
+        assert free_actor_done.wait(timeout=240), f"only {len(done)} frames finished beside the stalled actor {errors}"
     finally:
-        if stalled is not None:
-            stalled.resume()
-    thread.join(timeout=300)
+        if stalled:
+            os.kill(stalled[0], signal.SIGCONT)  # it finishes what it held
+        thread.join(timeout=300)
     assert not errors, errors
-    # The stalled actor kept only what it had already been sent: the batch it was in and one queued behind it.
-    assert held_back <= 2 * 2, f"{held_back} frames waited for the stalled actor"
     assert any("rendered by an actor other than their owner" in r.getMessage() and r.getMessage().startswith("iteration 0:")
                for r in caplog.records), [r.getMessage() for r in caplog.records]
     assert_same_render(reference, out)
 
 
 def test_too_few_cpus_or_gpus_is_a_clear_error(local_ray):
-    from storyadapter.engine.executor import ActorResources, check_capacity
+    from storyadapter.engine.placement import ActorResources, check_capacity
 
     check_capacity(ActorResources(2, 1.0, 1.0, 0, 10.0), use_gpu=False)  # fits the 2-CPU test cluster
     with pytest.raises(UserError, match=r"cluster.workers=3 .* needs 3 CPUs; the Ray cluster has 2"):
@@ -230,7 +207,7 @@ def test_driver_killed_mid_iteration_resumes_without_rendering_finished_frames_a
 
     out = tmp_path / "out"
     # two batches of iteration 1 are durable
-    kill_driver_when(story_file, tiny_cache, out, lambda: len(journal.read(out, 1)) >= 4, "iteration 1 never progressed")
+    kill_driver_at(story_file, tiny_cache, out, "journal:1:4")
     assert 1 not in manifest.finished_iterations(out), "the driver must be killed inside iteration 1"
     kept = journal.read(out, 1)
     stamps = {f: (out / r.image_path).stat() for f, r in kept.items()}
@@ -273,39 +250,25 @@ def test_a_finished_run_is_extended_and_a_finished_resume_starts_no_actor(refere
         render(story_file, tiny_cache, unfinished, 2, "resume=true", f"render.iterations={ITERATIONS + 1}")
 
 
-def test_an_actor_that_stops_answering_loses_its_batches_at_the_deadline(reference, story_file, tiny_cache, tmp_path, caplog):
-    """SIGSTOP one actor for good mid-iteration (a hung GPU, an unreachable node): after the batch deadline its
-    batches go to the other actor and the run finishes with the same pixels."""
+def test_an_actor_that_stops_answering_loses_its_batches_at_the_deadline(reference, story_file, tiny_cache, tmp_path,
+                                                                          caplog, monkeypatch):
+    """SIGSTOP one actor for good as iteration 1 starts (a hung GPU, an unreachable node): after the batch
+    deadline its batches go to the other actor and the run finishes with the same pixels."""
     out = tmp_path / "out"
     caplog.set_level(logging.INFO, logger="storyadapter.engine.executor")
-    errors: list[BaseException] = []
+    stopped: list[int] = []
 
-    def run():
-        try:
-            render(story_file, tiny_cache, out, 2, "cluster.batch_timeout_s=3")
-        except BaseException as exc:  # noqa: BLE001 - surfaced by the assertion below
-            errors.append(exc)
+    def stop_actor_0(executor, iteration):
+        if iteration == 1:
+            stopped.append(actor_pid(executor, 0))
+            os.kill(stopped[0], signal.SIGSTOP)
 
-    thread = threading.Thread(target=run)
-    thread.start()
-    from storyadapter.rundir import journal
-
-    stopped = None
-    deadline = time.monotonic() + 600
+    watch_executor(monkeypatch, on_iteration=stop_actor_0)
     try:
-        while stopped is None and thread.is_alive() and time.monotonic() < deadline:
-            actors = _render_actors()
-            if len(actors) == 2 and journal.journal_path(out, 1).exists():  # iteration 1 has begun
-                stopped = actors[0]
-                stopped.suspend()
-            time.sleep(0.002)
-        assert stopped is not None, "no render actor was caught in iteration 1"
-        thread.join(timeout=600)
+        render(story_file, tiny_cache, out, 2, "cluster.batch_timeout_s=3")
     finally:
-        try:
-            stopped and stopped.resume()
-        except psutil.NoSuchProcess:
-            pass
-    assert not thread.is_alive() and not errors, errors
+        with contextlib.suppress(ProcessLookupError):  # the engine killed it at the deadline
+            stopped and os.kill(stopped[0], signal.SIGCONT)
+    assert stopped, "iteration 1 never started"
     assert any("within its deadline" in r.getMessage() for r in caplog.records), [r.getMessage() for r in caplog.records]
     assert_same_render(reference, out)

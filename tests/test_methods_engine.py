@@ -89,7 +89,7 @@ def test_hybrid_on_two_workers_resumed_after_iteration_0_equals_one_uninterrupte
 
 def test_each_write_phase_runs_once_on_one_actor_and_its_bank_reaches_the_others(local_ray, story_file, tiny_cache,
                                                                                    hybrid_one_worker, tmp_path, caplog):
-    from storyadapter.engine import driver, executor as engine
+    from storyadapter.engine import driver, executor as engine, placement
     from storyadapter.launch import compose_config
     from storyadapter.render_story import plan_for, resolve_model, worker_spec
     from storyadapter.spec import from_config
@@ -102,11 +102,11 @@ def test_each_write_phase_runs_once_on_one_actor_and_its_bank_reaches_the_others
         f"output_dir={out}",
     ]))
     story = load_story(story_file)
-    res = engine.ActorResources(workers=2, gpus_per_worker=0, cpus_per_worker=1, max_restarts=0, ready_timeout_s=120)
+    res = placement.ActorResources(workers=2, gpus_per_worker=0, cpus_per_worker=1, max_restarts=0, ready_timeout_s=120)
     executor = engine.RayExecutor(worker_spec(run, story, resolve_model(run.model)[0], out), res, use_gpu=False,
                                   fixed_cluster=True)
     try:
-        with caplog.at_level("INFO", logger="storyadapter.engine.executor"):
+        with caplog.at_level("INFO", logger="storyadapter.engine"):
             driver.run_iterations(plan_for(run, story, out), executor)
         counts = executor.counters()
     finally:
@@ -124,19 +124,16 @@ def test_each_write_phase_runs_once_on_one_actor_and_its_bank_reaches_the_others
 
 
 def test_banks_larger_than_a_node_object_store_are_one_warning(monkeypatch, caplog):
-    from types import SimpleNamespace
-
     import ray
 
-    from storyadapter.engine import executor as engine
+    from storyadapter.engine import id_banks
 
     node = {"Alive": True, "Resources": {"object_store_memory": 30e9}}
     monkeypatch.setattr(ray, "nodes", lambda: [node, {**node, "Resources": {"object_store_memory": 60e9}}])
-    fits = SimpleNamespace(_bank_bytes={"Tom": 10e9, "Lisa": 10e9})
-    with caplog.at_level("INFO", logger="storyadapter.engine.executor"):
-        engine.RayExecutor._check_bank_room(fits)
+    with caplog.at_level("INFO", logger="storyadapter.engine.id_banks"):
+        id_banks.check_room(10e9 + 10e9)
         assert not [r for r in caplog.records if r.levelname == "WARNING"]
-        engine.RayExecutor._check_bank_room(SimpleNamespace(_bank_bytes={"Tom": 21.6e9, "Lisa": 21.6e9}))
+        id_banks.check_room(21.6e9 + 21.6e9)
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warnings) == 1 and "43.2 GB" in warnings[0] and "30.0 GB" in warnings[0], warnings
     assert "cluster.object_store_gb" in warnings[0] and "\n" not in warnings[0]
@@ -149,18 +146,19 @@ def test_a_bank_lost_from_the_object_store_is_written_again_by_its_reader(local_
     import ray
 
     from storyadapter.engine import executor as engine
+    from storyadapter.engine.id_banks import IdBanks
 
     @ray.remote(num_cpus=0)
     def gone():
         raise ConnectionError("the node holding it is gone")
 
-    real_check = engine.RayExecutor._check_bank_room
+    real_check = IdBanks.check_room
 
-    def lose_lisa(self):
+    def lose_lisa(self):  # the write phases are done: the read phase is next
         real_check(self)
-        self._id_banks["Lisa"] = gone.remote()  # fetching it raises, as a lost object's fetch does
+        self.refs["Lisa"] = gone.remote()  # fetching it raises, as a lost object's fetch does
 
-    monkeypatch.setattr(engine.RayExecutor, "_check_bank_room", lose_lisa)
+    monkeypatch.setattr(IdBanks, "check_room", lose_lisa)
     counted = []
     real_counters = engine.RayExecutor.counters
     monkeypatch.setattr(engine.RayExecutor, "shutdown", _counting_shutdown(engine.RayExecutor.shutdown, real_counters, counted))

@@ -229,7 +229,7 @@ def run_metrics(out_dir: Path, scorer) -> list[dict[str, Any]]:
     """Evaluate every finished iteration and write DIR/metrics.json and DIR/metrics.png.
 
     `scorer` offers `image_file_embeddings(paths)` and `text_embeddings(texts)`: a ClipScorer here, or the
-    render actors' (engine.ActorClipScorer). With none, consistency comes from the manifest's embeddings
+    render actors' (engine.clip_scorer.ActorClipScorer). With none, consistency comes from the manifest's embeddings
     and clip_t is None.
     """
     out_dir = Path(out_dir)

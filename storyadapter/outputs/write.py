@@ -29,7 +29,7 @@ def write_all(
 ) -> dict[str, Any]:
     """Write metrics (CLIP-T too when `clip_model` is given), comic pages, story.gif, iterations.png, index.html.
 
-    `scorer` runs that CLIP elsewhere (the render actors, see engine.ActorClipScorer) instead of loading it here.
+    `scorer` runs that CLIP elsewhere (the render actors, see engine/clip_scorer.py) instead of loading it here.
 
     If the CLIP model cannot be loaded, the other outputs are still written (a finished render should
     not lose its comic to a missing evaluation model) and the UserError is raised at the end.
