@@ -74,7 +74,7 @@ def test_every_render_key_reaches_the_worker_and_the_driver_with_no_copy_in_betw
 
 
 def test_method_cluster_and_sim_keys_reach_csa_the_actors_and_the_sim_worker(tmp_path):
-    from storyadapter.engine.executor import ActorResources
+    from storyadapter.engine.placement import ActorResources
     from storyadapter.engine.sim import SimSpec
     from storyadapter.methods import CSASettings
 
