@@ -69,7 +69,7 @@ bench: install
 
 # Full-size random-weight SDXL on a GPU (bf16, SDPA, 1024², 50 steps); needs a CUDA build of torch.
 # COMPILE=1 adds torch.compile; PEAK_TFLOPS is one GPU's dense bf16 peak (H100 SXM: 989).
-# PARTS picks what runs (growth,sweeps,loops,shared; README "Benchmark" splits them over a GPU lease's calls).
+# PARTS picks what runs (growth,sweeps,loops,shared; docs/gpu.md splits them over a GPU lease's calls).
 COMPILE ?= 0
 PEAK_TFLOPS ?= 989
 PARTS ?= growth,sweeps,loops,shared
@@ -90,7 +90,7 @@ bench-sim: install
 	$(PY) -m bench.sim
 
 # Per-method cost on the tiny model (also part of `make bench`), the ID bank of the full-size model counted on the
-# meta device, and how ID banks should reach the actors (object store vs re-render); see README, "Methods".
+# meta device, and how ID banks should reach the actors (object store vs re-render); see docs/methods.md.
 bench-methods: install
 	HF_HUB_OFFLINE=1 $(PY) -m bench.methods all
 	HF_HUB_OFFLINE=1 $(PY) -m bench.csa_bank

@@ -102,7 +102,7 @@ class MethodConfig:
     early_rate: float = 0.7
     late_rate: float = 0.9  # ... and from it on with late_rate
     # shared: each character's write phase runs once, on one actor, and its ID bank reaches the others through
-    # Ray's object store | rerender: every actor renders the write phases it needs itself (README, "Methods")
+    # Ray's object store | rerender: every actor renders the write phases it needs itself (docs/methods.md, "The ID bank, measured")
     id_banks: str = "shared"
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-METHODS = ("story_adapter", "storydiffusion", "hybrid")  # README, "Methods"
+METHODS = ("story_adapter", "storydiffusion", "hybrid")  # README, "Methods"; docs/methods.md
 
 
 def refinements(method: str, iterations: int) -> int:

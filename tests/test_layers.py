@@ -35,7 +35,12 @@ FORBIDDEN = {
     "worker": ["ray"],
     "attention": ["ray"],
     "backbones": ["ray"],
+    "models": ["ray"],
 }
+# The top-level modules the launcher and the web UI read before anything heavy: torch and Ray load inside the
+# functions that need them, so bad input is answered in well under a second.
+TOP_LEVEL_TORCH_FREE = ["storyadapter.config", "storyadapter.spec", "storyadapter.methods", "storyadapter.errors",
+                        "storyadapter.launch", "storyadapter.render_story"]
 
 
 def module_name(path: Path) -> str:
@@ -77,6 +82,10 @@ def test_package_imports_stay_on_its_side(package):
     modules = modules_of(PACKAGE / package)
     assert modules, package
     assert violations(loaded_by(modules), FORBIDDEN[package]) == {}
+
+
+def test_the_config_crossing_and_the_launcher_load_neither_torch_nor_ray():
+    assert violations(loaded_by(TOP_LEVEL_TORCH_FREE), ["torch", "ray"]) == {}
 
 
 def test_an_import_across_the_boundary_is_seen(tmp_path):

@@ -12,7 +12,7 @@ where x is the layer's input (the normed hidden states) and S_c the tokens kept 
 The masks are redrawn every step and shared by all layers of one resolution; step < plain_steps uses
 plain self-attention, later steps apply CSA on a layer call with probability early_rate/late_rate.
 All draws come from generators seeded per identity batch or per frame, so the pattern is deterministic.
-Banks live on the host and each layer's slice moves to the accelerator when used (see README, "Methods").
+Banks live on the host and each layer's slice moves to the accelerator when used (docs/methods.md, "The ID bank, measured").
 """
 
 from __future__ import annotations
@@ -111,7 +111,7 @@ class ConsistentSelfAttention:
 
     def __init__(self, settings: CSASettings, bank_device: torch.device | str = "cpu"):
         self.settings = settings
-        self.bank_device = torch.device(bank_device)  # the host: banks outgrow an accelerator (README)
+        self.bank_device = torch.device(bank_device)  # the host: banks outgrow an accelerator (docs/methods.md)
         self.banks: dict[str, IdBank] = {}
         self.step = 0
         self._phase: WritePhase | ReadPhase | None = None

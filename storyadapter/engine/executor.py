@@ -1,4 +1,4 @@
-"""The Ray executor: the driver's side of the engine, one iteration at a time (README, "The engine").
+"""The Ray executor: the driver's side of the engine, one iteration at a time (docs/engine.md).
 
 It reserves one placement bundle per actor (placement.py) and starts the render actors (actor.py), each
 loading the pipeline once. Per iteration it `ray.put`s the bank once, tells every actor
@@ -16,7 +16,7 @@ Frames are deterministic, so a re-rendered batch has the same pixels.
 A consistent-self-attention pass (method=storydiffusion|hybrid, iteration 0) runs in two stages: each
 character's write phase on its own actor, in parallel (id_banks.py keeps the banks). Then the other frames
 are sharded like any iteration, each batch carrying the banks' refs; an actor fetches the banks its frames
-read once (README, "Methods", says why this way).
+read once (docs/methods.md, "The ID bank, measured", says why this way).
 """
 
 from __future__ import annotations

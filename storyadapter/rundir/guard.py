@@ -20,7 +20,7 @@ CONFIG_FILE = "config.yaml"
 # Settings that change pixels. Everything else (cluster layout, outputs, resume, logging) may differ on resume.
 _PIXEL_KEYS = ("model", "render")
 # compile and deterministic pick kernels, not arithmetic: at most the last bits of a frame differ, so a render
-# may resume with them flipped (README, "Same pixels").
+# may resume with them flipped (docs/determinism.md).
 _IGNORED_MODEL_KEYS = ("device", "compile", "deterministic", "cache_dir", "sim")
 _SIM_PIXEL_KEYS = ("embedding_dim", "image_size")  # model=sim: timings may differ on resume, outputs may not
 # How many iterations to render is checked on its own: a finished render may be extended.

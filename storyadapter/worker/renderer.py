@@ -122,7 +122,7 @@ class StoryRenderer:
         """Write phase: `character`'s identity frames in one batch, each attending to the others; stores its ID bank.
 
         The batch is fixed at `id_length` frames, so its VAE decode (in fp32 for SDXL's VAE) would be the GPU's
-        peak: the frames are decoded one at a time (README, "Methods": what fits in 24 GB)."""
+        peak: the frames are decoded one at a time (docs/methods.md, "The ID bank, measured": what fits in 24 GB)."""
         with self.csa.writing(character, len(embeddings), draw_seed):
             return self.render(embeddings, seeds, decode_singly=True)
 
