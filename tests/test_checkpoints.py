@@ -1,6 +1,6 @@
 """The weights users bring: single-file SDXL checkpoints, LoRAs and VAEs, on tiny weights built here.
 
-Loaded weights are judged by the pixels they render (tests/pixels.py), against the tiny model's own folder.
+Loaded weights are judged by the pixels they render (tests/helpers/pixels.py), against the tiny model's own folder.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from safetensors.torch import load_file, save_file
 from storyadapter.errors import UserError
 from storyadapter.models.lora import LoraWeights
 
-from .pixels import render_kernels, render_pixels
-from .single_file_export import config_only, export
+from .helpers.pixels import render_kernels, render_pixels
+from .helpers.single_file_export import config_only, export
 
 
 @pytest.fixture(scope="module")

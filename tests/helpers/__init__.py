@@ -1,0 +1,2 @@
+"""What the tests share besides fixtures (those live in tests/conftest.py). No tests here: a test module imports
+helpers, never another test module."""
