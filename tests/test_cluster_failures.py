@@ -15,7 +15,7 @@ import pytest
 
 from storyadapter.rundir import journal, manifest
 
-from .engine_hooks import start_driver_at, wait_until_at, watch_executor
+from .helpers.engine_hooks import start_driver_at, wait_until_at, watch_executor
 from .helpers.launcher import in_background, launch, render
 from .helpers.renders import assert_same_render
 
@@ -64,7 +64,8 @@ def test_losing_every_node_ends_the_run_with_one_line_and_keeps_finished_frames(
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_ADDRESS": c.address}
     log = tmp_path / "driver.log"
     with open(log, "wb") as stderr:
-        proc = start_driver_at("journal:1:2", "go", [*overrides(story_file, c.address, 2), f"output_dir={out}"], stderr=stderr, env=env)
+        proc = start_driver_at("journal:1:2", "go", [*overrides(story_file, c.address, 2), f"output_dir={out}"],
+                               stderr=stderr, env=env)
     try:
         wait_until_at(proc, "journal:1:2", 180)
     except AssertionError as exc:

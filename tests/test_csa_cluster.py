@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from .engine_hooks import watch_executor
+from .helpers.engine_hooks import watch_executor
 from .helpers.launcher import in_background, render
 from .helpers.renders import assert_same_render
 

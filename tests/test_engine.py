@@ -21,7 +21,7 @@ import pytest
 from storyadapter.rundir import manifest
 from storyadapter.errors import UserError
 
-from .engine_hooks import actor_pid, start_driver_at, wait_until_at, watch_executor
+from .helpers.engine_hooks import actor_pid, start_driver_at, wait_until_at, watch_executor
 from .helpers.launcher import in_background, render
 from .helpers.renders import assert_same_render
 
@@ -47,12 +47,13 @@ def reference(local_ray, story_file, tiny_cache, tmp_path_factory) -> Path:
 
 
 def kill_driver_at(story_file, tiny_cache, out: Path, point: str) -> None:
-    """Run the launcher (1 worker) in its own session, its driver paused at `point` (tests/driver_at.py), and
-    SIGKILL it there with the Ray it started."""
+    """Run the launcher (1 worker) in its own session, its driver paused at `point`
+    (tests/helpers/driver_at.py), and SIGKILL it there with the Ray it started."""
     log = out.parent / "driver.log"
     with open(log, "wb") as stderr:
-        proc = start_driver_at(point, "pause", [*overrides(story_file, tiny_cache, 1), f"output_dir={out}"], cwd=out.parent,
-                               start_new_session=True, stderr=stderr, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        proc = start_driver_at(point, "pause", [*overrides(story_file, tiny_cache, 1), f"output_dir={out}"],
+                               cwd=out.parent, start_new_session=True, stderr=stderr,
+                               env={**os.environ, "HF_HUB_OFFLINE": "1"})
     try:
         wait_until_at(proc, point, 240)
     except AssertionError as exc:
