@@ -19,9 +19,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 def pytest_configure(config) -> None:
     """Under pytest-xdist (`make test`), each worker process gets its share of the cores for torch's CPU threads.
 
-    torch takes every core in every process by default, so -n 2 on 2 cores ran 4 threads on 2 (tests/pixels.py
-    used to set 1 thread for the rest of whichever worker ran it). Set here, once per worker, for the session;
-    a test that needs another count sets it in a block and puts it back (storyadapter.worker.torch_settings)."""
+    torch takes every core in every process by default, so -n 2 on 2 cores would run 4 threads on 2. Set here, once
+    per worker, for the session; a test that needs another count sets it for a block and puts it back
+    (storyadapter.worker.torch_settings.reproducible), as tests/helpers/pixels.py does."""
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
     if workers:
         import torch
