@@ -15,7 +15,7 @@ from storyadapter.worker.renderer import RenderSettings
 from storyadapter.story.parse import load_story
 from storyadapter.worker.frame_worker import FramePrompt, FrameWorker, WorkerSpec
 
-from .conftest import write_story
+from .helpers.stories import write_story
 
 SETTINGS = RenderSettings(steps=2, height=64, width=64, guidance_scale=7.5)
 PROMPTS = ["a young explorer reads a map in a snowy forest", "a young explorer lights a lantern on a bridge",

@@ -10,7 +10,7 @@ from PIL import Image
 
 from storyadapter.outputs import comic, fonts
 
-from .test_outputs import make_render_dir
+from .helpers.renders import make_render_dir
 
 JAPANESE = "猫のミケは朝ごはんを食べて、ゆっくり昼寝をした。"
 EMOJI = "Mike the cat 🐱 dreams of fish 🐟🌊 and stars ✨"

@@ -11,53 +11,36 @@ from PIL import Image
 
 from storyadapter.rundir import manifest
 
-from .conftest import EXAMPLES
+from .helpers import EXAMPLES
+from .helpers.launcher import render
 
 pytestmark = pytest.mark.slow
 N_FRAMES = 4
+STORY_NAME = "kite.yaml"
+STORY_FILES = {"pics/tom.png": EXAMPLES / "tom.png"}
+STORY = [
+    "characters:",
+    "  Tom: {description: a boy with a red cap, image: pics/tom.png}",
+    "  Ana: a girl with a blue scarf",
+    "frames:",
+    "  - '[Tom] builds a kite'",
+    "  - '[Ana] waves from the dunes'",
+    "  - '[Tom] and [Ana] fly the kite'",
+    "  - 'a kite over the sea'",
+]
 
 
-@pytest.fixture(scope="module")
-def story_file(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("story")
-    (d / "pics").mkdir()
-    (d / "pics" / "tom.png").write_bytes((EXAMPLES / "tom.png").read_bytes())
-    path = d / "kite.yaml"
-    path.write_text(
-        "characters:\n"
-        "  Tom: {description: a boy with a red cap, image: pics/tom.png}\n"
-        "  Ana: a girl with a blue scarf\n"
-        "frames:\n"
-        "  - '[Tom] builds a kite'\n"
-        "  - '[Ana] waves from the dunes'\n"
-        "  - '[Tom] and [Ana] fly the kite'\n"
-        "  - 'a kite over the sea'\n",
-        encoding="utf-8")
-    return path
-
-
-def render(story_file, tiny_cache, out_dir, workers, *extra) -> Path:
-    from storyadapter.launch import compose_config
-    from storyadapter.render_story import render_story
-
-    cfg = compose_config([
+def overrides(story_file: Path, tiny_cache: Path, workers: int, *extra: str) -> list[str]:
+    return [
         f"story.path={story_file}", "model=tiny", f"model.cache_dir={tiny_cache}", "render=tiny",
         "render.iterations=1", "render.batch_size=2", "render.seed_policy=per_frame",
-        "render.reference_weighting=characters", "render.character_weight=6", f"cluster.workers={workers}",
-        f"output_dir={out_dir}", *extra])
-    return render_story(cfg, out_dir)
+        "render.reference_weighting=characters", "render.character_weight=6", f"cluster.workers={workers}", *extra,
+    ]
 
 
-def test_one_and_two_workers_give_identical_pixels_with_photos_and_weighting(story_file, tiny_cache, tmp_path):
-    import ray
-
-    # address="local": a fresh Ray of our own, even when another test run on this machine has one up.
-    ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False)
-    try:
-        one = render(story_file, tiny_cache, tmp_path / "one", 1)
-        two = render(story_file, tiny_cache, tmp_path / "two", 2, "outputs.enabled=false")
-    finally:
-        ray.shutdown()
+def test_one_and_two_workers_give_identical_pixels_with_photos_and_weighting(local_ray, story_file, tiny_cache, tmp_path):
+    one = render(tmp_path / "one", *overrides(story_file, tiny_cache, 1))
+    two = render(tmp_path / "two", *overrides(story_file, tiny_cache, 2, "outputs.enabled=false"))
     for it in (0, 1):
         for f in range(N_FRAMES):
             rel = f"{manifest.iteration_dirname(it)}/{manifest.frame_filename(f)}"

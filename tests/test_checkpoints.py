@@ -1,6 +1,6 @@
 """The weights users bring: single-file SDXL checkpoints, LoRAs and VAEs, on tiny weights built here.
 
-Loaded weights are judged by the pixels they render (tests/pixels.py), against the tiny model's own folder.
+Loaded weights are judged by the pixels they render (tests/helpers/pixels.py), against the tiny model's own folder.
 """
 
 from __future__ import annotations
@@ -18,8 +18,10 @@ from safetensors.torch import load_file, save_file
 from storyadapter.errors import UserError
 from storyadapter.models.lora import LoraWeights
 
-from .pixels import render_kernels, render_pixels
-from .single_file_export import config_only, export
+from .helpers.launcher import launch, render
+from .helpers.pixels import render_kernels, render_pixels
+from .helpers.single_file_export import config_only, export
+from .helpers.stories import write_story
 
 
 @pytest.fixture(scope="module")
@@ -205,8 +207,6 @@ def test_lora_identity_in_the_resume_fingerprint_is_its_content(tiny_lora, tmp_p
     from storyadapter.rundir.guard import fingerprint
     from storyadapter.story.parse import load_story
 
-    from .conftest import write_story
-
     story = load_story(write_story(tmp_path / "s.txt", ["a boat"]))
     moved = tmp_path / "elsewhere" / "style.safetensors"
     moved.parent.mkdir()
@@ -274,14 +274,9 @@ def test_bad_vae_is_one_line(tiny_source, tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_single_file_with_lora_renders_the_same_pixels_on_one_and_two_ray_workers(tiny_parts, tiny_source, tiny_lora, tmp_path):
-    import ray
+def test_single_file_with_lora_renders_the_same_pixels_on_one_and_two_ray_workers(local_ray, tiny_parts, tiny_source,
+                                                                                   tiny_lora, tmp_path):
     from PIL import Image
-
-    from storyadapter.launch import compose_config
-    from storyadapter.render_story import render_story
-
-    from .conftest import write_story
 
     checkpoint, configs = tiny_parts
     story = write_story(tmp_path / "story.txt", [f"a lighthouse keeper, scene {i}" for i in range(4)])
@@ -289,14 +284,7 @@ def test_single_file_with_lora_renders_the_same_pixels_on_one_and_two_ray_worker
               f"model.single_file_config={configs}", f"model.ip_adapter={tiny_source.ip_adapter}",
               f"model.loras=[{{path: {tiny_lora}, scale: 0.8}}]", "render.iterations=1", "render.steps=2",
               "render.height=64", "render.width=64", "render.seed_policy=per_frame", "outputs.enabled=false"]
-    ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False)  # never a cluster another test runs
-    try:
-        runs = {}
-        for workers in (1, 2):
-            out = tmp_path / f"w{workers}"
-            runs[workers] = render_story(compose_config([*common, f"cluster.workers={workers}", f"output_dir={out}"]), out)
-    finally:
-        ray.shutdown()
+    runs = {workers: render(tmp_path / f"w{workers}", *common, f"cluster.workers={workers}") for workers in (1, 2)}
     frames = sorted(p.relative_to(runs[1]) for p in runs[1].glob("iter_*/frame_*.png"))
     assert len(frames) == 8
     for rel in frames:
@@ -309,20 +297,13 @@ def test_single_file_with_lora_renders_the_same_pixels_on_one_and_two_ray_worker
 
 
 def test_launch_reports_a_bad_checkpoint_in_one_line_and_writes_nothing(tiny_source, tmp_path):
-    import subprocess
-    import sys
-
-    from .conftest import write_story
-
     story = write_story(tmp_path / "story.txt", ["a boat"])
     bad = tmp_path / "model.safetensors"
     bad.write_bytes(b"\0" * 64)
     out = tmp_path / "out"
-    proc = subprocess.run(
-        [sys.executable, "-m", "storyadapter.launch", f"story.path={story}", "model=tiny", "model.kind=hub",
-         f"model.pretrained={bad}", f"model.single_file_config={tiny_source.pretrained}",
-         f"model.ip_adapter={tiny_source.ip_adapter}", f"output_dir={out}"],
-        capture_output=True, text=True, timeout=300, env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+    proc = launch(f"story.path={story}", "model=tiny", "model.kind=hub", f"model.pretrained={bad}",
+                  f"model.single_file_config={tiny_source.pretrained}", f"model.ip_adapter={tiny_source.ip_adapter}",
+                  f"output_dir={out}")
     assert proc.returncode == 2, proc.stderr[-2000:]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and errors[0].startswith(f"error: model.pretrained={bad}: not a readable .safetensors"), proc.stderr

@@ -8,68 +8,36 @@ real driver, engine, actors and manifest, with frames that take a fixed time and
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
 from storyadapter.rundir import journal, manifest
 
-from .conftest import write_story
-from .engine_hooks import start_driver_at, wait_until_at, watch_executor
-from .test_engine import assert_same_render
+from .helpers.engine_hooks import start_driver_at, wait_until_at, watch_executor
+from .helpers.launcher import in_background, launch, render
+from .helpers.renders import assert_same_render
 
 pytestmark = pytest.mark.slow
 N_FRAMES = 12
 ITERATIONS = 2
+STORY_NAME = "harbour.txt"
+STORY = [f"a harbour pilot in a red jacket, scene {i}" for i in range(N_FRAMES)]
 
 
-@pytest.fixture(scope="module")
-def story_file(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("story")
-    return write_story(d / "harbour.txt", [f"a harbour pilot in a red jacket, scene {i}" for i in range(N_FRAMES)])
-
-
-def overrides(story_file, out_dir, address, workers, *extra) -> list[str]:
+def overrides(story_file, address, workers, *extra) -> list[str]:
     return [
         f"story.path={story_file}", "model=sim", "model.sim.frame_s=0.25", f"render.iterations={ITERATIONS}",
         "render.seed_policy=per_frame", "render.batch_size=1",
         "cluster=ray", f"cluster.address={address}", f"cluster.workers={workers}", "cluster.max_restarts=1",
-        "cluster.capacity_timeout_s=8", "cluster.ready_timeout_s=120", "outputs.enabled=false", f"output_dir={out_dir}",
-        *extra,
+        "cluster.capacity_timeout_s=8", "cluster.ready_timeout_s=120", "outputs.enabled=false", *extra,
     ]
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    """A head without CPUs (the driver's) and two 1-CPU worker nodes: one render actor fits on each."""
-    import ray
-    from ray.cluster_utils import Cluster
-
-    if ray.is_initialized():
-        ray.shutdown()
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
-    workers = [c.add_node(num_cpus=1) for _ in range(2)]
-    c.wait_for_nodes()
-    ray.init(address=c.address, configure_logging=False)
-    yield c, workers
-    ray.shutdown()
-    c.shutdown()
-
-
-def render(story_file, out_dir, address, workers, *extra) -> Path:
-    from storyadapter.launch import compose_config
-    from storyadapter.render_story import render_story
-
-    return render_story(compose_config(overrides(story_file, out_dir, address, workers, *extra)), out_dir)
-
-
-def test_a_node_lost_mid_iteration_neither_hangs_nor_changes_a_pixel(cluster, story_file, tmp_path, monkeypatch):
-    c, nodes = cluster
-    reference = render(story_file, tmp_path / "ref", c.address, 2)
+def test_a_node_lost_mid_iteration_neither_hangs_nor_changes_a_pixel(ray_cluster, story_file, tmp_path, monkeypatch):
+    c, nodes = ray_cluster
+    reference = render(tmp_path / "ref", *overrides(story_file, c.address, 2))
 
     out = tmp_path / "out"
     removed = []
@@ -80,9 +48,7 @@ def test_a_node_lost_mid_iteration_neither_hangs_nor_changes_a_pixel(cluster, st
             removed.append(nodes[1])
 
     watch_executor(monkeypatch, on_batches=remove_a_node)
-    errors: list[BaseException] = []
-    thread = threading.Thread(target=lambda: _capture(errors, render, story_file, out, c.address, 2))
-    thread.start()
+    thread, errors = in_background(render, out, *overrides(story_file, c.address, 2))
     thread.join(timeout=360)
     assert not thread.is_alive(), "the run hung after losing a node"
     assert not errors, errors
@@ -92,20 +58,14 @@ def test_a_node_lost_mid_iteration_neither_hangs_nor_changes_a_pixel(cluster, st
     c.wait_for_nodes()
 
 
-def _capture(errors, fn, *args):
-    try:
-        fn(*args)
-    except BaseException as exc:  # noqa: BLE001 - surfaced by the test's assertion
-        errors.append(exc)
-
-
-def test_losing_every_node_ends_the_run_with_one_line_and_keeps_finished_frames(cluster, story_file, tmp_path):
-    c, nodes = cluster
+def test_losing_every_node_ends_the_run_with_one_line_and_keeps_finished_frames(ray_cluster, story_file, tmp_path):
+    c, nodes = ray_cluster
     out = tmp_path / "out"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_ADDRESS": c.address}
     log = tmp_path / "driver.log"
     with open(log, "wb") as stderr:
-        proc = start_driver_at("journal:1:2", "go", overrides(story_file, out, c.address, 2), stderr=stderr, env=env)
+        proc = start_driver_at("journal:1:2", "go", [*overrides(story_file, c.address, 2), f"output_dir={out}"],
+                               stderr=stderr, env=env)
     try:
         wait_until_at(proc, "journal:1:2", 180)
     except AssertionError as exc:
@@ -135,14 +95,14 @@ def test_losing_every_node_ends_the_run_with_one_line_and_keeps_finished_frames(
     c.wait_for_nodes()
 
 
-def test_a_cluster_that_grows_late_is_waited_for_not_refused(cluster, story_file, tmp_path, monkeypatch):
+def test_a_cluster_that_grows_late_is_waited_for_not_refused(ray_cluster, story_file, tmp_path, monkeypatch):
     """An autoscaling cluster shows too few resources at first: the placement waits (cluster.ready_timeout_s)
     and the render starts once a node joins."""
     from ray.util import placement_group_table
 
     from storyadapter.engine import placement
 
-    c, nodes = cluster
+    c, nodes = ray_cluster
     out = tmp_path / "out"
     groups: list = []
     asked = threading.Event()
@@ -154,9 +114,8 @@ def test_a_cluster_that_grows_late_is_waited_for_not_refused(cluster, story_file
         return groups[-1]
 
     monkeypatch.setattr(placement, "placement_group", reserve_and_say)
-    errors: list[BaseException] = []
-    thread = threading.Thread(target=lambda: _capture(errors, render, story_file, out, c.address, 3))
-    thread.start()  # 3 workers on 2 one-CPU nodes: the third bundle waits for capacity
+    # 3 workers on 2 one-CPU nodes: the third bundle waits for capacity
+    thread, errors = in_background(render, out, *overrides(story_file, c.address, 3))
     assert asked.wait(timeout=120), errors or "the render never asked for its actors' resources"
     assert placement_group_table(groups[0])["state"] == "PENDING" and not (out / "iter_00").exists(), errors
     late = c.add_node(num_cpus=1)
@@ -170,15 +129,14 @@ def test_a_cluster_that_grows_late_is_waited_for_not_refused(cluster, story_file
 
 
 
-def test_a_cluster_without_the_resources_the_render_needs_is_refused_at_once(cluster, story_file, tmp_path):
+def test_a_cluster_without_the_resources_the_render_needs_is_refused_at_once(ray_cluster, story_file, tmp_path):
     """cluster=ray on a cluster with no GPU, for a render on GPUs: one line naming what the cluster has and what
     the render needs, at once (not after cluster.ready_timeout_s), exit non-zero, nothing written."""
-    c, _ = cluster
+    c, _ = ray_cluster
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "storyadapter.launch",
-           *overrides(story_file, out, c.address, 2, "model.device=cuda", "cluster.ready_timeout_s=3600")]
     # A wait for the placement would outlast the timeout: the refusal comes before any placement.
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    proc = launch(*overrides(story_file, c.address, 2, "model.device=cuda", "cluster.ready_timeout_s=3600"),
+                  f"output_dir={out}")
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]

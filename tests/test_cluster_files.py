@@ -15,7 +15,7 @@ import yaml
 
 from storyadapter.launch import validate_overrides
 
-from .conftest import REPO
+from .helpers import REPO
 
 SBATCH = REPO / "jobs" / "storyadapter.sbatch"
 SCRIPTS = [SBATCH, REPO / "scripts" / "slurm-up.sh", REPO / "scripts" / "slurm-down.sh"]

@@ -14,7 +14,7 @@ from storyadapter.engine import driver
 from storyadapter.engine.protocol import BatchResult, FrameResult
 from storyadapter.story.parse import load_story
 
-from .conftest import write_story
+from .helpers.stories import write_story
 
 N = 4
 

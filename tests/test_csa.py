@@ -17,19 +17,8 @@ from storyadapter.errors import UserError
 from storyadapter.story.model import Frame, Story
 from storyadapter.story.parse import load_story
 
-from .conftest import write_story
+from .helpers.stories import TOM_LISA, write_story
 
-TOM_LISA = [
-    "[Tom] A boy with a red cap and a blue backpack.",
-    "[Lisa] A girl with long black hair and a yellow raincoat.",
-    "",
-    "[Tom] walks to school #0",
-    "[Lisa] reads under a tree #1",
-    "[Tom] and [Lisa] meet at the school gate #2",
-    "[NC] An empty classroom at dusk #3",
-    "[Tom] runs home in the rain #4",
-    "[Tom] eats dinner with his dog #5",
-]
 TOM_READS, BOTH, NC = 5, 2, 3  # with id_length=2 Tom's identity frames are 0 and 4; Lisa has frame 1 + one synthesized
 
 
@@ -313,7 +302,7 @@ def test_a_bank_written_by_another_worker_gives_the_pixels_of_one_written_here(t
 
 def test_a_photo_reaches_only_the_frames_and_write_phase_of_its_character(tmp_path, tiny_cache):
     """In a CSA pass, Tom's photo changes Tom's identity and reading frames; Ana's (her bank included) stay."""
-    from .conftest import EXAMPLES
+    from .helpers import EXAMPLES
 
     (tmp_path / "tom.png").write_bytes((EXAMPLES / "tom.png").read_bytes())
     story = write_story(tmp_path / "s.txt", [

@@ -7,41 +7,36 @@ not fetched the bank yet, with the pixels of an undisturbed run.
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import pytest
 
-from .conftest import write_story
-from .engine_hooks import watch_executor
-from .test_cluster_failures import _capture, cluster  # noqa: F401 - the fixture: a CPU-less head, two 1-CPU nodes
-from .test_engine import assert_same_render
+from .helpers.engine_hooks import watch_executor
+from .helpers.launcher import in_background, render
+from .helpers.renders import assert_same_render
 
 pytestmark = pytest.mark.slow
 READERS = 12
+STORY_NAME = "fair.txt"
 STORY = ["[Tom] A boy with a red cap.", "[Lisa] A girl with a yellow raincoat.", "",
          "[Tom] walks to school", "[Lisa] reads under a tree", "[Tom] feeds a cat", "[Lisa] paints a fence",
          *(f"[Tom] and [Lisa] at the fair, scene {i}" for i in range(READERS))]
 N_FRAMES = len(STORY) - 3
 
 
-def render(story_file, tiny_cache, out: Path, address: str) -> Path:
-    from storyadapter.launch import compose_config
-    from storyadapter.render_story import render_story
-
-    cfg = compose_config([
+def overrides(story_file: Path, tiny_cache: Path, address: str) -> list[str]:
+    return [
         f"story.path={story_file}", "model=tiny", f"model.cache_dir={tiny_cache}", "render=tiny", "render.steps=4",
         "render.height=96", "render.width=96", "render.batch_size=1", "method=storydiffusion", "method.id_length=2",
         "cluster=ray", f"cluster.address={address}", "cluster.workers=2", "cluster.max_restarts=1",
-        "cluster.threads_per_worker=1", "cluster.ready_timeout_s=180", "outputs.enabled=false", f"output_dir={out}",
-    ])
-    return render_story(cfg, out)
+        "cluster.threads_per_worker=1", "cluster.ready_timeout_s=180", "outputs.enabled=false",
+    ]
 
 
-def test_a_node_lost_after_the_write_phase_neither_hangs_nor_changes_a_pixel(cluster, tiny_cache, tmp_path, monkeypatch):
-    c, nodes = cluster
-    story_file = write_story(tmp_path / "fair.txt", STORY)
-    reference = render(story_file, tiny_cache, tmp_path / "ref", c.address)
+def test_a_node_lost_after_the_write_phase_neither_hangs_nor_changes_a_pixel(ray_cluster, story_file, tiny_cache,
+                                                                             tmp_path, monkeypatch):
+    c, nodes = ray_cluster
+    reference = render(tmp_path / "ref", *overrides(story_file, tiny_cache, c.address))
 
     out = tmp_path / "out"
     done: set[int] = set()
@@ -55,9 +50,7 @@ def test_a_node_lost_after_the_write_phase_neither_hangs_nor_changes_a_pixel(clu
             c.remove_node(nodes[1])
 
     watch_executor(monkeypatch, on_batches=remove_a_node_after_the_write_phases)
-    errors: list[BaseException] = []
-    thread = threading.Thread(target=lambda: _capture(errors, render, story_file, tiny_cache, out, c.address))
-    thread.start()
+    thread, errors = in_background(render, out, *overrides(story_file, tiny_cache, c.address))
     thread.join(timeout=600)
     assert removed_after, errors or "the write phases never finished"
     assert len(removed_after[0]) < N_FRAMES, "the read phase was over before the node could be removed"

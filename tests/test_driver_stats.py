@@ -13,7 +13,7 @@ from storyadapter.story.parse import load_story
 from storyadapter.engine.timeline import BatchTimeline
 from storyadapter.engine.protocol import BatchResult, FrameResult
 
-from .conftest import write_story
+from .helpers.stories import write_story
 
 
 class ScriptedExecutor:

@@ -21,67 +21,39 @@ import pytest
 from storyadapter.rundir import manifest
 from storyadapter.errors import UserError
 
-from .conftest import write_story
-from .engine_hooks import actor_pid, start_driver_at, wait_until_at, watch_executor
+from .helpers.engine_hooks import actor_pid, start_driver_at, wait_until_at, watch_executor
+from .helpers.launcher import in_background, render
+from .helpers.renders import assert_same_render
 
 pytestmark = pytest.mark.slow
 N_FRAMES = 12
 ITERATIONS = 2
+STORY_NAME = "lighthouse.txt"
+STORY = [f"a lighthouse keeper with a yellow coat, scene {i}" for i in range(N_FRAMES)]
 
 
-@pytest.fixture(scope="module")
-def story_file(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("story")
-    return write_story(d / "lighthouse.txt", [f"a lighthouse keeper with a yellow coat, scene {i}" for i in range(N_FRAMES)])
-
-
-def overrides(story_file: Path, tiny_cache: Path, out_dir: Path, workers: int, *extra: str) -> list[str]:
+def overrides(story_file: Path, tiny_cache: Path, workers: int, *extra: str) -> list[str]:
     return [
         f"story.path={story_file}", "model=tiny", f"model.cache_dir={tiny_cache}",
         f"render.iterations={ITERATIONS}", "render.steps=3", "render.height=64", "render.width=64",
         "render.seed_policy=per_frame", "render.batch_size=2", f"cluster.workers={workers}", "outputs.enabled=false",
-        f"output_dir={out_dir}", *extra,
+        *extra,
     ]
 
 
 @pytest.fixture(scope="module")
-def local_ray():
-    import ray
-
-    ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False)
-    yield ray
-    ray.shutdown()
-
-
-def render(story_file, tiny_cache, out_dir, workers, *extra) -> Path:
-    from storyadapter.launch import compose_config
-    from storyadapter.render_story import render_story
-
-    return render_story(compose_config(overrides(story_file, tiny_cache, out_dir, workers, *extra)), out_dir)
-
-
-@pytest.fixture(scope="module")
 def reference(local_ray, story_file, tiny_cache, tmp_path_factory) -> Path:
-    return render(story_file, tiny_cache, tmp_path_factory.mktemp("ref") / "out", 1)
-
-
-def assert_same_render(a: Path, b: Path, iterations: int = ITERATIONS, frames: int = N_FRAMES) -> None:
-    for it in range(iterations + 1):
-        for f in range(frames):
-            rel = f"{manifest.iteration_dirname(it)}/{manifest.frame_filename(f)}"
-            pa, pb = (np.asarray(__import__("PIL.Image").Image.open(d / rel)) for d in (a, b))
-            assert np.array_equal(pa, pb), f"{rel} differs"
-        np.testing.assert_array_equal(manifest.read_bank(a, it), manifest.read_bank(b, it))
-    assert manifest.finished_iterations(b) == list(range(iterations + 1))
+    return render(tmp_path_factory.mktemp("ref") / "out", *overrides(story_file, tiny_cache, 1))
 
 
 def kill_driver_at(story_file, tiny_cache, out: Path, point: str) -> None:
-    """Run the launcher (1 worker) in its own session, its driver paused at `point` (tests/driver_at.py), and
-    SIGKILL it there with the Ray it started."""
+    """Run the launcher (1 worker) in its own session, its driver paused at `point`
+    (tests/helpers/driver_at.py), and SIGKILL it there with the Ray it started."""
     log = out.parent / "driver.log"
     with open(log, "wb") as stderr:
-        proc = start_driver_at(point, "pause", overrides(story_file, tiny_cache, out, 1), cwd=out.parent,
-                               start_new_session=True, stderr=stderr, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        proc = start_driver_at(point, "pause", [*overrides(story_file, tiny_cache, 1), f"output_dir={out}"],
+                               cwd=out.parent, start_new_session=True, stderr=stderr,
+                               env={**os.environ, "HF_HUB_OFFLINE": "1"})
     try:
         wait_until_at(proc, point, 240)
     except AssertionError as exc:
@@ -104,11 +76,11 @@ def test_driver_killed_after_iteration_1_resumes_to_identical_output(story_file,
 
     reference = request.getfixturevalue("reference")  # starts the in-process Ray only after the kill
     with pytest.raises(UserError, match="resume=true"):
-        render(story_file, tiny_cache, out, 1)  # without resume=true, nothing is touched
+        render(out, *overrides(story_file, tiny_cache, 1))  # without resume=true, nothing is touched
     with pytest.raises(UserError, match="render.seed"):
-        render(story_file, tiny_cache, out, 1, "resume=true", "render.seed=7")
-    render(story_file, tiny_cache, out, 2, "resume=true")  # a different worker count is fine
-    assert_same_render(reference, out)
+        render(out, *overrides(story_file, tiny_cache, 1, "resume=true", "render.seed=7"))
+    render(out, *overrides(story_file, tiny_cache, 2, "resume=true"))  # a different worker count is fine
+    assert_same_render(reference, out, ITERATIONS, N_FRAMES)
 
 
 def test_one_and_two_workers_give_identical_pixels_and_bank_is_put_once(reference, story_file, tiny_cache, tmp_path, monkeypatch):
@@ -117,24 +89,9 @@ def test_one_and_two_workers_give_identical_pixels_and_bank_is_put_once(referenc
     puts = []
     real_put = ray.put
     monkeypatch.setattr(ray, "put", lambda value, *a, **k: puts.append(type(value)) or real_put(value, *a, **k))
-    out = render(story_file, tiny_cache, tmp_path / "out", 2)
+    out = render(tmp_path / "out", *overrides(story_file, tiny_cache, 2))
     assert puts == [np.ndarray] * ITERATIONS  # iterations 1..L each broadcast one bank
-    assert_same_render(reference, out)
-
-
-def render_in_background(story_file, tiny_cache, out, workers) -> tuple[threading.Thread, list[BaseException]]:
-    """Start a render in a thread; what it raised ends up in the returned list."""
-    errors: list[BaseException] = []
-
-    def run():
-        try:
-            render(story_file, tiny_cache, out, workers)
-        except BaseException as exc:  # noqa: BLE001 - surfaced by the caller's assertion
-            errors.append(exc)
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    return thread, errors
+    assert_same_render(reference, out, ITERATIONS, N_FRAMES)
 
 
 def test_actor_killed_mid_iteration_is_restarted_with_identical_output(reference, story_file, tiny_cache, tmp_path,
@@ -149,10 +106,10 @@ def test_actor_killed_mid_iteration_is_restarted_with_identical_output(reference
             assert not manifest.part_path(out, 1).exists()
 
     watch_executor(monkeypatch, on_batches=kill_the_first_to_finish)
-    render(story_file, tiny_cache, out, 2)
+    render(out, *overrides(story_file, tiny_cache, 2))
     assert killed, "no render actor was killed in iteration 1"
     assert not psutil.pid_exists(killed[0]) or psutil.Process(killed[0]).status() == psutil.STATUS_ZOMBIE
-    assert_same_render(reference, out)
+    assert_same_render(reference, out, ITERATIONS, N_FRAMES)
 
 
 def test_a_stalled_actor_s_batches_go_to_the_free_one_with_identical_output(reference, story_file, tiny_cache, tmp_path,
@@ -179,7 +136,7 @@ def test_a_stalled_actor_s_batches_go_to_the_free_one_with_identical_output(refe
                 free_actor_done.set()
 
     watch_executor(monkeypatch, on_iteration=stall_actor_0, on_batches=count)
-    thread, errors = render_in_background(story_file, tiny_cache, out, 2)
+    thread, errors = in_background(render, out, *overrides(story_file, tiny_cache, 2))
     try:
         assert free_actor_done.wait(timeout=240), f"only {len(done)} frames finished beside the stalled actor {errors}"
     finally:
@@ -189,7 +146,7 @@ def test_a_stalled_actor_s_batches_go_to_the_free_one_with_identical_output(refe
     assert not errors, errors
     assert any("rendered by an actor other than their owner" in r.getMessage() and r.getMessage().startswith("iteration 0:")
                for r in caplog.records), [r.getMessage() for r in caplog.records]
-    assert_same_render(reference, out)
+    assert_same_render(reference, out, ITERATIONS, N_FRAMES)
 
 
 def test_too_few_cpus_or_gpus_is_a_clear_error(local_ray):
@@ -213,12 +170,12 @@ def test_driver_killed_mid_iteration_resumes_without_rendering_finished_frames_a
     stamps = {f: (out / r.image_path).stat() for f, r in kept.items()}
 
     reference = request.getfixturevalue("reference")
-    render(story_file, tiny_cache, out, 2, "resume=true")
+    render(out, *overrides(story_file, tiny_cache, 2, "resume=true"))
     for f, before in stamps.items():
         after = (out / kept[f].image_path).stat()
         assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns), f"frame {f} was rendered again"
     assert not journal.journal_path(out, 1).exists()
-    assert_same_render(reference, out)
+    assert_same_render(reference, out, ITERATIONS, N_FRAMES)
 
 
 def test_a_finished_run_is_extended_and_a_finished_resume_starts_no_actor(reference, story_file, tiny_cache, tmp_path, monkeypatch):
@@ -230,8 +187,8 @@ def test_a_finished_run_is_extended_and_a_finished_resume_starts_no_actor(refere
     shutil.copytree(reference, out)
     before = {p: p.stat().st_mtime_ns for p in out.rglob("frame_*.png")}
     with pytest.raises(UserError, match="render.iterations=1: resume=true cannot drop"):
-        render(story_file, tiny_cache, out, 1, "resume=true", "render.iterations=1")
-    render(story_file, tiny_cache, out, 2, "resume=true", f"render.iterations={ITERATIONS + 1}")
+        render(out, *overrides(story_file, tiny_cache, 1, "resume=true", "render.iterations=1"))
+    render(out, *overrides(story_file, tiny_cache, 2, "resume=true", f"render.iterations={ITERATIONS + 1}"))
     assert manifest.finished_iterations(out) == list(range(ITERATIONS + 2))
     assert all(p.stat().st_mtime_ns == t for p, t in before.items()), "finished iterations were rendered again"
     scales = [r.scale for r in manifest.read_records(out, ITERATIONS + 1)]
@@ -241,13 +198,13 @@ def test_a_finished_run_is_extended_and_a_finished_resume_starts_no_actor(refere
         raise AssertionError("a finished render started actors")
 
     monkeypatch.setattr(engine, "RayExecutor", no_actors)
-    render(story_file, tiny_cache, out, 2, "resume=true", f"render.iterations={ITERATIONS + 1}")
+    render(out, *overrides(story_file, tiny_cache, 2, "resume=true", f"render.iterations={ITERATIONS + 1}"))
 
     unfinished = tmp_path / "unfinished"
     shutil.copytree(reference, unfinished)
     manifest.part_path(unfinished, ITERATIONS).unlink()
     with pytest.raises(UserError, match="is not finished"):
-        render(story_file, tiny_cache, unfinished, 2, "resume=true", f"render.iterations={ITERATIONS + 1}")
+        render(unfinished, *overrides(story_file, tiny_cache, 2, "resume=true", f"render.iterations={ITERATIONS + 1}"))
 
 
 def test_an_actor_that_stops_answering_loses_its_batches_at_the_deadline(reference, story_file, tiny_cache, tmp_path,
@@ -265,10 +222,10 @@ def test_an_actor_that_stops_answering_loses_its_batches_at_the_deadline(referen
 
     watch_executor(monkeypatch, on_iteration=stop_actor_0)
     try:
-        render(story_file, tiny_cache, out, 2, "cluster.batch_timeout_s=3")
+        render(out, *overrides(story_file, tiny_cache, 2, "cluster.batch_timeout_s=3"))
     finally:
         with contextlib.suppress(ProcessLookupError):  # the engine killed it at the deadline
             stopped and os.kill(stopped[0], signal.SIGCONT)
     assert stopped, "iteration 1 never started"
     assert any("within its deadline" in r.getMessage() for r in caplog.records), [r.getMessage() for r in caplog.records]
-    assert_same_render(reference, out)
+    assert_same_render(reference, out, ITERATIONS, N_FRAMES)

@@ -18,16 +18,16 @@ from PIL import Image
 
 from storyadapter.errors import UserError, environment_error, root_cause
 
-from .conftest import write_story
+from .helpers.launcher import ENV, launch_command
+from .helpers.stories import write_story
 
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
 AS_ROOT = pytest.mark.skipif(os.geteuid() != 0, reason="mounting tmpfs / read-only file systems needs root")
 
 
 def launch(story: Path, out: Path, cache: Path, *extra: str, user: int | None = None) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "storyadapter.launch", f"story.path={story}", "model=tiny", "render.iterations=1",
-           "render.steps=2", "render.height=64", "render.width=64", "cluster.workers=1", f"output_dir={out}",
-           f"model.cache_dir={cache}", *extra]
+    cmd = launch_command(f"story.path={story}", "model=tiny", "render.iterations=1", "render.steps=2",
+                         "render.height=64", "render.width=64", "cluster.workers=1", f"output_dir={out}",
+                         f"model.cache_dir={cache}", *extra)
     if user is not None:
         cmd = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", *cmd]
     return subprocess.run(cmd, cwd=story.parent, env=ENV, capture_output=True, text=True, timeout=300)
@@ -182,7 +182,7 @@ def test_environment_errors_are_unwrapped_from_chains_and_left_alone_otherwise(t
 @pytest.mark.parametrize("trouble", ["read-only", "full"])
 def test_regenerating_outputs_on_a_read_only_or_full_disk_is_one_line_and_keeps_the_frames(mount, trouble):
     """`python -m storyadapter.outputs DIR` writes comic pages, the GIF, contact sheet and index (no Ray, no model)."""
-    from .test_outputs import make_render_dir
+    from .helpers.renders import make_render_dir
 
     disk = mount("size=1m")
     out = make_render_dir(disk / "run", 6, iterations=2)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import html
 import json
-import os
 import re
 import subprocess
 import sys
@@ -16,14 +15,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from .conftest import EXAMPLES, REPO, write_story
-
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-
-
-def launch(*args: str, cwd: Path, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "storyadapter.launch", *args], cwd=cwd, env=env or ENV,
-                          capture_output=True, text=True, timeout=timeout)
+from .helpers import EXAMPLES, REPO
+from .helpers.launcher import ENV, launch, launch_command
+from .helpers.stories import write_story
 
 
 def design_command(story: Path, out: Path, cache: Path, workers: int) -> list[str]:
@@ -214,8 +208,7 @@ def test_an_interrupt_before_anything_is_written_does_not_offer_a_resume(tmp_pat
     import signal
 
     out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, "-m", "storyadapter.launch", *design_command(EXAMPLES / "explorer_24.txt", out,
-                                                                                       tiny_cache, 1)],
+    proc = subprocess.Popen(launch_command(*design_command(EXAMPLES / "explorer_24.txt", out, tiny_cache, 1)),
                             cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     seen = []
     for line in proc.stderr:  # the render has started (story read); Ray and the actors are still starting
@@ -262,8 +255,8 @@ def test_a_render_logged_to_a_file_has_whole_lines_and_its_gallery_says_the_fram
     story = write_story(tmp_path / "s.txt", ["a fox in a meadow", "a fox by a river", "a fox asleep"])
     out, log = tmp_path / "run", tmp_path / "render.log"
     with open(log, "w") as stderr:  # no terminal: what render.log, `2> file` and a Slurm job's output get
-        proc = subprocess.run([sys.executable, "-m", "storyadapter.launch", *design_command(story, out, tiny_cache, 1),
-                               "render.iterations=1", "render.steps=1"],
+        proc = subprocess.run(launch_command(*design_command(story, out, tiny_cache, 1), "render.iterations=1",
+                                             "render.steps=1"),
                               cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL, stderr=stderr, timeout=300)
     text = log.read_text()
     assert proc.returncode == 0, text[-3000:]

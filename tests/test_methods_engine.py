@@ -4,68 +4,39 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from storyadapter.rundir import manifest
 
-from .conftest import write_story
-from .test_csa import TOM_LISA
+from .helpers.launcher import render
+from .helpers.renders import assert_same_render
+from .helpers.stories import TOM_LISA
 
 pytestmark = pytest.mark.slow
 N_FRAMES = len(TOM_LISA) - 3
+STORY_NAME = "tom_lisa.txt"
+STORY = TOM_LISA
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    import ray
-
-    ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False)  # never a cluster another test runs
-    yield ray
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def story_file(tmp_path_factory) -> Path:
-    return write_story(tmp_path_factory.mktemp("story") / "tom_lisa.txt", TOM_LISA)
-
-
-def render(story_file, tiny_cache, out_dir, method, workers, *extra) -> Path:
-    from storyadapter.launch import compose_config
-    from storyadapter.render_story import render_story
-
-    cfg = compose_config([
+def overrides(story_file: Path, tiny_cache: Path, method: str, workers: int, *extra: str) -> list[str]:
+    return [
         f"story.path={story_file}", "model=tiny", f"model.cache_dir={tiny_cache}", "render=tiny", "render.steps=3",
         "render.iterations=1", "render.batch_size=2", f"method={method}", "method.id_length=2",
-        f"cluster.workers={workers}", "outputs.enabled=false", f"output_dir={out_dir}", *extra,
-    ])
-    return render_story(cfg, out_dir)
-
-
-def frames(out: Path, iteration: int) -> list[np.ndarray]:
-    d = out / manifest.iteration_dirname(iteration)
-    return [np.asarray(Image.open(d / manifest.frame_filename(f))) for f in range(N_FRAMES)]
-
-
-def assert_same(a: Path, b: Path, iterations: int) -> None:
-    for it in range(iterations + 1):
-        for f, (pa, pb) in enumerate(zip(frames(a, it), frames(b, it))):
-            assert np.array_equal(pa, pb), f"iteration {it} frame {f} differs"
-        np.testing.assert_array_equal(manifest.read_bank(a, it), manifest.read_bank(b, it))
+        f"cluster.workers={workers}", "outputs.enabled=false", *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
 def hybrid_one_worker(local_ray, story_file, tiny_cache, tmp_path_factory) -> Path:
-    return render(story_file, tiny_cache, tmp_path_factory.mktemp("h1") / "out", "hybrid", 1)
+    return render(tmp_path_factory.mktemp("h1") / "out", *overrides(story_file, tiny_cache, "hybrid", 1))
 
 
 def test_storydiffusion_on_two_workers_equals_one_worker_and_writes_one_pass(hybrid_one_worker, story_file, tiny_cache,
                                                                               tmp_path):
-    sd = render(story_file, tiny_cache, tmp_path / "sd2", "storydiffusion", 2)
+    sd = render(tmp_path / "sd2", *overrides(story_file, tiny_cache, "storydiffusion", 2))
     assert manifest.finished_iterations(sd) == [0]  # one pass, written as iter_00
     assert not (sd / manifest.iteration_dirname(1)).exists()
-    assert_same(hybrid_one_worker, sd, 0)  # hybrid's iteration 0 is the same CSA pass, here on 1 worker
+    assert_same_render(hybrid_one_worker, sd, 0, N_FRAMES)  # hybrid's iteration 0 is the same CSA pass, here on 1 worker
 
 
 def test_hybrid_on_two_workers_resumed_after_iteration_0_equals_one_uninterrupted_worker(
@@ -79,12 +50,12 @@ def test_hybrid_on_two_workers_resumed_after_iteration_0_equals_one_uninterrupte
 
     monkeypatch.setattr(manifest, "write_part", crash_after_iteration_0)
     with pytest.raises(KeyboardInterrupt):
-        render(story_file, tiny_cache, out, "hybrid", 2)
+        render(out, *overrides(story_file, tiny_cache, "hybrid", 2))
     monkeypatch.setattr(manifest, "write_part", real_write)
     assert manifest.finished_iterations(out) == [0]
-    render(story_file, tiny_cache, out, "hybrid", 2, "resume=true")
+    render(out, *overrides(story_file, tiny_cache, "hybrid", 2, "resume=true"))
     assert manifest.finished_iterations(out) == [0, 1]
-    assert_same(hybrid_one_worker, out, 1)
+    assert_same_render(hybrid_one_worker, out, 1, N_FRAMES)
 
 
 def test_each_write_phase_runs_once_on_one_actor_and_its_bank_reaches_the_others(local_ray, story_file, tiny_cache,
@@ -120,7 +91,7 @@ def test_each_write_phase_runs_once_on_one_actor_and_its_bank_reaches_the_others
     # the two write phases on different actors; every frame that reads a bank fetched it rather than re-rendering.
     assert sorted(c["identity_renders"] for c in counts) == [2, 2]
     assert sum(c["banks_fetched"] for c in counts) >= 2
-    assert_same(hybrid_one_worker, out, 0)  # two actors sharing banks, one actor writing its own: the same pixels
+    assert_same_render(hybrid_one_worker, out, 0, N_FRAMES)  # two actors sharing banks, one actor writing its own: the same pixels
 
 
 def test_banks_larger_than_a_node_object_store_are_one_warning(monkeypatch, caplog):
@@ -162,8 +133,8 @@ def test_a_bank_lost_from_the_object_store_is_written_again_by_its_reader(local_
     counted = []
     real_counters = engine.RayExecutor.counters
     monkeypatch.setattr(engine.RayExecutor, "shutdown", _counting_shutdown(engine.RayExecutor.shutdown, real_counters, counted))
-    out = render(story_file, tiny_cache, tmp_path / "sd", "storydiffusion", 2)
-    assert_same(hybrid_one_worker, out, 0)
+    out = render(tmp_path / "sd", *overrides(story_file, tiny_cache, "storydiffusion", 2))
+    assert_same_render(hybrid_one_worker, out, 0, N_FRAMES)
     renders = sum(c["identity_renders"] for c in counted[0])
     assert renders > 4, counted  # 4 in the write phases, then Lisa's 2 again on each actor that read her
 
@@ -177,16 +148,14 @@ def _counting_shutdown(real_shutdown, counters, into: list):
 
 
 def test_a_finished_resume_keeps_the_metrics_and_the_gallery_names_the_method(local_ray, story_file, tiny_cache, tmp_path):
-    from storyadapter.launch import compose_config
     from storyadapter.outputs.metrics import METRICS_JSON
-    from storyadapter.render_story import render_story
 
     out = tmp_path / "sd"
     args = [f"story.path={story_file}", "model=tiny", f"model.cache_dir={tiny_cache}", "render=tiny", "render.steps=2",
-            "method=storydiffusion", "method.id_length=2", f"output_dir={out}"]
-    render_story(compose_config(args), out)
+            "method=storydiffusion", "method.id_length=2"]
+    render(out, *args)
     scored = (out / METRICS_JSON).read_bytes()
     assert b"clip_t" in scored
-    render_story(compose_config([*args, "resume=true"]), out)  # finished: outputs rewritten, not the metrics
+    render(out, *args, "resume=true")  # finished: outputs rewritten, not the metrics
     assert (out / METRICS_JSON).read_bytes() == scored
     assert f"{N_FRAMES} frames, 1 iteration (final: iteration 0), method storydiffusion." in (out / "index.html").read_text()

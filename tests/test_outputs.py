@@ -19,11 +19,12 @@ from PIL import Image
 
 from storyadapter.outputs import comic, gallery
 from storyadapter.rundir import manifest
-from storyadapter.rundir.manifest import FrameRecord
 from storyadapter.models.tiny_clip import build_tiny_clip
 from storyadapter.outputs.write import write_all
 
-ROOT = Path(__file__).resolve().parents[1]
+from .helpers import REPO
+from .helpers.renders import make_render_dir
+
 LONG_CAPTION = (
     "After the storm, Mila climbs the hill behind the village with her lantern & the old map <b>drawn</b> by "
     "her grandmother, counting the stars that fall into the sea while the owl circles twice, hoots, and "
@@ -35,47 +36,9 @@ LONG_CAPTION = (
 EVIL_CAPTION = '<script>alert("x")</script> & "quotes" \'single\''
 
 
-def make_render_dir(
-    out: Path,
-    n_frames: int,
-    iterations: int = 2,
-    size: tuple[int, int] = (64, 64),
-    prompts: list[str] | None = None,
-    characters: list[tuple[str, ...]] | None = None,
-    captions: dict[int, str] | None = None,
-) -> Path:
-    """A render output directory as the driver writes it: PNGs per iteration + one manifest part each."""
-    rng = np.random.default_rng(n_frames)
-    names = ("Ana", "Ben")
-    for it in range(iterations):
-        folder = out / manifest.iteration_dirname(it)
-        folder.mkdir(parents=True, exist_ok=True)
-        records = []
-        for f in range(n_frames):
-            base = rng.integers(0, 256, 3)
-            pixels = np.clip(base + rng.integers(-30, 30, (size[1], size[0], 3)), 0, 255).astype(np.uint8)
-            Image.fromarray(pixels).save(folder / manifest.frame_filename(f))
-            caption = (captions or {}).get(f, f"Frame {f}: the story goes on." if f % 3 else "")
-            records.append(
-                FrameRecord(
-                    iteration=it,
-                    frame=f,
-                    prompt=prompts[f] if prompts else f"{names[f % 2]} walks through scene number {f}",
-                    caption=caption,
-                    characters=characters[f] if characters else ((names[f % 2],) if f % 5 else ()),
-                    seed=1234,
-                    scale=0.0 if it == 0 else 0.3 + 0.2 * (it - 1),
-                    image_path=f"{manifest.iteration_dirname(it)}/{manifest.frame_filename(f)}",
-                    embedding=rng.standard_normal(16).astype(np.float32),
-                )
-            )
-        manifest.write_part(out, records)
-    return out
-
-
 def run_cli(*args: str, **env_vars: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), **env_vars}
-    return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO), **env_vars}
+    return subprocess.run([sys.executable, "-m", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess) -> None:
@@ -473,6 +436,6 @@ def test_the_outputs_command_reads_the_notice_from_the_render_s_config(tmp_path)
 def test_the_makefile_demo_ends_with_the_notice_of_the_model_it_renders():
     from storyadapter.outputs.notice import RANDOM_WEIGHTS
 
-    recipe = (ROOT / "Makefile").read_text().split("\ndemo:", 1)[1].split("\n\n", 1)[0].splitlines()
+    recipe = (REPO / "Makefile").read_text().split("\ndemo:", 1)[1].split("\n\n", 1)[0].splitlines()
     assert "model=tiny" in "\n".join(recipe)
     assert recipe[-1].strip() == f'@echo "{RANDOM_WEIGHTS}"'

@@ -18,7 +18,7 @@ from storyadapter.errors import UserError
 from storyadapter.story.photos import MAX_PHOTO_PIXELS, decode
 from storyadapter.story.parse import load_story
 
-from .conftest import EXAMPLES, REPO
+from .helpers import EXAMPLES, REPO
 
 
 def png_bytes(size=(24, 24), color=(200, 30, 30), mode="RGB") -> bytes:

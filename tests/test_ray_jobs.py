@@ -23,7 +23,8 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from .conftest import REPO, write_story
+from .helpers import REPO
+from .helpers.stories import write_story
 
 pytestmark = pytest.mark.slow
 

@@ -14,7 +14,7 @@ from storyadapter.render_story import worker_spec
 from storyadapter.spec import from_config
 from storyadapter.story.parse import load_story
 
-from .conftest import write_story
+from .helpers.stories import write_story
 
 
 def _cfg(out: Path, *overrides: str):

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,14 +15,13 @@ from PIL import Image
 from storyadapter.engine.protocol import StaleIterationError
 from storyadapter.engine.sim import SimSpec, SimWorker
 
-from .conftest import EXAMPLES
-
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+from .helpers import EXAMPLES
+from .helpers.launcher import ENV, launch_command
 
 
 def sim_command(out: Path, workers: int, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "storyadapter.launch", f"story.path={EXAMPLES / 'explorer_24.txt'}", "model=sim",
-            "render.iterations=2", f"cluster.workers={workers}", f"output_dir={out}", *extra]
+    return launch_command(f"story.path={EXAMPLES / 'explorer_24.txt'}", "model=sim", "render.iterations=2",
+                          f"cluster.workers={workers}", f"output_dir={out}", *extra)
 
 
 def uses_torch(pid: int) -> bool | None:

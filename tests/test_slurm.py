@@ -22,7 +22,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from .conftest import REPO, write_story
+from .helpers import REPO
+from .helpers.stories import write_story
 
 pytestmark = pytest.mark.slow
 

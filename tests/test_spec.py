@@ -15,7 +15,7 @@ from storyadapter.launch import compose_config, validate_overrides
 from storyadapter.render_story import plan_for, worker_spec
 from storyadapter.story.parse import load_story
 
-from .conftest import write_story
+from .helpers.stories import write_story
 
 
 def other_value(key: str, default, hint):

@@ -10,7 +10,7 @@ import torch
 
 from storyadapter.launch import compose_config
 
-from .pixels import render_pixels
+from .helpers.pixels import render_pixels
 
 
 def test_ddim_is_pinned_even_when_the_checkpoint_scheduler_config_lacks_the_keys(tiny_source, tmp_path):

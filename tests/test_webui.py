@@ -6,7 +6,6 @@ from __future__ import annotations
 import html
 import http.client
 import json
-import os
 import re
 import signal
 import socket
@@ -31,7 +30,8 @@ def start(root: Path, cache: Path | None = None, **kwargs) -> WebUIServer:
     extra = (f"model.cache_dir={cache}",) if cache else ()
     queue = RenderQueue(root, extra, kwargs.pop("limits", Limits()))
     server = WebUIServer(("127.0.0.1", 0), queue, **kwargs)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    # shutdown() returns once the loop wakes from its poll: 0.5 s by default, waited out at every test's end.
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True).start()
     return server
 
 

@@ -1,6 +1,6 @@
 """Run the launcher and say on stdout when its driver reaches a point, for tests that act there.
 
-    python tests/driver_at.py POINT ACTION KEY=VALUE ...
+    python tests/helpers/driver_at.py POINT ACTION KEY=VALUE ...
 
 POINT is `part:N` (iteration N's manifest part is written) or `journal:N:K` (iteration N's journal holds
 at least K frames, durable). ACTION is `pause` (the driver stays there, so that a test kills it at that

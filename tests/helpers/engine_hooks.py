@@ -45,7 +45,7 @@ def actor_pid(executor, index: int = 0) -> int:
 
 
 def start_driver_at(point: str, action: str, overrides: list[str], **popen) -> subprocess.Popen:
-    """Start the launcher through tests/driver_at.py: it prints `at POINT` once its driver reaches `point`.
+    """Start the launcher through tests/helpers/driver_at.py: it prints `at POINT` once its driver reaches `point`.
     `action` "pause" keeps the driver there for the caller to kill; "go" lets it carry on."""
     cmd = [sys.executable, str(Path(__file__).with_name("driver_at.py")), point, action, *overrides]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, bufsize=0, **popen)
