@@ -294,7 +294,10 @@ def test_a_failed_render_reports_the_launcher_s_error_line_and_a_queued_one_can_
     st = wait(ui, failing["id"])
     assert st["state"] == "failed" and st["returncode"] != 0
     assert st["error"].startswith("error: model.pretrained=") and "hf download" in st["error"]
-    time.sleep(1.0)
+    # The queue runs renders in order: once one submitted after the cancelled render has ended, the queue has
+    # passed the cancelled one by (an event to wait on, not a sleep that hopes it did).
+    after = submit(ui, model="realvisxl")
+    assert wait(ui, after["id"])["state"] == "failed"
     assert wait(ui, queued["id"])["state"] == "cancelled"
     assert wait(ui, queued["id"])["progress"]["frames_done"] == 0
 
