@@ -260,7 +260,8 @@ class FrameWorker:
         if batch.character not in self._identity_images or batch.character not in self.renderer.csa.banks:
             texts = [self.renderer.encode_text(p, n, self._windows) for p, n in batch.prompts]
             self._weigh_references([(batch.character,)] * len(texts))
-            images = self.renderer.render_identity(batch.character, texts, list(batch.seeds), batch.draw_seed)
+            images = self.renderer.render_identity(batch.character, texts, list(batch.seeds), batch.draw_seed,
+                                                   batch.batch_seed)
             self.identity_renders += len(images)
             self._identity_images[batch.character] = {f: im for f, im in zip(batch.frames, images) if f is not None}
         return self._identity_images[batch.character]
