@@ -130,3 +130,93 @@ def test_a_csa_render_from_before_the_batched_identity_noise_is_refused_on_resum
     (out / guard.CONFIG_FILE).write_text(yaml.safe_dump(saved))
     with pytest.raises(UserError, match="resume=true refused: .*method.identity_noise"):
         guard.check(out, cfg, story, resume=True, iterations=0)
+
+
+# --- FreeU ------------------------------------------------------------------------------------------
+
+
+def test_freeu_is_diffusers_enable_freeu_with_upstreams_factors(tiny_source):
+    """The backbone's FreeU renders exactly as diffusers' pipeline after upstream's
+    pipe.enable_freeu(s1=0.6, s2=0.4, b1=1.1, b2=1.2), from the same noise."""
+    from diffusers import DDIMScheduler, StableDiffusionXLPipeline
+
+    from storyadapter.methods import FreeUSettings
+    from storyadapter.models.loading import load_backbone
+    from storyadapter.worker import torch_settings
+    from storyadapter.worker.renderer import RenderSettings, StoryRenderer, initial_noise
+
+    prompt = "a young explorer with a green scarf reads a map"
+    with torch_settings.reproducible(threads=1):  # as workers render: batched arithmetic depends on the threads
+        renderer = StoryRenderer(load_backbone(tiny_source, torch.device("cpu"), torch.float32),
+                                 RenderSettings(steps=2, height=64, width=64, guidance_scale=7.5))
+        renderer.set_references(None, 0.0)
+        text = renderer.encode_text(prompt, "")
+        off = np.asarray(renderer.render([text], [11])[0])
+        renderer.backbone.set_freeu(FreeUSettings())  # the defaults: upstream's factors
+        ours = np.asarray(renderer.render([text], [11])[0])
+        renderer.backbone.set_freeu(None)
+        off_again = np.asarray(renderer.render([text], [11])[0])
+
+        plain = StableDiffusionXLPipeline.from_pretrained(tiny_source.pretrained)
+        plain.scheduler = DDIMScheduler.from_config(plain.scheduler.config)
+        plain.set_progress_bar_config(disable=True)
+        plain.enable_freeu(s1=0.6, s2=0.4, b1=1.1, b2=1.2)
+        theirs = np.asarray(plain(prompt=prompt, num_inference_steps=2, guidance_scale=7.5, height=64, width=64,
+                                  latents=initial_noise(11, (1, 4, 8, 8))).images[0])
+    assert np.array_equal(ours, theirs)
+    assert not np.array_equal(ours, off)  # FreeU changed the picture: the comparison means something
+    assert np.array_equal(off, off_again)
+
+
+def freeu_of(worker, iteration: int) -> tuple:
+    bank = None if iteration == 0 else np.zeros((N_FRAMES, worker.embedding_dim), np.float32)
+    worker.begin_iteration(iteration, bank, 0.0 if iteration == 0 else 0.4)
+    block = worker.renderer.backbone.pipe.unet.up_blocks[0]
+    return tuple(getattr(block, k, None) for k in ("s1", "s2", "b1", "b2"))
+
+
+def test_freeu_follows_each_methods_default(story_path, tmp_path, tiny_cache):
+    upstream, off = (0.6, 0.4, 1.1, 1.2), (None,) * 4
+    sd = worker_for(story_path, tmp_path / "sd", tiny_cache, "storydiffusion")
+    assert freeu_of(sd, 0) == upstream
+    hybrid = worker_for(story_path, tmp_path / "h", tiny_cache, "hybrid")
+    assert [freeu_of(hybrid, it) for it in (0, 1, 2)] == [upstream, off, off]  # the CSA pass only
+    plain = worker_for(story_path, tmp_path / "sa", tiny_cache, "story_adapter")
+    assert plain.spec.freeu is None and freeu_of(plain, 1) == off
+    chosen = worker_for(story_path, tmp_path / "sa2", tiny_cache, "story_adapter", "method.freeu.enabled=true",
+                        "method.freeu.b2=1.4")
+    assert [freeu_of(chosen, it) for it in (0, 1)] == [(0.6, 0.4, 1.1, 1.4)] * 2  # every iteration
+    no_freeu = worker_for(story_path, tmp_path / "sd2", tiny_cache, "storydiffusion", "method.freeu.enabled=false")
+    assert no_freeu.spec.freeu is None and freeu_of(no_freeu, 0) == off
+
+
+def test_freeu_is_in_the_fingerprint_only_when_on(story_path, tmp_path, tiny_cache):
+    story = load_story(story_path)
+
+    def fp(method, *extra):
+        return guard.fingerprint(config(story_path, tmp_path, tiny_cache, method, *extra), story)
+
+    upstream = {"s1": 0.6, "s2": 0.4, "b1": 1.1, "b2": 1.2}
+    assert fp("storydiffusion")["method"]["freeu"] == upstream
+    assert fp("hybrid", "method.freeu.b1=1.3")["method"]["freeu"] == {**upstream, "b1": 1.3}
+    assert "freeu" not in fp("storydiffusion", "method.freeu.enabled=false")["method"]
+    assert "method" not in fp("story_adapter")  # off: story_adapter's fingerprint is as before
+    assert fp("story_adapter", "method.freeu.enabled=true")["method"] == {"freeu": upstream}
+
+
+def test_a_render_with_freeu_is_not_resumed_without_it(story_path, tmp_path, tiny_cache):
+    out = tmp_path / "out"
+    story = load_story(story_path)
+    guard.write_config(out, config(story_path, out, tiny_cache, "storydiffusion"), story, 0, 0)
+    without = config(story_path, out, tiny_cache, "storydiffusion", "method.freeu.enabled=false")
+    with pytest.raises(UserError, match=r"resume=true refused: .*method\.freeu"):
+        guard.check(out, without, story, resume=True, iterations=0)
+    guard.check(out, config(story_path, out, tiny_cache, "storydiffusion"), story, resume=True, iterations=0)
+
+
+def test_a_freeu_factor_of_zero_is_one_line(story_path, tmp_path, tiny_cache):
+    """diffusers reads a factor of 0 as FreeU off, silently ignoring the other three."""
+    from storyadapter.spec import ConfigError, from_config
+
+    with pytest.raises(ConfigError, match=r"^method\.freeu\.s2=0\.0: must be positive$"):
+        from_config(config(story_path, tmp_path, tiny_cache, "storydiffusion", "method.freeu.s2=0"))

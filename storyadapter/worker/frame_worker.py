@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from .. import environment
+from ..methods import FreeUSettings, freeu_in
 from ..rundir import manifest
 from ..story import references, schedule
 from . import torch_settings
@@ -63,6 +64,8 @@ class WorkerSpec:
     compile: bool = False
     deterministic: bool = True  # cuDNN: deterministic kernels, no autotuning (see ModelConfig.deterministic)
     consistent: ConsistentPass | None = None  # method=storydiffusion|hybrid: iteration 0 by CSA
+    method: str = "story_adapter"
+    freeu: FreeUSettings | None = None  # method.freeu, when enabled (methods.freeu_in: which iterations)
     reference_weighting: str = references.UNIFORM
     character_weight: float = 1.0
     photos: tuple[CharacterPhoto, ...] = ()  # file bytes travel with the spec to actors on any node
@@ -151,6 +154,8 @@ class FrameWorker:
         bank, self._rows, self._photos_only = references.assemble_bank(
             bank, frames, self._photo_bank, [p.character for p in self.spec.photos])
         self.renderer.set_references(bank, scale)
+        if self.spec.freeu is not None:
+            self.renderer.backbone.set_freeu(self.spec.freeu if freeu_in(self.spec.method, iteration) else None)
         self._iteration = iteration
         if iteration > 0:  # the ID banks serve iteration 0 only
             self.forget_banks()
