@@ -18,6 +18,7 @@ from PIL import Image
 from torch import nn
 
 from . import sdxl_text
+from ..methods import FreeUSettings
 from .base import Backbone, ReferenceLayer, TextEmbedding
 
 
@@ -65,7 +66,7 @@ class SDXLBackbone(Backbone):
     def compile(self) -> None:
         self.pipe.unet = torch.compile(self.pipe.unet)
 
-    def set_freeu(self, freeu) -> None:
+    def set_freeu(self, freeu: FreeUSettings | None) -> None:
         # diffusers' own FreeU (what upstream's pipe.enable_freeu calls): factors set on the UNet's up blocks.
         if freeu is None:
             self.pipe.unet.disable_freeu()
