@@ -73,7 +73,9 @@ class RenderConfig:
     scale_start: float = 0.3
     scale_end: float = 0.5
     seed: int = 2024
-    seed_policy: str = "shared"  # shared: same noise for every frame (upstream) | per_frame
+    # shared: every frame starts from the seed's noise, CSA identity frames from one batched draw (both as upstream)
+    # | per_frame: each frame its own noise
+    seed_policy: str = "shared"
     batch_size: int = 1
     reference_size: int = 256  # references are resized to this before CLIP
     # split | joint: GRCA's reference attention as two SDPA calls per layer (one per CFG half) or one.
@@ -86,6 +88,19 @@ class RenderConfig:
     # Stop once the mean 1 - cosine between a frame's embedding and its previous iteration's falls below this
     # (checked after each refinement); None: always run all iterations.
     stop_when_stable: Optional[float] = None
+
+
+@dataclass
+class FreeUConfig:
+    """FreeU (Si et al., 2023) in the UNet's decoder: b1/b2 amplify the backbone features of the two coarsest up
+    stages, s1/s2 damp the low frequencies of their skip features. The values are upstream StoryDiffusion's
+    (docs/methods.md, "FreeU"). Default on for storydiffusion and hybrid's CSA pass, as upstream; off for story_adapter."""
+
+    enabled: bool = False
+    s1: float = 0.6
+    s2: float = 0.4
+    b1: float = 1.1
+    b2: float = 1.2
 
 
 @dataclass
@@ -104,6 +119,9 @@ class MethodConfig:
     # shared: each character's write phase runs once, on one actor, and its ID bank reaches the others through
     # Ray's object store | rerender: every actor renders the write phases it needs itself (docs/methods.md, "The ID bank, measured")
     id_banks: str = "shared"
+    # storydiffusion/hybrid: in the CSA pass (iteration 0) only, so hybrid's refinements stay story_adapter's;
+    # story_adapter (enabled by hand): in every iteration
+    freeu: FreeUConfig = field(default_factory=FreeUConfig)
 
 
 @dataclass

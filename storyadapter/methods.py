@@ -34,3 +34,20 @@ class CSASettings:
         if step < self.plain_steps:
             return 0.0
         return self.early_rate if step < self.early_steps else self.late_rate
+
+
+@dataclass(frozen=True)
+class FreeUSettings:
+    """FreeU's factors as diffusers' `enable_freeu(s1, s2, b1, b2)` takes them (config.FreeUConfig explains them)."""
+
+    s1: float = 0.6
+    s2: float = 0.4
+    b1: float = 1.1
+    b2: float = 1.2
+
+
+def freeu_in(method: str, iteration: int) -> bool:
+    """Whether method.freeu (when enabled) applies to `iteration`. FreeU comes with StoryDiffusion's pass: in
+    storydiffusion and hybrid it serves the consistent pass (iteration 0) only, so hybrid's refinements render as
+    story_adapter's; story_adapter has no such pass, and enabled by hand it serves every iteration."""
+    return method == "story_adapter" or iteration == 0

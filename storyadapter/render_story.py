@@ -97,6 +97,8 @@ def worker_spec(run: specs.RunSpec, story: Story, source, out_dir: Path):
         out_dir=out,
         threads=run.cluster.threads_per_worker,
         consistent=consistent_pass(run, story),
+        method=run.method.name,
+        freeu=freeu(run),
         photos=tuple(story.photos.values()),
         **specs.fields_for(WorkerSpec, run.render, run.model),  # seed, seed_policy, reference weighting; device, dtype, ...
     )
@@ -110,6 +112,15 @@ def consistent_pass(run: specs.RunSpec, story: Story):
     from .story.identity import consistent_pass as plan
 
     return plan(story, CSASettings(**specs.fields_for(CSASettings, run.method)), run.render.seed, run.render.seed_policy)
+
+
+def freeu(run: specs.RunSpec):
+    """method.freeu's factors when enabled, else None."""
+    if not run.method.freeu.enabled:
+        return None
+    from .methods import FreeUSettings
+
+    return FreeUSettings(**specs.fields_for(FreeUSettings, run.method.freeu))
 
 
 def plan_for(run: specs.RunSpec, story: Story, out_dir: Path, ramp_iterations: int | None = None):

@@ -69,6 +69,7 @@ LoraSpec = _frozen(schema.LoraConfig, "LoraSpec")
 SimModelSpec = _frozen(schema.SimConfig, "SimModelSpec")
 ModelSpec = _frozen(schema.ModelConfig, "ModelSpec")
 RenderSpec = _frozen(schema.RenderConfig, "RenderSpec")
+FreeUSpec = _frozen(schema.FreeUConfig, "FreeUSpec")
 MethodSpec = _frozen(schema.MethodConfig, "MethodSpec")
 ClusterSpec = _frozen(schema.ClusterConfig, "ClusterSpec")
 OutputsSpec = _frozen(schema.OutputsConfig, "OutputsSpec")
@@ -182,7 +183,9 @@ POSITIVE = ("render.steps", "render.height", "render.width", "render.batch_size"
             "render.character_weight", "cluster.workers", "cluster.threads_per_worker", "cluster.ready_timeout_s",
             "cluster.connect_timeout_s", "cluster.batch_timeout_s", "cluster.batch_timeout_factor",
             "cluster.capacity_timeout_s", "cluster.cpus_per_worker", "model.sim.embedding_dim", "model.sim.image_size",
-            "model.sim.slowdown", "method.id_length")
+            "model.sim.slowdown", "method.id_length",
+            # diffusers reads a FreeU factor of 0 as FreeU off: refuse it rather than ignore the others
+            "method.freeu.s1", "method.freeu.s2", "method.freeu.b1", "method.freeu.b2")
 NOT_NEGATIVE = ("render.iterations", "method.plain_steps", "cluster.gpus_per_worker", "model.sim.frame_s")
 MULTIPLE_OF_8 = ("render.height", "render.width")  # the VAE downsamples by 8
 PROBABILITIES = ("method.sa32", "method.sa64", "method.early_rate", "method.late_rate", "model.sim.jitter",

@@ -178,7 +178,8 @@ def test_story_adapter_default_has_no_csa_and_an_unchanged_fingerprint(tmp_path,
 
 def test_nc_frame_equals_text_only_and_csa_changes_character_frames(tmp_path, tiny_cache):
     story = write_story(tmp_path / "s.txt", TOM_LISA)
-    consistent = frame_pixels(worker_for(story, tmp_path / "a", tiny_cache, "storydiffusion"), [NC, TOM_READS, BOTH])
+    consistent = frame_pixels(worker_for(story, tmp_path / "a", tiny_cache, "storydiffusion", "method.freeu.enabled=false"),
+                              [NC, TOM_READS, BOTH])  # CSA alone: FreeU (on by default) changes every frame
     text_only = frame_pixels(worker_for(story, tmp_path / "b", tiny_cache, "story_adapter"), [NC, TOM_READS, BOTH])
     assert np.array_equal(consistent[NC], text_only[NC])
     assert not np.array_equal(consistent[TOM_READS], text_only[TOM_READS])

@@ -28,6 +28,8 @@ import torch
 from PIL import Image
 from torch import nn
 
+from ..methods import FreeUSettings
+
 
 @dataclass
 class TextEmbedding:
@@ -65,6 +67,12 @@ class Backbone(ABC):
     def compile(self) -> None:
         """Compile the denoiser (torch.compile); before the renderer first calls it."""
         raise NotImplementedError(f"{type(self).__name__} cannot be compiled")
+
+    def set_freeu(self, freeu: FreeUSettings | None) -> None:
+        """FreeU in a UNet's decoder (method.freeu) for the following calls; None turns it off. Optional: a family
+        without a UNet refuses it."""
+        if freeu is not None:
+            raise NotImplementedError(f"{type(self).__name__} has no FreeU (method.freeu.enabled=true)")
 
     # text ---------------------------------------------------------------------------------------
     @abstractmethod

@@ -18,6 +18,7 @@ from PIL import Image
 from torch import nn
 
 from . import sdxl_text
+from ..methods import FreeUSettings
 from .base import Backbone, ReferenceLayer, TextEmbedding
 
 
@@ -64,6 +65,13 @@ class SDXLBackbone(Backbone):
 
     def compile(self) -> None:
         self.pipe.unet = torch.compile(self.pipe.unet)
+
+    def set_freeu(self, freeu: FreeUSettings | None) -> None:
+        # diffusers' own FreeU (what upstream's pipe.enable_freeu calls): factors set on the UNet's up blocks.
+        if freeu is None:
+            self.pipe.unet.disable_freeu()
+        else:
+            self.pipe.unet.enable_freeu(s1=freeu.s1, s2=freeu.s2, b1=freeu.b1, b2=freeu.b2)
 
     # text ---------------------------------------------------------------------------------------
     def text_windows(self, texts: list[str]) -> int:

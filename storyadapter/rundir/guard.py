@@ -28,6 +28,9 @@ _SIM_PIXEL_KEYS = ("embedding_dim", "image_size")  # model=sim: timings may diff
 _IGNORED_RENDER_KEYS = ("iterations", "stop_when_stable")
 # Render keys added after renders existed: at these values they are left out, so older renders still resume.
 _LATER_RENDER_DEFAULTS = {"reference_weighting": "uniform", "character_weight": 4.0}
+# method=storydiffusion|hybrid under render.seed_policy=shared: how identity frames get their noise. A render made
+# before (every identity frame from the same noise) lacks it, so it is refused on resume rather than mixed.
+IDENTITY_NOISE = "one draw per identity batch, as upstream"
 
 
 @dataclass(frozen=True)
@@ -53,11 +56,17 @@ def fingerprint(cfg: DictConfig, story: Story) -> dict:
         fp["model"]["loras"] = [{"sha256": digest(lw["path"]), "scale": lw["scale"]} for lw in fp["model"]["loras"]]
     if fp["model"].get("kind") == "sim":
         fp["model"]["sim"] = {k: resolved["model"]["sim"][k] for k in _SIM_PIXEL_KEYS}
-    if resolved.get("method", {}).get("name", "story_adapter") != "story_adapter":
+    method = resolved.get("method", {})
+    if method.get("name", "story_adapter") != "story_adapter":
         # Absent for the default, so renders from before methods still resume; where banks come from moves no pixel.
-        fp["method"] = {k: v for k, v in resolved["method"].items() if k != "id_banks"}
+        fp["method"] = {k: v for k, v in method.items() if k not in ("id_banks", "freeu")}
         if story.photos:  # photos weigh per character in the CSA pass since this key: older renders differ
             fp["method"]["photos"] = "per_character"
+        if resolved["render"].get("seed_policy") == "shared":
+            # Identity frames start from one batched draw since this key (story/identity.py): older renders differ.
+            fp["method"]["identity_noise"] = IDENTITY_NOISE
+    if method.get("freeu", {}).get("enabled"):  # absent when off: renders from before the key still resume
+        fp.setdefault("method", {})["freeu"] = {k: v for k, v in method["freeu"].items() if k != "enabled"}
     fp["story"] = {"digest": story.digest, "style": story.style}
     if story.photos:  # the story file names its photos; their pixels are fingerprinted here
         fp["story"]["photos"] = {name: photo.sha256 for name, photo in story.photos.items()}

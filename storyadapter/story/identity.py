@@ -69,13 +69,20 @@ def plan_identities(story: Story, id_length: int) -> dict[str, IdentityPlan]:
 
 @dataclass(frozen=True)
 class IdentityBatch:
-    """One character's write phase as a worker renders it: styled prompts, noise seeds, mask/gate seed."""
+    """One character's write phase as a worker renders it: styled prompts, starting noise, mask/gate seed.
+
+    The noise is one of two kinds. seed_policy=shared, as upstream: the batch starts from ONE draw of
+    len(prompts) latents from one generator seeded with `batch_seed` (upstream writes the identity images in one
+    pipeline call with one generator, so each gets its own slice of one draw). per_frame: frame i starts from
+    `seeds[i]` alone.
+    """
 
     character: str
     prompts: tuple[tuple[str, str], ...]  # (prompt, negative) after the style
     frames: tuple[int | None, ...]  # story frame shown from this batch, None for a synthesized one
-    seeds: tuple[int, ...]
+    seeds: tuple[int, ...]  # per frame, under per_frame; empty under shared
     draw_seed: int
+    batch_seed: int | None = None  # under shared: the seed of the batch's one draw
 
 
 @dataclass(frozen=True)
@@ -99,19 +106,23 @@ def consistent_pass(story: Story, settings: CSASettings, seed: int, seed_policy:
     """Everything a worker needs for the CSA pass; every actor derives the same banks from it."""
     style = get_style(story.style).apply  # synthesized prompts get the story's style like any frame
 
-    def noise(f: IdentityFrame) -> int:
-        # Story frames keep their own noise; synthesized ones get noise of their own under `per_frame`.
-        if f.frame is not None:
-            return schedule.frame_seed(seed, seed_policy, f.frame)
-        return schedule.frame_seed(seed, seed_policy, 0) if seed_policy == "shared" else derived_seed(seed, f.seed_key)
+    shared = seed_policy == "shared"
+    schedule.frame_seed(seed, seed_policy, 0)  # refuses an unknown policy here, not in a worker
 
+    def noise(f: IdentityFrame) -> int:
+        # per_frame: story frames keep their own noise; synthesized ones get noise of their own.
+        return schedule.frame_seed(seed, seed_policy, f.frame) if f.frame is not None else derived_seed(seed, f.seed_key)
+
+    # shared: upstream seeds one generator with the seed for each character's batch, so every character's batch
+    # is the same draw (gradio_app_sdxl_specific_id_low_vram.py; docs/methods.md cites the lines).
     batches = tuple(
         IdentityBatch(
             character=name,
             prompts=tuple(style(f.prompt) for f in plan.frames),
             frames=tuple(f.frame for f in plan.frames),
-            seeds=tuple(noise(f) for f in plan.frames),
+            seeds=() if shared else tuple(noise(f) for f in plan.frames),
             draw_seed=derived_seed(seed, f"write:{name}"),
+            batch_seed=schedule.frame_seed(seed, seed_policy, 0) if shared else None,
         )
         for name, plan in plan_identities(story, settings.id_length).items()
     )

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from .. import environment
+from ..methods import FreeUSettings, freeu_in
 from ..rundir import manifest
 from ..story import references, schedule
 from . import torch_settings
@@ -63,6 +64,8 @@ class WorkerSpec:
     compile: bool = False
     deterministic: bool = True  # cuDNN: deterministic kernels, no autotuning (see ModelConfig.deterministic)
     consistent: ConsistentPass | None = None  # method=storydiffusion|hybrid: iteration 0 by CSA
+    method: str = "story_adapter"
+    freeu: FreeUSettings | None = None  # method.freeu, when enabled (methods.freeu_in: which iterations)
     reference_weighting: str = references.UNIFORM
     character_weight: float = 1.0
     photos: tuple[CharacterPhoto, ...] = ()  # file bytes travel with the spec to actors on any node
@@ -151,6 +154,8 @@ class FrameWorker:
         bank, self._rows, self._photos_only = references.assemble_bank(
             bank, frames, self._photo_bank, [p.character for p in self.spec.photos])
         self.renderer.set_references(bank, scale)
+        if self.spec.freeu is not None:
+            self.renderer.backbone.set_freeu(self.spec.freeu if freeu_in(self.spec.method, iteration) else None)
         self._iteration = iteration
         if iteration > 0:  # the ID banks serve iteration 0 only
             self.forget_banks()
@@ -260,7 +265,8 @@ class FrameWorker:
         if batch.character not in self._identity_images or batch.character not in self.renderer.csa.banks:
             texts = [self.renderer.encode_text(p, n, self._windows) for p, n in batch.prompts]
             self._weigh_references([(batch.character,)] * len(texts))
-            images = self.renderer.render_identity(batch.character, texts, list(batch.seeds), batch.draw_seed)
+            images = self.renderer.render_identity(batch.character, texts, list(batch.seeds), batch.draw_seed,
+                                                   batch.batch_seed)
             self.identity_renders += len(images)
             self._identity_images[batch.character] = {f: im for f, im in zip(batch.frames, images) if f is not None}
         return self._identity_images[batch.character]

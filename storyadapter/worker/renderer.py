@@ -33,6 +33,14 @@ def initial_noise(seed: int, shape: tuple[int, ...]) -> torch.Tensor:
     return torch.randn(shape, generator=torch.Generator("cpu").manual_seed(int(seed)), dtype=torch.float32)
 
 
+def batch_noise(seed: int, frames: int, shape: tuple[int, ...]) -> torch.Tensor:
+    """`frames` starting latents as ONE draw from one generator: frame i gets the i-th slice. This is how upstream
+    StoryDiffusion's identity batch starts: one pipeline call with one seeded generator, whose latents diffusers'
+    `randn_tensor` draws for the whole batch at once. Not `frames` draws of one frame each: a CPU generator's
+    normal draw depends on the draw's size, so only the same call gives the same numbers."""
+    return initial_noise(seed, (frames, *shape[1:]))
+
+
 class StoryRenderer:
     def __init__(self, backbone: Backbone, settings: RenderSettings, consistency: csa.CSASettings | None = None):
         self.backbone = backbone
@@ -99,11 +107,17 @@ class StoryRenderer:
 
     # 3. denoising --------------------------------------------------------------------------------
     @torch.no_grad()
-    def render(self, embeddings: list[TextEmbedding], seeds: list[int], decode_singly: bool = False) -> list[Image.Image]:
+    def render(self, embeddings: list[TextEmbedding], seeds: list[int], decode_singly: bool = False,
+               batch_seed: int | None = None) -> list[Image.Image]:
+        """`seeds`: each frame's own noise; or `batch_seed`: the batch's frames start from one draw (`batch_noise`)."""
         model, s = self.backbone, self.settings
         timesteps = model.timesteps(s.steps, s.height, s.width)
         shape = model.latent_shape(s.height, s.width)
-        latents = model.initial_latents(torch.cat([initial_noise(seed, shape) for seed in seeds]))
+        if batch_seed is not None:
+            noise = batch_noise(batch_seed, len(embeddings), shape)
+        else:
+            noise = torch.cat([initial_noise(seed, shape) for seed in seeds])
+        latents = model.initial_latents(noise)
         conditioning = model.conditioning(embeddings, s.height, s.width)
 
         for step, t in enumerate(timesteps):
@@ -113,18 +127,19 @@ class StoryRenderer:
             noise = uncond + s.guidance_scale * (cond - uncond)  # classifier-free guidance
             latents = model.step(noise, t, latents)
         if decode_singly:
-            return [image for i in range(len(seeds)) for image in model.decode(latents[i:i + 1])]
+            return [image for i in range(len(embeddings)) for image in model.decode(latents[i:i + 1])]
         return model.decode(latents)
 
     # 3a/3b. consistent self-attention -----------------------------------------------------------
     def render_identity(self, character: str, embeddings: list[TextEmbedding], seeds: list[int],
-                        draw_seed: int) -> list[Image.Image]:
+                        draw_seed: int, batch_seed: int | None = None) -> list[Image.Image]:
         """Write phase: `character`'s identity frames in one batch, each attending to the others; stores its ID bank.
+        Their noise: `seeds` per frame, or one draw from `batch_seed` (render.seed_policy=shared, as upstream).
 
         The batch is fixed at `id_length` frames, so its VAE decode (in fp32 for SDXL's VAE) would be the GPU's
         peak: the frames are decoded one at a time (docs/methods.md, "The ID bank, measured": what fits in 24 GB)."""
         with self.csa.writing(character, len(embeddings), draw_seed):
-            return self.render(embeddings, seeds, decode_singly=True)
+            return self.render(embeddings, seeds, decode_singly=True, batch_seed=batch_seed)
 
     def render_consistent(self, embeddings: list[TextEmbedding], seeds: list[int],
                           characters: list[tuple[str, ...]], draw_seeds: list[int]) -> list[Image.Image]:
