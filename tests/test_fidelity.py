@@ -14,8 +14,8 @@ from storyadapter.errors import UserError
 from storyadapter.rundir import guard, manifest
 from storyadapter.story.parse import load_story
 
-from .conftest import write_story
-from .test_csa import TOM_LISA, config, worker_for
+from .helpers.csa import config, worker_for
+from .helpers.stories import TOM_LISA, write_story
 
 N_FRAMES = len(TOM_LISA) - 3
 

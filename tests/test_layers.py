@@ -14,6 +14,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -171,3 +172,13 @@ def test_no_import_cycles_in_the_package_and_bench():
 def test_the_cycle_finder_finds_cycles():
     graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}, "e": {"f"}, "f": {"e"}, "g": set()}
     assert sorted(cycles(graph)) == [["a", "b", "c"], ["e", "f"]]
+
+
+def test_no_test_module_imports_another():
+    """Shared fixtures live in conftest.py (pytest injects them) and shared helpers in tests/helpers/: a test module
+    importing another runs that module's tests' set-up and couples their fates."""
+    tests = REPO / "tests"
+    pattern = re.compile(r"^\s*(?:from\s+(?:tests)?\.(?:test_\w+|conftest)\b|import\s+tests\.test_)", re.M)
+    offenders = [p.name for p in sorted(tests.glob("*.py")) + sorted((tests / "helpers").glob("*.py"))
+                 if pattern.search(p.read_text())]
+    assert offenders == []
