@@ -11,7 +11,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from . import spec as specs
+from . import passes, spec as specs
 from .engine import local_ray
 from .rundir import guard as rundir
 from .errors import UserError
@@ -119,7 +119,8 @@ def plan_for(run: specs.RunSpec, story: Story, out_dir: Path, ramp_iterations: i
     shared = run.method.name != "story_adapter" and run.method.id_banks == "shared" and run.model.kind != "sim"
     return driver.RunPlan(**{**specs.fields_for(driver.RunPlan, run.render),
                              "story": story, "out_dir": out_dir, "iterations": run.iterations_to_render,
-                             "ramp_iterations": ramp_iterations, "consistent": consistent_pass(run, story) if shared else None})
+                             "ramp_iterations": ramp_iterations, "consistent": consistent_pass(run, story) if shared else None,
+                             "drafts": passes.drafting(run.render), "all_drafts": run.render.draft.final})
 
 
 def needs_gpu(run: specs.RunSpec) -> bool:

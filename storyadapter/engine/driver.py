@@ -30,11 +30,12 @@ log = logging.getLogger(__name__)
 class Executor(Protocol):
     def render_iteration(
         self, iteration: int, batches: list[list[int]], bank: np.ndarray | None, scale: float,
-        on_batches: Callable[[list[BatchResult]], None], identities: Sequence[str] = (),
+        on_batches: Callable[[list[BatchResult]], None], identities: Sequence[str] = (), draft: bool = False,
     ) -> None:
         """Render every batch, calling `on_batches` with the batches that finished since the last call (a batch
         may arrive twice after a failure). `identities` (a CSA pass): characters whose write phase runs first,
-        one worker each, and whose ID banks then reach every worker that renders `batches`."""
+        one worker each, and whose ID banks then reach every worker that renders `batches`. `draft`: every
+        worker renders the iteration with the draft settings (render.draft.*)."""
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,12 @@ class RunPlan:
     stop_when_stable: float | None = None  # convergence.py: stop once the frames' embeddings settle
     # method=storydiffusion|hybrid with shared ID banks: iteration 0 writes each character's bank once (identity.py)
     consistent: "ConsistentPass | None" = None
+    drafts: bool = False  # render.draft.* sets something: iterations before the last render with it
+    all_drafts: bool = False  # render.draft.final: the last iteration is a draft too
+
+    def is_draft(self, iteration: int) -> bool:
+        """Whether `iteration` renders with render.draft.*: every one before the last (all with all_drafts)."""
+        return self.drafts and (self.all_drafts or iteration < self.iterations)
 
     def scale(self, iteration: int) -> float:
         ramp = self.iterations if self.ramp_iterations is None else self.ramp_iterations
@@ -76,8 +83,8 @@ class LocalExecutor:
     def __init__(self, worker: Worker):
         self.worker = worker
 
-    def render_iteration(self, iteration, batches, bank, scale, on_batches, identities=()):
-        self.worker.begin_iteration(iteration, bank, scale)
+    def render_iteration(self, iteration, batches, bank, scale, on_batches, identities=(), draft=False):
+        self.worker.begin_iteration(iteration, bank, scale, **({"draft": True} if draft else {}))
         for character in identities:  # the worker keeps each bank it writes: it is the only reader
             on_batches([self.worker.write_identity(iteration, character).batch])
         for frames in batches:
@@ -150,10 +157,12 @@ def _run_iteration(plan: RunPlan, executor: Executor, it: int, groups: list[list
                     results.update(fresh)
                     bar.update(len(fresh))
 
+            # Said only for a draft: without render.draft.* the calls are those of executors written before drafts.
+            draft = {"draft": True} if plan.is_draft(it) else {}
             if identities:
-                executor.render_iteration(it, todo, None, scale, on_batches, identities=identities)
+                executor.render_iteration(it, todo, None, scale, on_batches, identities=identities, **draft)
             elif todo:
-                executor.render_iteration(it, todo, bank if it > 0 else None, scale, on_batches)
+                executor.render_iteration(it, todo, bank if it > 0 else None, scale, on_batches, **draft)
         t1 = time.perf_counter()
         bank = _finish_iteration(plan, it, scale, list(results.values()))
     finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from .. import environment
 from . import manifest
 from ..atomic import replacing
+from ..config import DraftConfig
 from ..errors import UserError
 from ..story.model import Story
 
@@ -27,7 +29,8 @@ _SIM_PIXEL_KEYS = ("embedding_dim", "image_size")  # model=sim: timings may diff
 # stop_when_stable too: a render that stopped early may be resumed with another EPS (or none) to refine further.
 _IGNORED_RENDER_KEYS = ("iterations", "stop_when_stable")
 # Render keys added after renders existed: at these values they are left out, so older renders still resume.
-_LATER_RENDER_DEFAULTS = {"reference_weighting": "uniform", "character_weight": 4.0}
+_LATER_RENDER_DEFAULTS = {"reference_weighting": "uniform", "character_weight": 4.0, "scheduler": "ddim",
+                          "draft": dataclasses.asdict(DraftConfig())}
 
 
 @dataclass(frozen=True)
