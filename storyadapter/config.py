@@ -74,6 +74,10 @@ class DraftConfig:
     height: Optional[int] = None
     width: Optional[int] = None
     final: bool = False  # true: the last iteration is a draft too (the whole story at draft cost)
+    # A few-step LoRA for the drafts only (SDXL-Lightning, Hyper-SD, LCM-LoRA, DMD2; .safetensors, UNet layers):
+    # on for draft iterations, off for the last pass, on every worker alike. Users bring the file.
+    lora: Optional[str] = None
+    lora_scale: float = 1.0
 
 
 @dataclass

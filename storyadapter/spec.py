@@ -76,8 +76,9 @@ def _for_pass(self, draft: bool):
     last pass's (render.* itself)."""
     if not draft:
         return self
+    own = {f.name for f in fields(self)}
     changes = {f.name: getattr(self.draft, f.name) for f in fields(self.draft)
-               if f.name != "final" and getattr(self.draft, f.name) is not None}
+               if f.name in own and getattr(self.draft, f.name) is not None}
     return dataclasses.replace(self, **changes)
 
 

@@ -206,3 +206,73 @@ def test_swift_resumes_to_identical_bytes_from_a_draft_or_the_last_iteration_on_
         engine_render(engine_story, tiny_cache, out, 2, "resume=true")
         assert_same_bytes(reference, out)
 
+
+
+# --- the draft LoRA -----------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def draft_lora(tiny_source, tmp_path_factory) -> Path:
+    import shutil
+
+    from .test_checkpoints import build_lora
+
+    folder = tmp_path_factory.mktemp("lora") / "sdxl"
+    shutil.copytree(tiny_source.pretrained, folder)
+    return build_lora(folder)
+
+
+def first_frame(worker, draft: bool) -> bytes:
+    worker.begin_iteration(0, None, 0.0, draft=draft)
+    result = worker.render_batch(0, [0])
+    return (Path(worker.spec.out_dir) / result.frames[0].image_path).read_bytes()
+
+
+def test_the_draft_lora_is_on_for_drafts_and_off_for_the_last_pass(tiny_source, draft_lora, tmp_path):
+    from storyadapter.worker.frame_worker import FramePrompt, FrameWorker, WorkerSpec
+
+    def worker(name, lora):
+        settings = specs.RenderSpec(steps=2, height=64, width=64, reference_size=32, draft=draft(lora=lora))
+        return FrameWorker(WorkerSpec(source=tiny_source, settings=settings, prompts=(FramePrompt("a fox", ""),),
+                                      out_dir=str(tmp_path / name), seed=1, seed_policy="shared", threads=1))
+
+    plain, with_lora = worker("plain", None), worker("lora", str(draft_lora))
+    last = first_frame(with_lora, draft=False)
+    assert last == first_frame(plain, draft=False)  # switched off: the plain model's bytes
+    assert first_frame(with_lora, draft=True) != last  # on for a draft
+    assert first_frame(with_lora, draft=False) == last  # and off again at the next boundary
+
+
+def test_a_draft_lora_that_fits_nothing_is_one_line(tiny_source, tmp_path):
+    from safetensors.torch import save_file
+
+    from storyadapter.models import lora
+
+    nomatch = tmp_path / "nomatch.safetensors"
+    save_file({"unet.no_such_block.to_q.lora_A.weight": torch.zeros(4, 8),
+               "unet.no_such_block.to_q.lora_B.weight": torch.zeros(8, 4)}, str(nomatch))
+    not_lora = tmp_path / "not-lora.safetensors"
+    save_file({"weight": torch.zeros(2)}, str(not_lora))
+    with pytest.raises(UserError) as err:  # the launcher's check, before any worker
+        lora.check(str(not_lora), 0, key="render.draft.lora")
+    assert str(err.value).startswith(f"render.draft.lora={not_lora}: holds no LoRA weights")
+    from storyadapter.models.loading import load_pipeline
+
+    pipe = load_pipeline(tiny_source, torch.device("cpu"), torch.float32)
+    with pytest.raises(UserError) as err:  # the worker's, at load
+        lora.load_draft(pipe, str(nomatch), 1.0)
+    assert str(err.value).startswith(f"render.draft.lora={nomatch}: ") and "\n" not in str(err.value)
+
+
+def test_the_draft_lora_is_in_the_fingerprint_by_content(draft_lora, tmp_path):
+    import shutil
+
+    from storyadapter.launch import compose_config
+    from storyadapter.rundir.guard import fingerprint
+    from storyadapter.story.parse import load_story
+
+    story = load_story(write_story(tmp_path / "s.txt", FRAMES))
+    moved = tmp_path / "moved.safetensors"
+    shutil.copy(draft_lora, moved)
+    base = ["story.path=s.txt", "output_dir=o", "model=tiny", "render=swift"]
+    a, b = (fingerprint(compose_config(base + [f"render.draft.lora={p}"]), story)["render"]["draft"] for p in (draft_lora, moved))
+    assert a == b and len(a["lora"]["sha256"]) == 64

@@ -105,6 +105,13 @@ class Backbone(ABC):
         """One scheduler step: the latents at the next timestep. A stochastic scheduler (LCM, TCD) draws its
         noise from `generators`, one CPU generator per frame of the batch, so pixels never depend on the batch."""
 
+    def load_draft_lora(self, path: str, scale: float) -> None:
+        """Load a LoRA for draft iterations only, switched off (render.draft.lora)."""
+        raise NotImplementedError(f"{type(self).__name__} takes no draft LoRA")
+
+    def use_draft_lora(self, on: bool) -> None:
+        """Switch the draft LoRA on (a draft iteration) or off (the last pass); a no-op without one."""
+
     def set_scheduler(self, name: str) -> None:
         """Denoise with scheduler `name` (spec.SCHEDULERS) from the next `timesteps` call on."""
         if name != "ddim":

@@ -76,6 +76,18 @@ class SDXLBackbone(Backbone):
         return sdxl_text.encode(self.pipe, prompt, negative, windows)
 
     # denoising ----------------------------------------------------------------------------------
+    def load_draft_lora(self, path: str, scale: float) -> None:
+        from ..models import lora
+
+        lora.load_draft(self.pipe, path, scale)
+        self._draft_lora = True
+
+    def use_draft_lora(self, on: bool) -> None:
+        if getattr(self, "_draft_lora", False):
+            from ..models import lora
+
+            lora.switch_draft(self.pipe, on)
+
     def set_scheduler(self, name: str) -> None:
         if name not in self._schedulers:
             self._schedulers[name] = _scheduler(name, self._schedulers["ddim"].config)

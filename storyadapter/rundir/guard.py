@@ -54,6 +54,11 @@ def fingerprint(cfg: DictConfig, story: Story) -> dict:
 
         # A LoRA is its bytes: the same file moved elsewhere resumes, another file under the same name does not.
         fp["model"]["loras"] = [{"sha256": digest(lw["path"]), "scale": lw["scale"]} for lw in fp["model"]["loras"]]
+    draft = fp["render"].get("draft")
+    if draft and draft.get("lora"):
+        from .file_digest import digest
+
+        draft["lora"] = {"sha256": digest(draft["lora"])}  # moved elsewhere resumes; other bytes do not
     if fp["model"].get("kind") == "sim":
         fp["model"]["sim"] = {k: resolved["model"]["sim"][k] for k in _SIM_PIXEL_KEYS}
     if resolved.get("method", {}).get("name", "story_adapter") != "story_adapter":
