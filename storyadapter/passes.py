@@ -30,3 +30,9 @@ def unet_evaluations(render, frames: int, last: int, first: int = 0) -> int:
         s = render.for_pass(is_draft(render, it, last))
         total += frames * s.steps * branches(s)
     return total
+
+
+def frame_costs(render) -> tuple[int, int]:
+    """Denoiser evaluations per frame of a draft and of a last pass (the ETA scales one kind's rate by them)."""
+    draft, last = render.for_pass(drafting(render)), render.for_pass(drafting(render) and render.draft.final)
+    return draft.steps * branches(draft), last.steps * branches(last)

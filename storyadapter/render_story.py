@@ -137,7 +137,8 @@ def plan_for(run: specs.RunSpec, story: Story, out_dir: Path, ramp_iterations: i
     return driver.RunPlan(**{**specs.fields_for(driver.RunPlan, run.render),
                              "story": story, "out_dir": out_dir, "iterations": run.iterations_to_render,
                              "ramp_iterations": ramp_iterations, "consistent": consistent_pass(run, story) if shared else None,
-                             "drafts": passes.drafting(run.render), "all_drafts": run.render.draft.final})
+                             "drafts": passes.drafting(run.render), "all_drafts": run.render.draft.final,
+                             "frame_costs": passes.frame_costs(run.render)})
 
 
 def needs_gpu(run: specs.RunSpec) -> bool:

@@ -276,3 +276,36 @@ def test_the_draft_lora_is_in_the_fingerprint_by_content(draft_lora, tmp_path):
     base = ["story.path=s.txt", "output_dir=o", "model=tiny", "render=swift"]
     a, b = (fingerprint(compose_config(base + [f"render.draft.lora={p}"]), story)["render"]["draft"] for p in (draft_lora, moved))
     assert a == b and len(a["lora"]["sha256"]) == 64
+
+
+# --- the whole render's ETA ----------------------------------------------------------------------------------------
+
+def test_the_render_eta_counts_each_kind_at_its_own_measured_rate(tmp_path):
+    import json
+    import logging
+
+    from storyadapter.engine.eta import RenderEta
+    from storyadapter.rundir.eta_file import ETA_FILE
+
+    # render=swift-like: 3 drafts at 4 evaluations per frame, then a last pass at 100
+    eta = RenderEta(tmp_path, frames=10, kinds=[True, True, True, False], costs=(4, 100))
+    assert eta.remaining_s() is None  # nothing measured yet
+    eta.finished(True, 10, 20.0)  # 2 s per draft frame
+    assert eta.remaining_s() == 2 * 10 * 2.0 + 10 * 2.0 * 100 / 4  # the last pass estimated from the drafts
+    eta.finished(True, 10, 20.0)
+    eta.finished(True, 10, 20.0)
+    eta.report(logging.getLogger("test"))
+    assert json.loads((tmp_path / ETA_FILE).read_text())["eta_s"] == 500.0
+    eta.finished(False, 10, 300.0)
+    eta.report(logging.getLogger("test"))
+    assert not (tmp_path / ETA_FILE).exists()  # done
+
+
+def test_the_driver_writes_the_eta_between_iterations(tiny_source, tmp_path, caplog):
+    import logging
+
+    settings = specs.RenderSpec(steps=2, height=64, width=64, reference_size=32, draft=draft(steps=1, guidance_scale=1.0))
+    with caplog.at_level(logging.INFO, logger="storyadapter.engine.driver"):
+        render_in_process(tiny_source, tmp_path / "out", settings)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("render ETA")]
+    assert len(lines) == 2 and "2 iterations left" in lines[0] and "last pass" in lines[0] and "(estimated)" in lines[0]

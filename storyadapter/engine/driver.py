@@ -17,6 +17,7 @@ import numpy as np
 from ..rundir import convergence, journal, manifest
 from ..story import references, schedule
 from ..story.model import Story
+from .eta import RenderEta
 from .progress import iteration_progress
 from .timeline import BatchTimeline
 from .protocol import BatchResult, FrameResult, Worker
@@ -54,6 +55,7 @@ class RunPlan:
     consistent: "ConsistentPass | None" = None
     drafts: bool = False  # render.draft.* sets something: iterations before the last render with it
     all_drafts: bool = False  # render.draft.final: the last iteration is a draft too
+    frame_costs: tuple[int, int] = (1, 1)  # planned denoiser evaluations per frame of a draft, of a last pass (eta.py)
 
     def is_draft(self, iteration: int) -> bool:
         """Whether `iteration` renders with render.draft.*: every one before the last (all with all_drafts)."""
@@ -110,10 +112,12 @@ def run_iterations(plan: RunPlan, executor: Executor) -> list[IterationStats]:
     stats = []
     if convergence.stable_before_resume(plan.out_dir, start, plan.stop_when_stable):
         return stats
+    eta = RenderEta(plan.out_dir, n, [plan.is_draft(it) for it in range(start, plan.iterations + 1)], plan.frame_costs)
     for it in range(start, plan.iterations + 1):
         previous = bank
         st, bank = _run_iteration(plan, executor, it, groups, bank)
         stats.append(st)
+        eta.finished(plan.is_draft(it), n - st.resumed_frames, st.wall_s)
         log.info(
             "iteration %d/%d done: %d frames in %.1f s (%.2f frames/s), scale %.3f, workers busy %.1f s, "
             "waiting at the barrier %.2f s, driver %.2f s%s",
@@ -122,7 +126,10 @@ def run_iterations(plan: RunPlan, executor: Executor) -> list[IterationStats]:
             f", {st.resumed_frames} frames kept from before the restart" if st.resumed_frames else "",
         )
         if convergence.stop_after(it, previous, bank, plan.stop_when_stable, plan.iterations):
+            eta.kinds.clear()
+            eta.report(log)
             break
+        eta.report(log)
     return stats
 
 
