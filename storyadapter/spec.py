@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import config as schema
 from .errors import UserError
+from . import passes
 from .methods import METHODS, refinements
 
 
@@ -252,6 +253,11 @@ def check(run: "RunSpec") -> None:
         if value is not None and value <= 0:
             raise ConfigError(key, value, f"must be positive (or null {null_means})")
     _check_draft(run.render.draft)
+    if run.render.stop_when_stable is not None and passes.drafting(run.render) and not run.render.draft.final:
+        # A story that settles during the drafts would stop on a draft; skipping to the last pass is not built yet.
+        raise ConfigError("render.stop_when_stable", run.render.stop_when_stable,
+                          "cannot be combined with draft iterations yet (the story would end on a draft); "
+                          "remove it, or add render.draft.final=true")
     for index, lora in enumerate(run.model.loras):
         if not lora.path or lora.path == "???":  # OmegaConf's MISSING
             raise UserError(f"model.loras[{index}].path: missing; give each LoRA as {{path: FILE.safetensors, scale: 0.8}}")
