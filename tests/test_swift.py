@@ -310,3 +310,15 @@ def test_the_driver_writes_the_eta_between_iterations(tiny_source, tmp_path, cap
         render_in_process(tiny_source, tmp_path / "out", settings)
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("render ETA")]
     assert len(lines) == 2 and "2 iterations left" in lines[0] and "last pass" in lines[0] and "(estimated)" in lines[0]
+
+
+def test_extending_a_finished_swift_render_keeps_its_iterations_and_drafts_the_new_middle_ones(tiny_source, tmp_path):
+    settings = specs.RenderSpec(steps=2, height=64, width=64, reference_size=32,
+                                draft=draft(steps=1, guidance_scale=1.0, height=32, width=32))
+    out = tmp_path / "out"
+    render_in_process(tiny_source, out, settings, iterations=1)
+    kept = {p: p.stat().st_mtime_ns for p in out.glob("iter_0[01]/*.png")}
+    worker = render_in_process(tiny_source, out, settings, iterations=3)
+    assert {p: p.stat().st_mtime_ns for p in kept} == kept  # nothing rendered again
+    assert sizes(out, 3) == [(32, 32), (64, 64), (32, 32), (64, 64)]  # the old last pass stays; 2 is a draft now
+    assert worker.renderer.backbone.unet_evaluations == 3 * 1 * 1 + 3 * 2 * 2
