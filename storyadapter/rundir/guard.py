@@ -58,7 +58,7 @@ def fingerprint(cfg: DictConfig, story: Story) -> dict:
     if draft and draft.get("lora"):
         from .file_digest import digest
 
-        draft["lora"] = {"sha256": digest(draft["lora"])}  # moved elsewhere resumes; other bytes do not
+        draft["lora"] = {"sha256": digest(draft["lora"], "render.draft.lora")}  # moved elsewhere resumes; other bytes do not
     if fp["model"].get("kind") == "sim":
         fp["model"]["sim"] = {k: resolved["model"]["sim"][k] for k in _SIM_PIXEL_KEYS}
     if resolved.get("method", {}).get("name", "story_adapter") != "story_adapter":
