@@ -66,6 +66,7 @@ bench: install
 	HF_HUB_OFFLINE=1 $(PY) -m bench.throughput preset=cpu
 	HF_HUB_OFFLINE=1 $(PY) -m bench.early_stop
 	HF_HUB_OFFLINE=1 $(PY) -m bench.methods all
+	HF_HUB_OFFLINE=1 $(PY) -m bench.story_cost
 
 # Full-size random-weight SDXL on a GPU (bf16, SDPA, 1024², 50 steps); needs a CUDA build of torch.
 # COMPILE=1 adds torch.compile; PEAK_TFLOPS is one GPU's dense bf16 peak (H100 SXM: 989).

@@ -64,12 +64,30 @@ class ModelConfig:
 
 
 @dataclass
+class DraftConfig:
+    """Settings of every iteration before the last (render=swift). Those iterations only feed the next bank (each
+    frame's CLIP embedding at render.reference_size), so they may be cheap; null keeps the last pass's value."""
+
+    steps: Optional[int] = None
+    scheduler: Optional[str] = None  # ddim (as upstream) | euler_trailing (SDXL-Lightning) | lcm | tcd
+    guidance_scale: Optional[float] = None  # at <= 1: one UNet pass per step (no unconditional branch)
+    height: Optional[int] = None
+    width: Optional[int] = None
+    final: bool = False  # true: the last iteration is a draft too (the whole story at draft cost)
+    # A few-step LoRA for the drafts only (SDXL-Lightning, Hyper-SD, LCM-LoRA, DMD2; .safetensors, UNet layers):
+    # on for draft iterations, off for the last pass, on every worker alike. Users bring the file.
+    lora: Optional[str] = None
+    lora_scale: float = 1.0
+
+
+@dataclass
 class RenderConfig:
     iterations: int = 10  # refinement iterations after the text-only iteration 0
     steps: int = 50
     height: int = 1024
     width: int = 1024
-    guidance_scale: float = 7.5
+    guidance_scale: float = 7.5  # at <= 1: one denoiser pass per step, no unconditional branch
+    scheduler: str = "ddim"  # ddim (as upstream) | euler_trailing (SDXL-Lightning) | lcm | tcd (spec.SCHEDULERS)
     scale_start: float = 0.3
     scale_end: float = 0.5
     seed: int = 2024
@@ -88,6 +106,7 @@ class RenderConfig:
     # Stop once the mean 1 - cosine between a frame's embedding and its previous iteration's falls below this
     # (checked after each refinement); None: always run all iterations.
     stop_when_stable: Optional[float] = None
+    draft: DraftConfig = field(default_factory=DraftConfig)  # iterations before the last (all of them with final)
 
 
 @dataclass

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from . import spec as specs
+from . import passes, spec as specs
 from .engine import local_ray
 from .rundir import guard as rundir
 from .errors import UserError
@@ -81,6 +81,23 @@ def _absolute(path: str | None) -> str | None:
     return str(Path(path).expanduser().absolute()) if path else None
 
 
+def _with_absolute_draft_lora(render: specs.RenderSpec) -> specs.RenderSpec:
+    """Workers (and Ray Jobs' copied working dir) have another cwd: the draft LoRA's path becomes absolute."""
+    if not render.draft.lora:
+        return render
+    from dataclasses import replace
+
+    return replace(render, draft=replace(render.draft, lora=_absolute(render.draft.lora)))
+
+
+def check_draft_lora(run: specs.RunSpec) -> None:
+    """Before any worker starts: render.draft.lora is there, is safetensors and holds LoRA weights."""
+    if run.render.draft.lora and run.model.kind != "sim":
+        from .models import lora
+
+        lora.check(_absolute(run.render.draft.lora), 0, key="render.draft.lora")
+
+
 def worker_spec(run: specs.RunSpec, story: Story, source, out_dir: Path):
     """What each render actor builds its worker from: the model=sim worker, or the frame worker."""
     out = str(Path(out_dir).resolve())
@@ -92,7 +109,7 @@ def worker_spec(run: specs.RunSpec, story: Story, source, out_dir: Path):
 
     return WorkerSpec(
         source=source,
-        settings=run.render,
+        settings=_with_absolute_draft_lora(run.render),
         prompts=tuple(FramePrompt(*story.styled(f), characters=f.characters) for f in story.frames),
         out_dir=out,
         threads=run.cluster.threads_per_worker,
@@ -130,7 +147,9 @@ def plan_for(run: specs.RunSpec, story: Story, out_dir: Path, ramp_iterations: i
     shared = run.method.name != "story_adapter" and run.method.id_banks == "shared" and run.model.kind != "sim"
     return driver.RunPlan(**{**specs.fields_for(driver.RunPlan, run.render),
                              "story": story, "out_dir": out_dir, "iterations": run.iterations_to_render,
-                             "ramp_iterations": ramp_iterations, "consistent": consistent_pass(run, story) if shared else None})
+                             "ramp_iterations": ramp_iterations, "consistent": consistent_pass(run, story) if shared else None,
+                             "drafts": passes.drafting(run.render), "all_drafts": run.render.draft.final,
+                             "frame_costs": passes.frame_costs(run.render)})
 
 
 def needs_gpu(run: specs.RunSpec) -> bool:
@@ -197,6 +216,7 @@ def _render(run: specs.RunSpec, cfg: DictConfig, story: Story, out_dir: Path,
     from .worker.clip import ActorClip
 
     source, eval_clip = resolve_model(run.model)
+    check_draft_lora(run)
     c = run.cluster
     started = cluster.connect(c.mode, c.address, c.workers, c.cpus_per_worker, c.object_store_gb, c.connect_timeout_s,
                               gpus_per_worker=c.gpus_per_worker if needs_gpu(run) else 0.0)

@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import config as schema
 from .errors import UserError
+from . import passes
 from .methods import METHODS, refinements
 
 
@@ -68,8 +69,22 @@ StorySpec = _frozen(schema.StoryConfig, "StorySpec")
 LoraSpec = _frozen(schema.LoraConfig, "LoraSpec")
 SimModelSpec = _frozen(schema.SimConfig, "SimModelSpec")
 ModelSpec = _frozen(schema.ModelConfig, "ModelSpec")
-RenderSpec = _frozen(schema.RenderConfig, "RenderSpec")
 FreeUSpec = _frozen(schema.FreeUConfig, "FreeUSpec")
+DraftSpec = _frozen(schema.DraftConfig, "DraftSpec")
+
+
+def _for_pass(self, draft: bool):
+    """The render settings of one iteration: a draft's (render.draft.*, null keeping the main value) or the
+    last pass's (render.* itself)."""
+    if not draft:
+        return self
+    own = {f.name for f in fields(self)}
+    changes = {f.name: getattr(self.draft, f.name) for f in fields(self.draft)
+               if f.name in own and getattr(self.draft, f.name) is not None}
+    return dataclasses.replace(self, **changes)
+
+
+RenderSpec = _frozen(schema.RenderConfig, "RenderSpec", {"for_pass": _for_pass})
 MethodSpec = _frozen(schema.MethodConfig, "MethodSpec")
 ClusterSpec = _frozen(schema.ClusterConfig, "ClusterSpec")
 OutputsSpec = _frozen(schema.OutputsConfig, "OutputsSpec")
@@ -168,11 +183,15 @@ def unknown_key(key: str) -> str:
 
 # --- the checks -------------------------------------------------------------------------------------------------
 
+# Denoising schedulers a pass may use (backbones/sdxl.py builds them from diffusers): DDIM as upstream, Euler with
+# trailing timesteps (SDXL-Lightning's model card), LCM (LCM-LoRA), TCD (Hyper-SD / TCD-LoRA).
+SCHEDULERS = ("ddim", "euler_trailing", "lcm", "tcd")
 CHOICES = {
     "model.kind": ("hub", "tiny", "sdxl-random", "sim"),
     "render.seed_policy": ("shared", "per_frame"),
     "render.reference_weighting": ("uniform", "characters"),
     "render.reference_sdpa": ("split", "joint"),
+    "render.scheduler": SCHEDULERS,
     "method.name": METHODS,
     "method.id_banks": ("shared", "rerender"),
     "cluster.mode": ("local", "ray"),
@@ -236,9 +255,30 @@ def check(run: "RunSpec") -> None:
         value = _get(run, key)
         if value is not None and value <= 0:
             raise ConfigError(key, value, f"must be positive (or null {null_means})")
+    _check_draft(run.render.draft)
+    if run.render.stop_when_stable is not None and passes.drafting(run.render) and not run.render.draft.final:
+        # A story that settles during the drafts would stop on a draft; skipping to the last pass is not built yet.
+        raise ConfigError("render.stop_when_stable", run.render.stop_when_stable,
+                          "cannot be combined with draft iterations yet (the story would end on a draft); "
+                          "remove it, or add render.draft.final=true")
     for index, lora in enumerate(run.model.loras):
         if not lora.path or lora.path == "???":  # OmegaConf's MISSING
             raise UserError(f"model.loras[{index}].path: missing; give each LoRA as {{path: FILE.safetensors, scale: 0.8}}")
+
+
+def _check_draft(draft) -> None:
+    """render.draft.*: null keeps the last pass's value, which was checked above."""
+    if draft.steps is not None and draft.steps < 1:
+        raise ConfigError("render.draft.steps", draft.steps, "must be at least 1 (or null for render.steps)")
+    if draft.scheduler is not None and draft.scheduler not in SCHEDULERS:
+        raise ConfigError("render.draft.scheduler", draft.scheduler, f"expected one of {', '.join(SCHEDULERS)} (or null for render.scheduler)")
+    if draft.guidance_scale is not None and draft.guidance_scale < 0:
+        raise ConfigError("render.draft.guidance_scale", draft.guidance_scale,
+                          "must be 0 or more (at <= 1 drafts run without classifier-free guidance)")
+    for key in ("height", "width"):
+        value = getattr(draft, key)
+        if value is not None and (value <= 0 or value % 8):
+            raise ConfigError(f"render.draft.{key}", value, "must be a positive multiple of 8 (the VAE downsamples by 8)")
 
 
 def check_model_keys(model: "ModelSpec", preset: "ModelSpec") -> None:

@@ -43,14 +43,14 @@ class ToyBackbone(Backbone):
     def initial_latents(self, noise):
         return noise.to(self.dtype)
 
-    def conditioning(self, texts, height, width):
+    def conditioning(self, texts, height, width, guided=True):
         return torch.cat([e.negative_tokens for e in texts] + [e.tokens for e in texts]).to(self.dtype)
 
     def predict_noise(self, latents, t, conditioning):
         uncond, cond = conditioning.view(2, -1, 3, 1, 1)
         return toy_noise(latents, t, uncond), toy_noise(latents, t, cond)
 
-    def step(self, noise, t, latents):
+    def step(self, noise, t, latents, generators=None):
         return latents - 0.1 * noise
 
     def decode(self, latents):

@@ -114,6 +114,7 @@ class ConsistentSelfAttention:
         self.bank_device = torch.device(bank_device)  # the host: banks outgrow an accelerator (docs/methods.md)
         self.banks: dict[str, IdBank] = {}
         self.step = 0
+        self.branches = 2  # the batch's guidance halves: [uncond; cond], or 1 (conditional only, no guidance)
         self._phase: WritePhase | ReadPhase | None = None
 
     @property
@@ -185,7 +186,7 @@ class ConsistentSelfAttnProcessor(nn.Module):
         state, n = self.state, phase.images
         if state.settings.rate(state.step) == 0.0:  # plain steps never read the bank: nothing to store
             return self.plain(attn, hidden_states)
-        x = hidden_states.view(2, n, *hidden_states.shape[1:])  # classifier-free guidance: [uncond; cond]
+        x = hidden_states.view(state.branches, n, *hidden_states.shape[1:])  # guidance: [uncond; cond], or [cond]
         mask = self._mask_on(phase, x.shape[2], x.device)
         sampled = [x[:, i][:, mask[i]] for i in range(n)]
         phase.bank.tokens[(state.step, self.layer)] = torch.cat(sampled, dim=1).to(state.bank_device, copy=True)
@@ -204,7 +205,7 @@ class ConsistentSelfAttnProcessor(nn.Module):
         if not any(gates):  # the whole batch exactly as plain SDXL: [NC] frames equal text-only renders
             return self.plain(attn, hidden_states)
         m = len(phase.characters)
-        x = hidden_states.view(2, m, *hidden_states.shape[1:])
+        x = hidden_states.view(state.branches, m, *hidden_states.shape[1:])
         # Each bank slice crosses to the accelerator once per layer call, however many frames of the batch read it.
         needed = sorted({c for f, use in enumerate(gates) if use for c in phase.characters[f]})
         slices = {c: state.banks[c].tokens[(state.step, self.layer)].to(x.device, x.dtype, non_blocking=True) for c in needed}

@@ -58,6 +58,7 @@ class GlobalReferenceAttnProcessor(CrossAttentionProcessor):
         self.heads = heads
         self.joint = joint  # one SDPA call for both CFG halves (see the module docstring)
         self.scale = 0.0
+        self.branches = 2  # the batch: [unconditional; conditional] halves (guidance) or 1, conditional only
         self._ref: tuple[torch.Tensor, ...] | None = None  # split: (k_cond, v_cond, k_uncond, v_uncond); joint: (k, v)
         self.ref_bias: torch.Tensor | None = None  # (batch, 1, 1, 4N) logits added on the conditional branch
         self.ref_gate: torch.Tensor | None = None  # (2 * batch, 1, 1, 1) per-frame multiplier of the branch
@@ -86,7 +87,10 @@ class GlobalReferenceAttnProcessor(CrossAttentionProcessor):
         out = text_attention(attn, query, context)
         if self.scale != 0.0 and self._ref is not None:  # scale 0 stays bitwise equal to text-only SDXL
             half = query.shape[0] // 2
-            if self.joint:
+            if self.branches == 1:  # no guidance: the whole batch is conditional
+                k_cond, v_cond = (t[-1:] for t in self._ref) if self.joint else self._ref[:2]
+                ref = _attend(query, k_cond, v_cond, self.ref_bias)
+            elif self.joint:
                 key, value = (t.to(query.dtype).repeat_interleave(half, dim=0) for t in self._ref)
                 bias = None if self.ref_bias is None else torch.cat([torch.zeros_like(self.ref_bias), self.ref_bias])
                 ref = F.scaled_dot_product_attention(query, key, value, attn_mask=None if bias is None else bias.to(query.dtype))

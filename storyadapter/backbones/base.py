@@ -98,17 +98,32 @@ class Backbone(ABC):
         """The batch's starting noise (from the renderer's seeds) as the denoiser's first input latents."""
 
     @abstractmethod
-    def conditioning(self, texts: list[TextEmbedding], height: int, width: int) -> Any:
+    def conditioning(self, texts: list[TextEmbedding], height: int, width: int, guided: bool = True) -> Any:
         """Everything the denoiser takes besides latents and timestep, for a batch of frames (opaque to the
-        renderer: passed back to `predict_noise`)."""
+        renderer: passed back to `predict_noise`). `guided=False`: the conditional branch alone."""
 
     @abstractmethod
-    def predict_noise(self, latents: torch.Tensor, t: torch.Tensor, conditioning: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        """The denoiser's (unconditional, conditional) predictions for `latents` at timestep `t`."""
+    def predict_noise(self, latents: torch.Tensor, t: torch.Tensor, conditioning: Any) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """The denoiser's (unconditional, conditional) predictions for `latents` at timestep `t`; the
+        unconditional one is None (not computed) for a conditioning built with `guided=False`."""
 
     @abstractmethod
-    def step(self, noise: torch.Tensor, t: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
-        """One scheduler step: the latents at the next timestep."""
+    def step(self, noise: torch.Tensor, t: torch.Tensor, latents: torch.Tensor,
+             generators: list[torch.Generator] | None = None) -> torch.Tensor:
+        """One scheduler step: the latents at the next timestep. A stochastic scheduler (LCM, TCD) draws its
+        noise from `generators`, one CPU generator per frame of the batch, so pixels never depend on the batch."""
+
+    def load_draft_lora(self, path: str, scale: float) -> None:
+        """Load a LoRA for draft iterations only, switched off (render.draft.lora)."""
+        raise NotImplementedError(f"{type(self).__name__} takes no draft LoRA")
+
+    def use_draft_lora(self, on: bool) -> None:
+        """Switch the draft LoRA on (a draft iteration) or off (the last pass); a no-op without one."""
+
+    def set_scheduler(self, name: str) -> None:
+        """Denoise with scheduler `name` (spec.SCHEDULERS) from the next `timesteps` call on."""
+        if name != "ddim":
+            raise NotImplementedError(f"{type(self).__name__} has no {name} scheduler")
 
     @abstractmethod
     def decode(self, latents: torch.Tensor) -> list[Image.Image]:

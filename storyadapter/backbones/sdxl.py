@@ -26,6 +26,7 @@ from .base import Backbone, ReferenceLayer, TextEmbedding
 class SDXLConditioning:
     tokens: torch.Tensor  # (2B, windows*77, 2048): unconditional half first, as diffusers lays out guidance
     added: dict  # the UNet's added conditions: pooled text embeddings and size time ids
+    guided: bool = True  # False: (B, ...), the conditional branch alone
 
 
 class SDXLBackbone(Backbone):
@@ -53,6 +54,8 @@ class SDXLBackbone(Backbone):
             # pipeline converts the VAE fp16 -> fp32 -> fp16 on every call). Same pixels: fp16 -> fp32 is exact.
             pipe.vae.to(torch.float32)
         self._vae_dtype = pipe.vae.dtype
+        self.unet_evaluations = 0  # frames through the UNet, one per guidance branch and step (benchmarks, tests)
+        self._schedulers = {"ddim": pipe.scheduler}  # as loaded (models/loading.py); the others built on first use
 
     # the model ----------------------------------------------------------------------------------
     @property
@@ -81,6 +84,23 @@ class SDXLBackbone(Backbone):
         return sdxl_text.encode(self.pipe, prompt, negative, windows)
 
     # denoising ----------------------------------------------------------------------------------
+    def load_draft_lora(self, path: str, scale: float) -> None:
+        from ..models import lora
+
+        lora.load_draft(self.pipe, path, scale)
+        self._draft_lora = True
+
+    def use_draft_lora(self, on: bool) -> None:
+        if getattr(self, "_draft_lora", False):
+            from ..models import lora
+
+            lora.switch_draft(self.pipe, on)
+
+    def set_scheduler(self, name: str) -> None:
+        if name not in self._schedulers:
+            self._schedulers[name] = _scheduler(name, self._schedulers["ddim"].config)
+        self.pipe.scheduler = self._schedulers[name]
+
     def timesteps(self, steps: int, height: int, width: int) -> torch.Tensor:
         self.pipe.scheduler.set_timesteps(steps, device=self.device)
         return self.pipe.scheduler.timesteps
@@ -92,26 +112,32 @@ class SDXLBackbone(Backbone):
     def initial_latents(self, noise: torch.Tensor) -> torch.Tensor:
         return noise.to(self.device, self.dtype) * self.pipe.scheduler.init_noise_sigma
 
-    def conditioning(self, texts: list[TextEmbedding], height: int, width: int) -> SDXLConditioning:
+    def conditioning(self, texts: list[TextEmbedding], height: int, width: int, guided: bool = True) -> SDXLConditioning:
         # Read once: diffusers' ModelMixin.device/.dtype walk every UNet module (~2000 in SDXL) on each access.
         device, dtype = self.device, self.dtype
-        tokens = torch.cat([e.negative_tokens for e in texts] + [e.tokens for e in texts]).to(device, dtype)
-        pooled = torch.cat([e.negative_pooled for e in texts] + [e.pooled for e in texts]).to(device, dtype)
+        negative = [e.negative_tokens for e in texts] if guided else []
+        negative_pooled = [e.negative_pooled for e in texts] if guided else []
+        tokens = torch.cat(negative + [e.tokens for e in texts]).to(device, dtype)
+        pooled = torch.cat(negative_pooled + [e.pooled for e in texts]).to(device, dtype)
         size = (height, width)
-        time_ids = torch.tensor([list(size + (0, 0) + size)], dtype=dtype, device=device).repeat(2 * len(texts), 1)
-        return SDXLConditioning(tokens, {"text_embeds": pooled, "time_ids": time_ids})
+        time_ids = torch.tensor([list(size + (0, 0) + size)], dtype=dtype, device=device).repeat(tokens.shape[0], 1)
+        return SDXLConditioning(tokens, {"text_embeds": pooled, "time_ids": time_ids}, guided)
 
     @torch.no_grad()
     def predict_noise(self, latents: torch.Tensor, t: torch.Tensor, conditioning: SDXLConditioning):
         # One UNet call on the guidance batch [unconditional; conditional], as diffusers does (attention/ relies on it).
-        model_in = self.pipe.scheduler.scale_model_input(torch.cat([latents] * 2), t)
+        model_in = self.pipe.scheduler.scale_model_input(torch.cat([latents] * 2) if conditioning.guided else latents, t)
         noise = self.pipe.unet(model_in, t, encoder_hidden_states=conditioning.tokens,
                                added_cond_kwargs=conditioning.added, return_dict=False)[0]
+        self.unet_evaluations += model_in.shape[0]
+        if not conditioning.guided:
+            return None, noise
         uncond, cond = noise.chunk(2)
         return uncond, cond
 
-    def step(self, noise: torch.Tensor, t: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
-        return self.pipe.scheduler.step(noise, t, latents, return_dict=False)[0]
+    def step(self, noise: torch.Tensor, t: torch.Tensor, latents: torch.Tensor,
+             generators: list[torch.Generator] | None = None) -> torch.Tensor:
+        return self.pipe.scheduler.step(noise, t, latents, generator=generators, return_dict=False)[0]
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> list[Image.Image]:
@@ -156,3 +182,17 @@ class SDXLBackbone(Backbone):
             raise KeyError(f"no attention layer named {unknown[0]}")
         installed.update({f"{name}.processor": proc for name, proc in processors.items()})
         self.pipe.unet.set_attn_processor(installed)
+
+
+def _scheduler(name: str, ddim_config):
+    """A diffusers scheduler on the loaded DDIM's noise schedule, set up as the distillation LoRAs' model cards
+    use it (README, "Fast stories")."""
+    from diffusers import EulerDiscreteScheduler, LCMScheduler, TCDScheduler
+
+    if name == "euler_trailing":  # SDXL-Lightning
+        return EulerDiscreteScheduler.from_config(ddim_config, timestep_spacing="trailing")
+    if name == "lcm":
+        return LCMScheduler.from_config(ddim_config)
+    if name == "tcd":
+        return TCDScheduler.from_config(ddim_config)
+    raise ValueError(f"unknown scheduler {name}")

@@ -30,8 +30,8 @@ class RenderActor:
         describe = getattr(self.worker, "environment", None)
         return describe() if describe else None
 
-    def begin_iteration(self, iteration, bank, scale):
-        return self.worker.begin_iteration(iteration, bank, scale)
+    def begin_iteration(self, iteration, bank, scale, draft=False):
+        return self.worker.begin_iteration(iteration, bank, scale, draft=draft)
 
     def render_batch(self, iteration, frames, id_bank_refs=None):
         # The refs arrive unresolved (nested in a dict): a worker fetches only the banks its frames read, once.

@@ -17,6 +17,7 @@ import numpy as np
 from ..rundir import convergence, journal, manifest
 from ..story import references, schedule
 from ..story.model import Story
+from .eta import RenderEta
 from .progress import iteration_progress
 from .timeline import BatchTimeline
 from .protocol import BatchResult, FrameResult, Worker
@@ -30,11 +31,12 @@ log = logging.getLogger(__name__)
 class Executor(Protocol):
     def render_iteration(
         self, iteration: int, batches: list[list[int]], bank: np.ndarray | None, scale: float,
-        on_batches: Callable[[list[BatchResult]], None], identities: Sequence[str] = (),
+        on_batches: Callable[[list[BatchResult]], None], identities: Sequence[str] = (), draft: bool = False,
     ) -> None:
         """Render every batch, calling `on_batches` with the batches that finished since the last call (a batch
         may arrive twice after a failure). `identities` (a CSA pass): characters whose write phase runs first,
-        one worker each, and whose ID banks then reach every worker that renders `batches`."""
+        one worker each, and whose ID banks then reach every worker that renders `batches`. `draft`: every
+        worker renders the iteration with the draft settings (render.draft.*)."""
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,13 @@ class RunPlan:
     stop_when_stable: float | None = None  # convergence.py: stop once the frames' embeddings settle
     # method=storydiffusion|hybrid with shared ID banks: iteration 0 writes each character's bank once (identity.py)
     consistent: "ConsistentPass | None" = None
+    drafts: bool = False  # render.draft.* sets something: iterations before the last render with it
+    all_drafts: bool = False  # render.draft.final: the last iteration is a draft too
+    frame_costs: tuple[int, int] = (1, 1)  # planned denoiser evaluations per frame of a draft, of a last pass (eta.py)
+
+    def is_draft(self, iteration: int) -> bool:
+        """Whether `iteration` renders with render.draft.*: every one before the last (all with all_drafts)."""
+        return self.drafts and (self.all_drafts or iteration < self.iterations)
 
     def scale(self, iteration: int) -> float:
         ramp = self.iterations if self.ramp_iterations is None else self.ramp_iterations
@@ -76,8 +85,8 @@ class LocalExecutor:
     def __init__(self, worker: Worker):
         self.worker = worker
 
-    def render_iteration(self, iteration, batches, bank, scale, on_batches, identities=()):
-        self.worker.begin_iteration(iteration, bank, scale)
+    def render_iteration(self, iteration, batches, bank, scale, on_batches, identities=(), draft=False):
+        self.worker.begin_iteration(iteration, bank, scale, **({"draft": True} if draft else {}))
         for character in identities:  # the worker keeps each bank it writes: it is the only reader
             on_batches([self.worker.write_identity(iteration, character).batch])
         for frames in batches:
@@ -103,10 +112,12 @@ def run_iterations(plan: RunPlan, executor: Executor) -> list[IterationStats]:
     stats = []
     if convergence.stable_before_resume(plan.out_dir, start, plan.stop_when_stable):
         return stats
+    eta = RenderEta(plan.out_dir, n, [plan.is_draft(it) for it in range(start, plan.iterations + 1)], plan.frame_costs)
     for it in range(start, plan.iterations + 1):
         previous = bank
         st, bank = _run_iteration(plan, executor, it, groups, bank)
         stats.append(st)
+        eta.finished(plan.is_draft(it), n - st.resumed_frames, st.wall_s)
         log.info(
             "iteration %d/%d done: %d frames in %.1f s (%.2f frames/s), scale %.3f, workers busy %.1f s, "
             "waiting at the barrier %.2f s, driver %.2f s%s",
@@ -115,7 +126,10 @@ def run_iterations(plan: RunPlan, executor: Executor) -> list[IterationStats]:
             f", {st.resumed_frames} frames kept from before the restart" if st.resumed_frames else "",
         )
         if convergence.stop_after(it, previous, bank, plan.stop_when_stable, plan.iterations):
+            eta.kinds.clear()
+            eta.report(log)
             break
+        eta.report(log)
     return stats
 
 
@@ -150,10 +164,12 @@ def _run_iteration(plan: RunPlan, executor: Executor, it: int, groups: list[list
                     results.update(fresh)
                     bar.update(len(fresh))
 
+            # Said only for a draft: without render.draft.* the calls are those of executors written before drafts.
+            draft = {"draft": True} if plan.is_draft(it) else {}
             if identities:
-                executor.render_iteration(it, todo, None, scale, on_batches, identities=identities)
+                executor.render_iteration(it, todo, None, scale, on_batches, identities=identities, **draft)
             elif todo:
-                executor.render_iteration(it, todo, bank if it > 0 else None, scale, on_batches)
+                executor.render_iteration(it, todo, bank if it > 0 else None, scale, on_batches, **draft)
         t1 = time.perf_counter()
         bank = _finish_iteration(plan, it, scale, list(results.values()))
     finally:

@@ -64,6 +64,7 @@ class _Iteration:
     bank_ref: object  # the previous iteration's bank, put once; None for iteration 0
     scale: float
     banks: IdBanks
+    draft: bool = False  # rendered with render.draft.* (every iteration before the last)
 
 
 @dataclass
@@ -119,9 +120,9 @@ class RayExecutor:
         return _common_environment(ray.get([h.environment.remote() for h in handles], timeout=timeout))
 
     # --- one iteration --------------------------------------------------------------------------------
-    def render_iteration(self, iteration, batches, bank, scale, on_batches, identities=()) -> None:
+    def render_iteration(self, iteration, batches, bank, scale, on_batches, identities=(), draft=False) -> None:
         bank_ref = None if bank is None else ray.put(np.ascontiguousarray(bank, dtype=np.float32))  # shared by all
-        self._iteration = _Iteration(iteration, bank_ref, scale, IdBanks())
+        self._iteration = _Iteration(iteration, bank_ref, scale, IdBanks(), draft)
         for a in self._live():
             self._send_begin(a)
         try:
@@ -182,7 +183,7 @@ class RayExecutor:
 
     def _send_begin(self, a: _Actor) -> None:
         it = self._iteration  # actor calls run in order: its batches see this bank
-        a.batches[a.handle.begin_iteration.remote(it.number, it.bank_ref, it.scale)] = None
+        a.batches[a.handle.begin_iteration.remote(it.number, it.bank_ref, it.scale, draft=it.draft)] = None
 
     # --- waiting --------------------------------------------------------------------------------------
     def _wait(self, timeout: float) -> list:

@@ -27,11 +27,12 @@ class BatchResult:
 
 
 class Worker(Protocol):
-    """One loaded renderer. The driver calls `begin_iteration` before any batch of that iteration."""
+    """One loaded renderer. The driver calls `begin_iteration` before any batch of that iteration, saying whether
+    the iteration is a draft (render.draft.*) or the last pass, so every worker switches settings alike."""
 
     embedding_dim: int
 
-    def begin_iteration(self, iteration: int, bank: np.ndarray | None, scale: float) -> None: ...
+    def begin_iteration(self, iteration: int, bank: np.ndarray | None, scale: float, draft: bool = False) -> None: ...
 
     def render_batch(self, iteration: int, frames: list[int], id_banks=None) -> BatchResult: ...
 

@@ -94,7 +94,7 @@ class SimWorker:
     def environment(self) -> dict:
         return environment.describe(environment.package_versions(), "sim (no model)")
 
-    def begin_iteration(self, iteration: int, bank: np.ndarray | None, scale: float) -> None:
+    def begin_iteration(self, iteration: int, bank: np.ndarray | None, scale: float, draft: bool = False) -> None:
         bank_bytes = b"" if bank is None else np.ascontiguousarray(bank, dtype=np.float32).tobytes()
         self._bank_digest = _digest(bank_bytes)
         self._scale = float(scale)

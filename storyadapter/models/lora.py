@@ -29,13 +29,41 @@ def _key(index: int) -> str:
     return f"model.loras[{index}].path"
 
 
-def check(path: str, index: int) -> None:
+def check(path: str, index: int, key: str | None = None) -> None:
     """Before any worker starts: the file is there, is safetensors and holds LoRA weights."""
     from .safetensors_header import tensor_shapes
 
-    keys = tensor_shapes(path, f"{_key(index)}={path}")
+    key = key or _key(index)
+    keys = tensor_shapes(path, f"{key}={path}")
     if not any("lora" in k.lower() for k in keys):
-        raise UserError(f"{_key(index)}={path}: holds no LoRA weights (no lora_A/lora_B/lora_up/lora_down tensors)")
+        raise UserError(f"{key}={path}: holds no LoRA weights (no lora_A/lora_B/lora_up/lora_down tensors)")
+
+
+DRAFT_ADAPTER = "draft"
+
+
+def load_draft(pipe, path: str, scale: float, key: str = "render.draft.lora") -> None:
+    """Load a LoRA as a switchable adapter of the UNet (not fused), switched off: `switch_draft` turns it on for
+    draft iterations. The text encoders stay as they are: a frame's text is encoded once for every iteration."""
+    flags = _requires_grad(pipe)
+    try:
+        pipe.load_lora_weights(str(Path(path).expanduser()), adapter_name=DRAFT_ADAPTER)
+    except (ValueError, RuntimeError, KeyError, OSError) as exc:
+        raise UserError(f"{key}={path}: does not fit this model ({exc})") from None
+    adapted = [part for part, adapters in pipe.get_list_adapters().items() if DRAFT_ADAPTER in adapters]
+    if adapted != ["unet"]:
+        raise UserError(f"{key}={path}: " + ("matches no layer of this model's UNet" if not adapted else
+                        f"adapts {', '.join(a for a in adapted if a != 'unet')}; a draft LoRA may adapt the UNet only"))
+    pipe.set_adapters([DRAFT_ADAPTER], adapter_weights=[scale])
+    _restore_requires_grad(pipe, flags)  # peft froze every weight: see the module docstring
+    switch_draft(pipe, False)
+
+
+def switch_draft(pipe, on: bool) -> None:
+    if on:
+        pipe.enable_lora()
+    else:
+        pipe.disable_lora()
 
 
 def apply(pipe, loras: tuple[LoraWeights, ...]) -> None:

@@ -22,11 +22,11 @@ def _digest(path: str, size: int, mtime_ns: int) -> str:
     return sha.hexdigest()
 
 
-def digest(path: str) -> str:
-    """sha256 of the file's bytes (`model.loras[i].path`)."""
+def digest(path: str, key: str = "model.loras") -> str:
+    """sha256 of the file's bytes (`model.loras[i].path`, `render.draft.lora`)."""
     file = Path(path).expanduser()
     try:
         stat = file.stat()
     except OSError as exc:
-        raise UserError(f"model.loras: {path}: {exc.strerror}") from None
+        raise UserError(f"{key}: {path}: {exc.strerror}") from None
     return _digest(str(file.resolve()), stat.st_size, stat.st_mtime_ns)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from .. import environment
 from . import manifest
 from ..atomic import replacing
+from ..config import DraftConfig
 from ..errors import UserError
 from ..story.model import Story
 
@@ -27,7 +29,8 @@ _SIM_PIXEL_KEYS = ("embedding_dim", "image_size")  # model=sim: timings may diff
 # stop_when_stable too: a render that stopped early may be resumed with another EPS (or none) to refine further.
 _IGNORED_RENDER_KEYS = ("iterations", "stop_when_stable")
 # Render keys added after renders existed: at these values they are left out, so older renders still resume.
-_LATER_RENDER_DEFAULTS = {"reference_weighting": "uniform", "character_weight": 4.0}
+_LATER_RENDER_DEFAULTS = {"reference_weighting": "uniform", "character_weight": 4.0, "scheduler": "ddim",
+                          "draft": dataclasses.asdict(DraftConfig())}
 # method=storydiffusion|hybrid under render.seed_policy=shared: how identity frames get their noise. A render made
 # before (every identity frame from the same noise) lacks it, so it is refused on resume rather than mixed.
 IDENTITY_NOISE = "one draw per identity batch, as upstream"
@@ -54,6 +57,11 @@ def fingerprint(cfg: DictConfig, story: Story) -> dict:
 
         # A LoRA is its bytes: the same file moved elsewhere resumes, another file under the same name does not.
         fp["model"]["loras"] = [{"sha256": digest(lw["path"]), "scale": lw["scale"]} for lw in fp["model"]["loras"]]
+    draft = fp["render"].get("draft")
+    if draft and draft.get("lora"):
+        from .file_digest import digest
+
+        draft["lora"] = {"sha256": digest(draft["lora"], "render.draft.lora")}  # moved elsewhere resumes; other bytes do not
     if fp["model"].get("kind") == "sim":
         fp["model"]["sim"] = {k: resolved["model"]["sim"][k] for k in _SIM_PIXEL_KEYS}
     method = resolved.get("method", {})

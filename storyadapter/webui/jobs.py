@@ -26,7 +26,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..rundir import manifest
+from ..rundir import eta_file, manifest
 from ..atomic import replacing
 from ..errors import UserError
 from ..methods import METHODS, refinements
@@ -243,7 +243,12 @@ class RenderJob:
                 "iterations": self.request.iterations, "progress": progress, "latest_frames": latest,
                 "outputs": outputs, "comic_pages": [f"comic/{name}" for name in comic],
                 "notice": frames_notice(self.out_dir),  # from the render's config.yaml, once it is written
-                "elapsed_s": round((self.finished or time.time()) - self.started, 1) if self.started else None}
+                "elapsed_s": round((self.finished or time.time()) - self.started, 1) if self.started else None,
+                "eta_s": self._eta_s()}
+
+    def _eta_s(self) -> float | None:
+        """The driver's whole-render ETA (engine/eta.py), counted down since it was written; None when unknown."""
+        return eta_file.seconds_left(self.out_dir) if self.state == "running" else None
 
 
 def last_error_line(log: Path) -> str:

@@ -101,6 +101,8 @@ class FrameWorker:
         self.spec = spec
         consistent = spec.consistent
         self.renderer = StoryRenderer(backbone, spec.settings, consistent.settings if consistent else None)
+        if spec.settings.draft.lora:
+            backbone.load_draft_lora(spec.settings.draft.lora, spec.settings.draft.lora_scale)
         texts = [p for fp in spec.prompts for p in (fp.prompt, fp.negative)]
         if consistent:  # identity prompts share the story's text windows (one conditioning length for all)
             texts += [p for b in consistent.identities for pair in b.prompts for p in pair]
@@ -145,11 +147,13 @@ class FrameWorker:
         return self.renderer.embed_images([decode(p.data) for p in self.spec.photos])
 
     @_reproducible
-    def begin_iteration(self, iteration: int, bank: np.ndarray | None, scale: float) -> None:
-        """Load this iteration's bank: reference K/V once per iteration, shared by all its batches.
+    def begin_iteration(self, iteration: int, bank: np.ndarray | None, scale: float, draft: bool = False) -> None:
+        """Load this iteration's bank: reference K/V once per iteration, shared by all its batches; `draft`: render
+        it with the draft settings (render.draft.*), else with the last pass's.
 
         Character photos join `bank` as extra rows; in iteration 0 (no bank) they are the whole bank.
         """
+        self.renderer.use(self.spec.settings.for_pass(draft), draft_lora=draft)
         frames = [fp.characters for fp in self.spec.prompts]
         bank, self._rows, self._photos_only = references.assemble_bank(
             bank, frames, self._photo_bank, [p.character for p in self.spec.photos])

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .. import passes
 from ..attention import csa, grca
 from ..backbones.base import Backbone, TextEmbedding
 from ..spec import RenderSpec
@@ -41,14 +42,37 @@ def batch_noise(seed: int, frames: int, shape: tuple[int, ...]) -> torch.Tensor:
     return initial_noise(seed, (frames, *shape[1:]))
 
 
+def step_generator(seed: int) -> torch.Generator:
+    """A frame's generator for the noise a stochastic scheduler adds between steps: a function of the frame's
+    seed alone, kept apart from its starting noise's stream."""
+    return torch.Generator("cpu").manual_seed((int(seed) * 1_000_003 + 0x5EED) % 2**63)
+
+
 class StoryRenderer:
     def __init__(self, backbone: Backbone, settings: RenderSettings, consistency: csa.CSASettings | None = None):
         self.backbone = backbone
-        self.settings = settings
         self.grca = grca.install(backbone, joint=settings.reference_sdpa == "joint")
         # CSA goes in after GRCA; None leaves the backbone's self-attention untouched.
         self.csa = csa.install(backbone, consistency) if consistency is not None else None
         self._tokens_per_reference = 0  # IP-Adapter tokens per bank row, known once a bank is loaded
+        self.use(settings)
+
+    def use(self, settings: RenderSettings, draft_lora: bool = False) -> None:
+        """Render with `settings` from now on: a draft iteration's or the last pass's (RenderSpec.for_pass), the
+        draft LoRA on or off. Called at iteration boundaries, before the iteration's references and batches."""
+        self.settings = settings
+        self.backbone.set_scheduler(settings.scheduler)
+        self.backbone.use_draft_lora(draft_lora)
+        branches = 2 if self.guided else 1  # the attention processors' batch: [unconditional; conditional] or [conditional]
+        for proc in self.grca.values():
+            proc.branches = branches
+        if self.csa is not None:
+            self.csa.branches = branches
+
+    @property
+    def guided(self) -> bool:
+        """Classifier-free guidance on: at a scale of 1 or less only the conditional branch counts (as in diffusers)."""
+        return passes.branches(self.settings) == 2
 
     @property
     def device(self) -> torch.device:
@@ -101,7 +125,7 @@ class StoryRenderer:
             bias_t = bias_t.repeat_interleave(self._tokens_per_reference, dim=1)[:, None, None, :]
         if gate is not None:
             g = torch.tensor(np.asarray(gate), dtype=self.dtype, device=self.device)
-            gate_t = torch.cat([g, g])[:, None, None, None]  # unconditional half first, as in `render`
+            gate_t = (torch.cat([g, g]) if self.guided else g)[:, None, None, None]  # unconditional half first, as in `render`
         for proc in self.grca.values():
             proc.ref_bias, proc.ref_gate = bias_t, gate_t
 
@@ -118,14 +142,16 @@ class StoryRenderer:
         else:
             noise = torch.cat([initial_noise(seed, shape) for seed in seeds])
         latents = model.initial_latents(noise)
-        conditioning = model.conditioning(embeddings, s.height, s.width)
+        guided = self.guided
+        conditioning = model.conditioning(embeddings, s.height, s.width, guided=guided)
+        step_noise = [step_generator(seed) for seed in seeds]  # used by stochastic schedulers only (LCM, TCD)
 
         for step, t in enumerate(timesteps):
             if self.csa is not None:
                 self.csa.begin_step(step)
             uncond, cond = model.predict_noise(latents, t, conditioning)
-            noise = uncond + s.guidance_scale * (cond - uncond)  # classifier-free guidance
-            latents = model.step(noise, t, latents)
+            noise = uncond + s.guidance_scale * (cond - uncond) if guided else cond  # classifier-free guidance
+            latents = model.step(noise, t, latents, step_noise)
         if decode_singly:
             return [image for i in range(len(embeddings)) for image in model.decode(latents[i:i + 1])]
         return model.decode(latents)

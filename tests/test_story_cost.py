@@ -1,0 +1,30 @@
+"""bench/story_cost.py: the JSON has the contract's shape ("flops_per_story" by preset) and the UNet evaluations
+the workers count equal the plan."""
+
+from __future__ import annotations
+
+import torch
+
+from storyadapter import spec as specs
+
+
+def test_story_cost_has_flops_per_story_by_preset_and_workers_count_the_planned_evaluations(tiny_source, tmp_path):
+    """Fast: the tiny model stands in for the full-size one (the meta-device count is the same code), 2 steps."""
+    from bench import story_cost
+    from storyadapter.models.loading import load_backbone
+    from storyadapter.worker.renderer import StoryRenderer
+
+    renderer = StoryRenderer(load_backbone(tiny_source, torch.device("cpu"), torch.float32), specs.RenderSpec())
+    flops = story_cost.story_flops(renderer, story_cost.PRESETS, frames=3, refinements=2, size=64)
+    tiny = story_cost.tiny_story(story_cost.PRESETS, tmp_path, frames=2, refinements=2, steps=2, draft_steps=1)
+    result = story_cost.report(flops, tiny, 3, 2, 64)
+    assert set(result["flops_per_story"]) == {"paper", "upstream", "swift", "swift_all"}
+    assert all(isinstance(v, int) and v > 0 for v in result["flops_per_story"].values())
+    fps = result["flops_per_story"]
+    assert fps["swift_all"] < fps["swift"] < fps["paper"] == fps["upstream"]  # CFG 5 costs what CFG 7.5 does
+    for name, run in tiny.items():
+        assert run["unet_evaluations"] == run["planned_unet_evaluations"], name
+    # paper: 2 frames x 3 iterations x 2 steps x 2 branches; swift: drafts 2 x 2 x 1 x 1, last pass 2 x 2 x 2
+    assert (tiny["paper"]["unet_evaluations"], tiny["swift"]["unet_evaluations"], tiny["swift_all"]["unet_evaluations"]) == (24, 12, 6)
+    assert story_cost.markdown(result).startswith("# The cost of a story")
+
