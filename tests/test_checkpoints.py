@@ -22,6 +22,7 @@ from .helpers.launcher import launch, render
 from .helpers.pixels import render_kernels, render_pixels
 from .helpers.single_file_export import config_only, export
 from .helpers.stories import write_story
+from .helpers.lora import build_lora
 
 
 @pytest.fixture(scope="module")
@@ -36,23 +37,6 @@ def tiny_parts(tiny_source, tmp_path_factory):
 def single_source(tiny_source, tiny_parts):
     checkpoint, configs = tiny_parts
     return replace(tiny_source, pretrained=str(checkpoint), single_file_config=str(configs))
-
-
-def build_lora(folder: Path, std: float = 0.5, seed: int = 0) -> Path:
-    """A rank-4 LoRA on every attention projection of the tiny UNet, trained by nobody: random B, so it matters."""
-    from diffusers import StableDiffusionXLPipeline
-    from peft import LoraConfig
-    from peft.utils import get_peft_model_state_dict
-
-    pipe = StableDiffusionXLPipeline.from_pretrained(folder)
-    torch.manual_seed(seed)
-    pipe.unet.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
-    for name, param in pipe.unet.named_parameters():
-        if "lora_B" in name:  # peft starts B at zero (a no-op LoRA); a random B makes it change the output
-            torch.nn.init.normal_(param, std=std)
-    out = folder.parent / f"lora-{seed}"
-    StableDiffusionXLPipeline.save_lora_weights(out, unet_lora_layers=get_peft_model_state_dict(pipe.unet))
-    return out / "pytorch_lora_weights.safetensors"
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ from storyadapter import spec as specs
 from storyadapter.errors import UserError
 from storyadapter.rundir import manifest
 
-from .conftest import write_story
+from .helpers.stories import write_story
 
 FRAMES = ["a fox in the snow", "a fox by a river", "a fox asleep under a tree"]
 
@@ -172,7 +172,7 @@ def assert_same_bytes(a: Path, b: Path, frames: int = 6) -> None:
 
 
 def kill_driver_at(story_file, tiny_cache, out: Path, point: str) -> None:
-    from .engine_hooks import start_driver_at, wait_until_at
+    from .helpers.engine_hooks import start_driver_at, wait_until_at
 
     with open(out.parent / "driver.log", "wb") as stderr:
         proc = start_driver_at(point, "pause", engine_overrides(story_file, tiny_cache, out, 1), cwd=out.parent,
@@ -215,7 +215,7 @@ def test_swift_resumes_to_identical_bytes_from_a_draft_or_the_last_iteration_on_
 def draft_lora(tiny_source, tmp_path_factory) -> Path:
     import shutil
 
-    from .test_checkpoints import build_lora
+    from .helpers.lora import build_lora
 
     folder = tmp_path_factory.mktemp("lora") / "sdxl"
     shutil.copytree(tiny_source.pretrained, folder)
