@@ -122,7 +122,9 @@ class RayExecutor:
         while len(self._live()) < want:
             probes = [a.probe for a in self.actors if a.probe is not None]
             left = give_up - time.monotonic()
-            ready = ray.wait(probes, num_returns=1, timeout=max(0.0, left))[0] if probes else []
+            ready, rest = ray.wait(probes, num_returns=1, timeout=max(0.0, left)) if probes else ([], [])
+            if ready and rest:  # every actor up by now, so the capacity line is one line per round, not per actor
+                ready += ray.wait(rest, num_returns=len(rest), timeout=0)[0]
             if not ready and time.monotonic() >= give_up:
                 raise UserError(
                     f"cluster: {len(self._live())} of cluster.min_workers={want} render actors came up within "
@@ -281,8 +283,9 @@ class RayExecutor:
             return
         was = a.state
         a.state = "live"
-        log.info("render actor %d is %s after %.0f s", a.index, "back" if was == "down" else "up",
-                 time.monotonic() - a.down_since)
+        # A comeback is news; an actor coming up is counted in the capacity line (one per change, not per actor).
+        log.log(logging.INFO if was == "down" else logging.DEBUG, "render actor %d is %s after %.0f s", a.index,
+                "back" if was == "down" else "up", time.monotonic() - a.down_since)
         if self._iteration is not None:
             self._send_begin(a)
 
