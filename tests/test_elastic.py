@@ -194,3 +194,13 @@ def test_min_workers_above_what_ever_comes_up_stops_at_ready_timeout_with_one_li
     assert took < timeout_s + 120, f"took {took:.0f} s"  # the timeout, plus starting Python, Ray and 4 actors
     assert {p: p.read_bytes() for p in before} == before
     assert manifest.finished_iterations(out) == [0]
+
+
+def test_min_workers_above_workers_is_one_line(story_file, tmp_path):
+    from storyadapter.launch import compose_config
+    from storyadapter.spec import ConfigError, from_config
+
+    with pytest.raises(ConfigError, match=r"^cluster.min_workers=3: must be at most cluster.workers=2$"):
+        from_config(compose_config(overrides(story_file, tmp_path / "out", "127.0.0.1:9", 2, "cluster.min_workers=3")))
+    with pytest.raises(ConfigError, match=r"^cluster.min_workers=0: must be positive"):
+        from_config(compose_config(overrides(story_file, tmp_path / "out", "127.0.0.1:9", 2, "cluster.min_workers=0")))
