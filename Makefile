@@ -85,8 +85,9 @@ gpu-wheels: install
 	PY=$(PY) scripts/gpu-wheels.sh
 
 # The engine on a simulated cluster (8 nodes x 8 fake GPUs, ray.cluster_utils) with model=sim: scaling on 1-64 GPUs,
-# node loss, no capacity, driver memory at 5,000 frames. No torch, no GPU.
-# Results in bench/results/sim.{json,md}.
+# node loss, a cluster that shrinks 8 -> 6 -> 8 nodes and one that grows 2 -> 8, no capacity, driver memory at 5,000
+# frames. No torch, no GPU. Results in bench/results/sim.{json,md}. One scenario, smaller:
+# python -m bench.sim only=grow_from_2 nodes=8 gpus_per_node=1 frames=96 name=sim_small (docs/benchmarks.md).
 bench-sim: install
 	$(PY) -m bench.sim
 

@@ -94,7 +94,8 @@ def delivery_modes(frames: int, size: int, steps: int) -> dict:
                                   "method=storydiffusion", f"method.id_banks={mode}", "cluster.threads_per_worker=1",
                                   "outputs.enabled=false", f"output_dir={work / mode}"]))
             story = load_story(story_path)
-            res = placement.ActorResources(workers=2, gpus_per_worker=0, cpus_per_worker=1, max_restarts=0, ready_timeout_s=300)
+            res = placement.ActorResources(workers=2, gpus_per_worker=0, cpus_per_worker=1, max_restarts=0, ready_timeout_s=300,
+                                           min_workers=2)  # both actors from the first write phase
             executor = engine.RayExecutor(worker_spec(run, story, resolve_model(run.model)[0], work / mode), res,
                                           use_gpu=False, fixed_cluster=True)
             try:

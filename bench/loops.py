@@ -87,7 +87,8 @@ class EngineLoop(DriverLoop):
 
         gpu = self.cfg.device != "cpu"
         res = placement.ActorResources(workers=self.workers, gpus_per_worker=self.gpu_share if gpu else 0.0, cpus_per_worker=1.0,
-                                    max_restarts=0, ready_timeout_s=1800.0)
+                                    max_restarts=0, ready_timeout_s=1800.0,
+                                    min_workers=self.workers)  # measured with every actor from the start
         t = time.perf_counter()
         self.executor = engine.RayExecutor(worker_spec(self.cfg, self.story, source, self.out_dir, self.cfg.compile), res,
                                            use_gpu=gpu, fixed_cluster=True)

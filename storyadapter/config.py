@@ -148,12 +148,15 @@ class ClusterConfig:
     mode: str = "local"  # local: Ray started in-process | ray: connect to an existing cluster
     address: Optional[str] = None  # for mode=ray; else RAY_ADDRESS, else the last `ray start` on this machine
     connect_timeout_s: float = 30.0  # mode=ray: a wrong address is refused in one line within this
-    workers: int = 1
+    workers: int = 1  # render actors wanted; the run asks for them as long as it lasts
+    # The run starts once this many actors are placed and loaded (null: 1, any one actor makes progress);
+    # fewer within ready_timeout_s stops it in one line
+    min_workers: Optional[int] = None
     gpus_per_worker: float = 1.0  # used when GPUs are present; fractions share a GPU
     cpus_per_worker: float = 1.0
     threads_per_worker: int = 1  # torch intra-op threads on CPU workers
     max_restarts: int = 3  # Ray may restart a dead worker; its batches go to other workers meanwhile
-    ready_timeout_s: float = 600.0  # placing the workers (an autoscaling cluster grows meanwhile) and loading the model
+    ready_timeout_s: float = 600.0  # placing cluster.min_workers workers (an autoscaling cluster grows meanwhile) and loading the model
     batch_timeout_s: float = 120.0  # a worker that finishes no batch for max(this, factor x median batch time) loses its batches
     batch_timeout_factor: float = 5.0
     capacity_timeout_s: float = 300.0  # no live worker for this long (lost nodes, no capacity): stop, keeping every finished frame

@@ -210,7 +210,8 @@ MULTIPLE_OF_8 = ("render.height", "render.width")  # the VAE downsamples by 8
 PROBABILITIES = ("method.sa32", "method.sa64", "method.early_rate", "method.late_rate", "model.sim.jitter",
                  "model.sim.straggler_share")
 # Positive when set; null means what the value says.
-POSITIVE_OR_NULL = {"render.stop_when_stable": "to run every iteration", "cluster.object_store_gb": "for Ray's default"}
+POSITIVE_OR_NULL = {"render.stop_when_stable": "to run every iteration", "cluster.object_store_gb": "for Ray's default",
+                    "cluster.min_workers": "to start with the first worker"}
 
 # The model.* keys each model kind reads; any other key set away from its preset's value is refused (it would be
 # ignored without a word). Keys that pick kernels or devices, the VAE, LoRAs and the cache serve every torch kind.
@@ -261,6 +262,9 @@ def check(run: "RunSpec") -> None:
         raise ConfigError("render.stop_when_stable", run.render.stop_when_stable,
                           "cannot be combined with draft iterations yet (the story would end on a draft); "
                           "remove it, or add render.draft.final=true")
+    if run.cluster.min_workers is not None and run.cluster.min_workers > run.cluster.workers:
+        raise ConfigError("cluster.min_workers", run.cluster.min_workers,
+                          f"must be at most cluster.workers={run.cluster.workers}")
     for index, lora in enumerate(run.model.loras):
         if not lora.path or lora.path == "???":  # OmegaConf's MISSING
             raise UserError(f"model.loras[{index}].path: missing; give each LoRA as {{path: FILE.safetensors, scale: 0.8}}")

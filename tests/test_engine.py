@@ -149,14 +149,17 @@ def test_a_stalled_actor_s_batches_go_to_the_free_one_with_identical_output(refe
     assert_same_render(reference, out, ITERATIONS, N_FRAMES)
 
 
-def test_too_few_cpus_or_gpus_is_a_clear_error(local_ray):
-    from storyadapter.engine.placement import ActorResources, check_capacity
+def test_more_workers_than_fit_is_one_warning_and_none_that_fits_a_clear_error(local_ray, caplog):
+    from storyadapter.engine.placement import ActorResources, actor_slots
 
-    check_capacity(ActorResources(2, 1.0, 1.0, 0, 10.0), use_gpu=False)  # fits the 2-CPU test cluster
-    with pytest.raises(UserError, match=r"cluster.workers=3 .* needs 3 CPUs; the Ray cluster has 2"):
-        check_capacity(ActorResources(3, 1.0, 1.0, 0, 10.0), use_gpu=False)
-    with pytest.raises(UserError, match=r"needs 1 GPUs; the Ray cluster has 0"):
-        check_capacity(ActorResources(2, 0.5, 1.0, 0, 10.0), use_gpu=True)
+    assert actor_slots(ActorResources(2, 1.0, 1.0, 0, 10.0), use_gpu=False, fixed_cluster=True) == 2  # the 2-CPU cluster
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+    assert actor_slots(ActorResources(3, 1.0, 1.0, 0, 10.0), use_gpu=False, fixed_cluster=True) == 2
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 1 and "cluster.workers=3" in warned[0] and "rendering with 2" in warned[0], warned
+    assert actor_slots(ActorResources(3, 1.0, 1.0, 0, 10.0), use_gpu=False, fixed_cluster=False) == 3  # may grow
+    with pytest.raises(UserError, match=r"cluster.workers=2: not one render actor fits on this machine \(0 GPUs"):
+        actor_slots(ActorResources(2, 0.5, 1.0, 0, 10.0), use_gpu=True, fixed_cluster=True)
 
 
 def test_driver_killed_mid_iteration_resumes_without_rendering_finished_frames_again(story_file, tiny_cache, tmp_path, request):

@@ -73,7 +73,8 @@ def test_each_write_phase_runs_once_on_one_actor_and_its_bank_reaches_the_others
         f"output_dir={out}",
     ]))
     story = load_story(story_file)
-    res = placement.ActorResources(workers=2, gpus_per_worker=0, cpus_per_worker=1, max_restarts=0, ready_timeout_s=120)
+    res = placement.ActorResources(workers=2, gpus_per_worker=0, cpus_per_worker=1, max_restarts=0, ready_timeout_s=120,
+                                   min_workers=2)  # both up before the write phases: one each
     executor = engine.RayExecutor(worker_spec(run, story, resolve_model(run.model)[0], out), res, use_gpu=False,
                                   fixed_cluster=True)
     try:

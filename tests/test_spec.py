@@ -26,6 +26,8 @@ def other_value(key: str, default, hint):
     if hint is bool:
         return not default
     if default is None:
+        if int in typing.get_args(hint):
+            return 1  # cluster.min_workers: at most cluster.workers
         return "trace" if str in typing.get_args(hint) else 0.25
     if isinstance(default, int):
         return default + 8  # keeps render.height/width multiples of 8

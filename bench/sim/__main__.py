@@ -1,4 +1,8 @@
-"""python -m bench.sim [only=scaling,node_loss,no_capacity,driver_memory] [gpus=1,8,32,64] [work=DIR]"""
+"""python -m bench.sim [only=scaling,driver_memory,node_loss,shrink_grow,grow_from_2,no_capacity] [gpus=1,8,32,64]
+[work=DIR] [results=DIR] [name=sim] [SETUP_FIELD=VALUE ...]
+
+A Setup field given (nodes=8 gpus_per_node=1 frames=96 ...) runs the scenarios at that size; give such a run its own
+name= so bench/results/sim.* keep the full-size figures."""
 
 from __future__ import annotations
 
@@ -13,10 +17,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import report, scenarios
+from . import elastic, report, scenarios
 from .harness import ROOT, SimCluster
 
-ALL = ("scaling", "driver_memory", "node_loss", "no_capacity")  # no_capacity last: it removes every node
+ALL = ("scaling", "driver_memory", "node_loss", "shrink_grow", "grow_from_2", "no_capacity")  # no_capacity last: it removes every node
 
 
 def main(argv: list[str]) -> int:
@@ -25,7 +29,9 @@ def main(argv: list[str]) -> int:
     gpus = [int(g) for g in opts.get("gpus", "1,8,32,64").split(",")]
     work = Path(opts.get("work") or tempfile.mkdtemp(prefix="bench-sim-"))
     work.mkdir(parents=True, exist_ok=True)
-    setup = scenarios.Setup()
+    fields = {f.name: f.type for f in dataclasses.fields(scenarios.Setup)}
+    setup = scenarios.Setup(**{k: (int if fields[k] == "int" else float)(v) for k, v in opts.items() if k in fields})
+    name = opts.get("name", "sim")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s bench-sim: %(message)s", datefmt="%H:%M:%S")
     log = logging.getLogger("bench-sim")
     t0 = time.monotonic()
@@ -34,9 +40,11 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     results_dir = Path(opts.get("results", ROOT / "bench" / "results"))
     results: dict = {"scaling": []}
-    if set(only) != set(ALL) and (results_dir / "sim.json").is_file():
-        results = json.loads((results_dir / "sim.json").read_text())  # re-run some scenarios, keep the others
+    if set(only) != set(ALL) and (results_dir / f"{name}.json").is_file():
+        results = json.loads((results_dir / f"{name}.json").read_text())  # re-run some scenarios, keep the others
         results["rerun"] = only
+    if opts.get("label"):
+        results["label"] = opts["label"]
     results.update({"setup": dataclasses.asdict(setup), "machine": f"{os.cpu_count()} cores, {platform.machine()}",
                     "work_dir": str(work)})
     if "scaling" in only:
@@ -44,7 +52,7 @@ def main(argv: list[str]) -> int:
 
     def save():
         results["bench_s"] = time.monotonic() - t0
-        report.write(results, results_dir)
+        report.write(results, results_dir, name)
 
     log.info("starting %d nodes x %d GPUs", setup.nodes, setup.gpus_per_node)
     cluster = SimCluster(setup.nodes, setup.gpus_per_node)
@@ -68,6 +76,12 @@ def main(argv: list[str]) -> int:
             results["node_loss"] = scenarios.node_loss(setup, cluster, work, reference)
             log.info("-> %s", results["node_loss"])
             save()
+        for scenario in ("shrink_grow", "grow_from_2"):
+            if scenario in only:
+                log.info("%s", scenario.replace("_", " "))
+                results[scenario] = getattr(elastic, scenario)(setup, cluster, work)
+                log.info("-> %s", results[scenario])
+                save()
         if "no_capacity" in only:
             log.info("no capacity")
             results["no_capacity"] = scenarios.no_capacity(setup, cluster, work)
@@ -76,7 +90,7 @@ def main(argv: list[str]) -> int:
     finally:
         cluster.shutdown()
         save()
-    log.info("wrote bench/results/sim.{json,md} in %.0f s", time.monotonic() - t0)
+    log.info("wrote %s/%s.{json,md} in %.0f s", results_dir, name, time.monotonic() - t0)
     return 0
 
 

@@ -143,3 +143,10 @@ def read_trace(trace_dir: Path) -> list[dict]:
     """The batches started (sim.py's trace). Dot-files are atomic writes in progress, or cut short by a lost node."""
     paths = sorted(p for p in trace_dir.glob("*.json") if not p.name.startswith(".")) if trace_dir.is_dir() else []
     return [json.loads(p.read_text()) for p in paths]
+
+
+def add_node(cluster: SimCluster):
+    """One more GPU node of the same size, registered before this returns."""
+    node = cluster.cluster.add_node(num_cpus=cluster.gpus_per_node, num_gpus=cluster.gpus_per_node)
+    cluster.cluster.wait_for_nodes()
+    return node

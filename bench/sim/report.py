@@ -31,17 +31,22 @@ def markdown(results: dict) -> str:
         f"{s['straggler_share']:.3g} of the GPU nodes are {s['slowdown']}x slower. Bench time {results['bench_s']:.0f} s"
         + (f" (re-running only {', '.join(results['rerun'])}; the other sections are from the previous run)." if results.get("rerun") else "."),
         "",
-        "## Scaling",
-        "",
-        f"{s['frames']} frames, 1 + {s['iterations']} iterations. The frame time scales with the GPU count so each "
-        f"iteration ideally takes {s['iteration_s']:g} s. Efficiency = summed worker busy time / (GPUs x wall) over the "
-        f"refinement iterations; the ceiling is what greedy scheduling of the same batches with zero overhead gets "
-        f"(bench/sim/ideal.py: the iteration barrier, and the slow node's last batch). Target: >= {TARGET_EFFICIENCY} on 64 GPUs.",
-        "",
-        "| GPUs | frame time (s) | slow GPUs | refinement wall (s) | efficiency | barrier ceiling | driver RSS (MB) | status |",
-        "|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
-    for r in results["scaling"]:
+    if results.get("label"):
+        lines += [f"**{results['label']}**", ""]
+    if results.get("scaling"):
+        lines += [
+            "## Scaling",
+            "",
+            f"{s['frames']} frames, 1 + {s['iterations']} iterations. The frame time scales with the GPU count so each "
+            f"iteration ideally takes {s['iteration_s']:g} s. Efficiency = summed worker busy time / (GPUs x wall) over the "
+            f"refinement iterations; the ceiling is what greedy scheduling of the same batches with zero overhead gets "
+            f"(bench/sim/ideal.py: the iteration barrier, and the slow node's last batch). Target: >= {TARGET_EFFICIENCY} on 64 GPUs.",
+            "",
+            "| GPUs | frame time (s) | slow GPUs | refinement wall (s) | efficiency | barrier ceiling | driver RSS (MB) | status |",
+            "|---:|---:|---:|---:|---:|---:|---:|---|",
+        ]
+    for r in results.get("scaling", []):
         lines.append(f"| {r['gpus']} | {r['frame_s']:.4f} | {r.get('slow_gpus', '-')} | {_f(r.get('refinement_wall_s'))} | "
                      f"{_f(r.get('efficiency'), '{:.3f}')} | {_f(r.get('barrier_ceiling'), '{:.3f}')} | "
                      f"{_f(r.get('driver_peak_rss_mb'), '{:.0f}')} | {_status(r)} |")
@@ -73,6 +78,7 @@ def markdown(results: dict) -> str:
                   f"{c['error_lines']}; traceback: {c['traceback']}",
                   f"- error: `{c.get('error') or '-'}`",
                   f"- frames of iteration 0 kept on disk: {c['frames_kept']}"]
+    lines += elastic_sections(results)
     m = results.get("driver_memory")
     if m:
         lines += ["", "## Driver memory", "",
@@ -81,6 +87,31 @@ def markdown(results: dict) -> str:
                   f"- status: {_status(m)}",
                   f"- driver peak RSS: {_f(m.get('driver_peak_rss_mb'), '{:.0f}')} MB; wall {_f(m.get('wall_s'), '{:.1f}')} s"]
     return "\n".join(lines) + "\n"
+
+
+def elastic_sections(results: dict) -> list[str]:
+    """Issue 24: the cluster shrinks and grows back; the render starts small and the cluster grows."""
+    shapes = {"shrink_grow": lambda r: (f"{r['nodes']} nodes; {r['lost']} removed (a crash) once {r['loss_at']:.0%} of "
+                                        f"iteration 1 was on disk, added back once {r['regrow_at']:.0%} was"),
+              "grow_from_2": lambda r: (f"The render started on {r['nodes_at_start']} nodes with cluster.workers for "
+                                        f"{r['nodes']}; the others added once iteration 1 had begun")}
+    lines = []
+    for key, shape in shapes.items():
+        r = results.get(key)
+        if not r:
+            continue
+        lines += ["", f"## {key.replace('_', ' ').capitalize()}", "",
+                  f"{shape(r)}; {r['gpus']} GPUs wanted, frame time {r['frame_s']:.4f} s. Efficiency = worker busy time / "
+                  "(GPUs x wall) from the growth to the end of rendering; the ceiling: greedy scheduling of the batches "
+                  "not yet started then, on every GPU, zero overhead (bench/sim/elastic.py).", "",
+                  f"- status: {_status(r)}",
+                  f"- after the growth: {_f(r.get('after_growth_wall_s'), '{:.1f}')} s, efficiency "
+                  f"{_f(r.get('efficiency_after_growth'), '{:.3f}')} (ceiling {_f(r.get('ceiling_after_growth'), '{:.3f}')})",
+                  f"- a new node's first batch, seconds after it was added: {r.get('new_node_first_batch_s', '-')}",
+                  *([f"- from the loss to the cluster whole again: {r['removed_to_grown_s']:.1f} s"]
+                    if r.get("removed_to_grown_s") is not None else []),
+                  f"- rendering took {_f(r.get('render_wall_s'), '{:.1f}')} s (all iterations)"]
+    return lines
 
 
 def write(results: dict, directory: Path, name: str = "sim") -> tuple[Path, Path]:

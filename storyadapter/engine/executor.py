@@ -1,7 +1,10 @@
 """The Ray executor: the driver's side of the engine, one iteration at a time (docs/engine.md).
 
-It reserves one placement bundle per actor (placement.py) and starts the render actors (actor.py), each
-loading the pipeline once. Per iteration it `ray.put`s the bank once, tells every actor
+It reserves each actor's resources on its own (placement.py) and starts the render actors (actor.py), each
+loading the pipeline once. The run starts once `cluster.min_workers` of them are ready; the others join when the
+cluster has room for them, for as long as the run lasts, the way a restarted actor rejoins: a probe (`ready()`)
+answers once it is placed and loaded, and only then does it get the bank and batches (a call sent to an actor still
+waiting for its node would wait with it, Ray issue #15045). Per iteration it `ray.put`s the bank once, tells every actor
 `begin_iteration(bank, scale)`, and hands out fixed batches from a queue the driver owns: each actor's
 round-robin share first (its text cache holds those frames), then whatever the slowest actor has left
 (dispatch.py).
@@ -9,7 +12,8 @@ round-robin share first (its text cache holds those frames), then whatever the s
 Correctness never depends on Ray bringing an actor back: a batch whose actor died, or that missed its
 deadline (deadlines.py), goes back to the queue for a healthy actor; its result, should it still come,
 is welcome (the driver keeps the first copy of each frame). A down actor is probed; if Ray restarts it
-(`cluster.max_restarts`), it gets the current bank again and rejoins. With no live actor for
+(`cluster.max_restarts`), it gets the current bank again and rejoins; one gone for good (its restarts spent, its
+node lost) is replaced by a new actor in its slot, so a cluster that gets its nodes back ends up using them. With no live actor for
 `cluster.capacity_timeout_s`, the run stops with one line; every finished batch is already on disk.
 Frames are deterministic, so a re-rendered batch has the same pixels.
 
@@ -27,7 +31,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import ray
-from ray.util.placement_group import remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from ..errors import UserError
@@ -45,7 +48,7 @@ log = logging.getLogger(__name__)
 class _Actor:
     index: int
     handle: object
-    state: str = "live"  # live | down (probing: Ray may restart it) | dead
+    state: str = "starting"  # starting (placing, loading) | live | down (probing: Ray may restart it) | dead
     deadline: float | None = None  # next batch must finish by then (while it has batches)
     probe: object = None  # ready() ref while down
     probe_again_at: float | None = None  # while down and unreachable: when to ask again
@@ -82,42 +85,77 @@ class RayExecutor:
         """`clip`: a class whose instances, called as (clip_model, paths, texts), return the evaluation CLIP's
         (image, text) embeddings on an actor (ActorClipScorer's work); each actor makes one. Given by the caller, so
         the engine never imports the code that loads CLIP (torch)."""
-        if fixed_cluster:
-            placement.check_capacity(res, use_gpu)
         self.res = res
         self.deadlines = BatchDeadlines(res.batch_timeout_s, res.batch_timeout_factor, res.ready_timeout_s)
-        self._pg = placement.reserve(res, use_gpu)
-        gpus = placement.bundle(res, use_gpu).get("GPU", 0)
-        self.actors = [_Actor(i, self._start_actor(i, spec, clip, gpus)) for i in range(res.workers)]
-        self.environment = self._wait_until_ready(gpus)
+        self._bundle = placement.bundle(res, use_gpu)
+        self._spec, self._clip = spec, clip
+        slots = placement.actor_slots(res, use_gpu, fixed_cluster)
+        self._groups = [placement.reserve_one(res, use_gpu) for _ in range(slots)]
+        self.actors = [_Actor(i, self._start_actor(i)) for i in range(slots)]
+        for a in self.actors:
+            a.probe, a.down_since = a.handle.ready.remote(), time.monotonic()
+        self._said: tuple | None = None  # the last capacity line logged
         self._iteration: _Iteration | None = None  # set while render_iteration runs
         self._stage: _Stage | None = None  # set while one of its stages runs
+        self._starting = True  # an actor that fails in __init__ now stops the run: every other one would too
+        try:
+            self.environment = self._wait_until_ready()
+        except BaseException:
+            self.shutdown()
+            raise
+        self._starting = False
 
-    def _start_actor(self, i: int, spec, clip, gpus: float):
+    def _start_actor(self, i: int):
         return RenderActor.options(
             num_cpus=self.res.cpus_per_worker,
-            num_gpus=gpus,
+            num_gpus=self._bundle.get("GPU", 0),
             max_restarts=self.res.max_restarts,
             max_task_retries=0,  # the driver re-queues a dead actor's batches itself
-            scheduling_strategy=PlacementGroupSchedulingStrategy(self._pg, placement_group_bundle_index=i),
-        ).remote(spec, clip)
+            scheduling_strategy=PlacementGroupSchedulingStrategy(self._groups[i], placement_group_bundle_index=0),
+        ).remote(self._spec, self._clip)
 
-    def _wait_until_ready(self, gpus: float) -> dict | None:
-        """Wait for every actor's model to load; returns the run's environment (their versions and devices)."""
-        handles, timeout = self.live_handles(), self.res.ready_timeout_s
-        try:
-            pids = ray.get([h.ready.remote() for h in handles], timeout=timeout)
-        except ray.exceptions.GetTimeoutError:
-            self.shutdown()
-            raise UserError(f"cluster: the render actors did not start within cluster.ready_timeout_s={timeout:g} s") from None
-        except ray.exceptions.RayError as exc:
-            self.shutdown()
-            err = unwrap(exc)
-            if isinstance(err, UserError):
-                raise err from None
-            raise
-        log.info("%d render actor%s ready (pids %s), %g GPU each", len(pids), "" if len(pids) == 1 else "s", pids, gpus)
-        return _common_environment(ray.get([h.environment.remote() for h in handles], timeout=timeout))
+    def _wait_until_ready(self) -> dict | None:
+        """Wait until cluster.min_workers actors are placed and loaded; returns the run's environment (their
+        versions and devices). The others keep coming up while the run goes on."""
+        want, timeout = self.res.start_with, self.res.ready_timeout_s
+        give_up = time.monotonic() + timeout
+        self._say_capacity()
+        while len(self._live()) < want:
+            probes = [a.probe for a in self.actors if a.probe is not None]
+            left = give_up - time.monotonic()
+            ready, rest = ray.wait(probes, num_returns=1, timeout=max(0.0, left)) if probes else ([], [])
+            if ready and rest:  # every actor up by now, so the capacity line is one line per round, not per actor
+                ready += ray.wait(rest, num_returns=len(rest), timeout=0)[0]
+            if not ready and time.monotonic() >= give_up:
+                raise UserError(
+                    f"cluster: {len(self._live())} of cluster.min_workers={want} render actors came up within "
+                    f"cluster.ready_timeout_s={timeout:g} s (each needs {self._bundle}; the cluster has "
+                    f"{placement.describe_room(self._bundle)}); nothing was rendered now, every finished frame is kept: "
+                    "rerun with resume=true once the cluster has room, or lower cluster.min_workers")
+            if not probes:
+                time.sleep(min(1.0, max(0.05, left)))
+            for a in self.actors:
+                if a.probe in ready:
+                    self._probe_answered(a)
+            self._hand_out_probes()
+            self._say_capacity()
+        live = self.live_handles()
+        pids = ray.get([h.ready.remote() for h in live], timeout=timeout)
+        log.info("%d render actor%s ready (pids %s), %g GPU each", len(pids), "" if len(pids) == 1 else "s", pids,
+                 self._bundle.get("GPU", 0))
+        return _common_environment(ray.get([h.environment.remote() for h in live], timeout=timeout))
+
+    def _say_capacity(self) -> None:
+        """One line whenever the count of live actors, or of those still coming, changes."""
+        live = len(self._live())
+        coming = sum(a.state in ("starting", "down") for a in self.actors)
+        if (live, coming) == self._said:
+            return
+        self._said = (live, coming)
+        waits = (f"; waiting for cluster.min_workers={self.res.start_with} before the first batch"
+                 if self._starting and live < self.res.start_with else "")
+        rest = (f", {coming} waiting for room on the cluster or loading (each needs {self._bundle})" if coming else "")
+        log.info("cluster: %d of %d render actors live%s%s", live, self.res.workers, rest, waits)
 
     # --- one iteration --------------------------------------------------------------------------------
     def render_iteration(self, iteration, batches, bank, scale, on_batches, identities=(), draft=False) -> None:
@@ -138,13 +176,15 @@ class RayExecutor:
 
     def _run_stage(self, items, on_batches) -> None:
         """Render every item (a batch of frames, or a character's write phase) on whichever actors are live."""
-        self._stage = stage = _Stage(BatchQueues(items, len(self.actors)))
+        owners = [a.index for a in self._live()] or [a.index for a in self.actors]
+        self._stage = stage = _Stage(BatchQueues(items, owners))
         stalled_since = None
         while stage.queues.remaining() or any(a.in_flight() for a in self.actors):
             self._hand_out()
             stalled_since = self._stalled_since(stalled_since)  # raises once no actor is left to wait for
             finished = [batch for ref in self._wait(self._next_timeout(stalled_since))
                         if (batch := self._collect(ref)) is not None]
+            self._say_capacity()
             if finished:
                 on_batches(finished)  # everything that finished in this round: one journal write
             self._expire_deadlines()
@@ -156,10 +196,13 @@ class RayExecutor:
     # --- handing out ----------------------------------------------------------------------------------
     def _hand_out(self) -> None:
         """Top up every live actor's batches; ask a down actor again once its time has come."""
+        for a in self._live():
+            self._top_up(a)
+        self._hand_out_probes()
+
+    def _hand_out_probes(self) -> None:
         for a in self.actors:
-            if a.state == "live":
-                self._top_up(a)
-            elif a.probe_again_at is not None and time.monotonic() >= a.probe_again_at:
+            if a.state != "live" and a.probe_again_at is not None and time.monotonic() >= a.probe_again_at:
                 a.probe, a.probe_again_at = a.handle.ready.remote(), None
 
     def _top_up(self, a: _Actor) -> None:
@@ -229,7 +272,7 @@ class RayExecutor:
         return self._frames_of(ref, item, result, actor)
 
     def _probe_answered(self, a: _Actor) -> None:
-        """A down actor answered: back (it gets the bank again), restarting (ask again soon), or gone for good."""
+        """A starting or down actor answered: up (it gets the bank), restarting (ask again soon), or gone for good."""
         ref, a.probe = a.probe, None
         try:
             ray.get(ref)
@@ -237,12 +280,29 @@ class RayExecutor:
             a.probe_again_at = time.monotonic() + 1.0
             return
         except ray.exceptions.RayError as exc:
-            a.state = "dead"
-            log.warning("render actor %d is gone for good (%s)", a.index, type(exc).__name__)
+            self._gone(a, exc)
             return
+        was = a.state
         a.state = "live"
-        log.info("render actor %d is back after %.0f s", a.index, time.monotonic() - a.down_since)
-        self._send_begin(a)
+        # A comeback is news; an actor coming up is counted in the capacity line (one per change, not per actor).
+        log.log(logging.INFO if was == "down" else logging.DEBUG, "render actor %d is %s after %.0f s", a.index,
+                "back" if was == "down" else "up", time.monotonic() - a.down_since)
+        if self._iteration is not None:
+            self._send_begin(a)
+
+    def _gone(self, a: _Actor, exc: BaseException) -> None:
+        """An actor gone for good. One whose __init__ failed at the start stops the run (every actor would fail
+        alike), later it is left dead; one lost with its node is replaced: its slot asks for room again."""
+        if isinstance(exc, ray.exceptions.RayTaskError) or getattr(exc, "actor_init_failed", False):
+            if self._starting:
+                raise unwrap(exc) from None
+            a.state = "dead"
+            log.warning("render actor %d failed to start (%s); its slot stays empty", a.index, str(exc).splitlines()[0])
+            return
+        log.warning("render actor %d is gone for good (%s); a new one is asked for", a.index, type(exc).__name__)
+        ray.kill(a.handle, no_restart=True)
+        a.handle, a.state, a.down_since = self._start_actor(a.index), "starting", time.monotonic()
+        a.probe = a.handle.ready.remote()
 
     def _own_call(self, a: _Actor, ref) -> BatchResult | None:
         """A live actor's call finished: a batch or write phase (its deadline moves on), or its begin_iteration."""
@@ -299,13 +359,13 @@ class RayExecutor:
         if self._live():
             return None
         since = since or time.monotonic()
-        down = sum(a.state == "down" for a in self.actors)
+        down = sum(a.state in ("down", "starting") for a in self.actors)
         if down and time.monotonic() - since < self.res.capacity_timeout_s:
             return since
         dead = sum(a.state == "dead" for a in self.actors)
         why = ("every render actor is gone" if not down else
                f"no render actor came back within cluster.capacity_timeout_s={self.res.capacity_timeout_s:g} s")
-        raise UserError(f"cluster: {why} ({dead} of {len(self.actors)} dead, {down} restarting); iteration "
+        raise UserError(f"cluster: {why} ({dead} of {len(self.actors)} dead, {down} restarting or waiting for room); iteration "
                         f"{self._iteration.number}: {self._stage.queues.remaining()} batch(es) not rendered, every "
                         "finished frame is kept: rerun with resume=true once the cluster has capacity")
 
@@ -326,7 +386,7 @@ class RayExecutor:
     def shutdown(self) -> None:
         for a in self.actors:
             ray.kill(a.handle, no_restart=True)
-        remove_placement_group(self._pg)
+        placement.release(self._groups)
 
 
 def _common_environment(reports: list[dict | None]) -> dict | None:
