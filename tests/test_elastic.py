@@ -21,9 +21,9 @@ import pytest
 
 from storyadapter.rundir import journal, manifest
 
-from .conftest import write_story
-from .engine_hooks import watch_executor
-from .test_engine import assert_same_render
+from .helpers.stories import write_story
+from .helpers.engine_hooks import watch_executor
+from .helpers.renders import assert_same_render
 
 pytestmark = pytest.mark.slow
 N_FRAMES = 12
