@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 
 from . import spec as specs
 from .engine import local_ray
-from .rundir import guard as rundir
+from .rundir import guard as rundir, story_record
 from .errors import UserError
 from .outputs.metrics import METRICS_JSON
 from .story.photos import write_sidecar

@@ -190,7 +190,7 @@ def _finish_iteration(plan: RunPlan, iteration: int, scale: float, results: list
             prompt=f.prompt,
             caption=f.caption,
             characters=tuple(f.characters),
-            seed=schedule.frame_seed(plan.seed, plan.seed_policy, f.index),
+            seed=schedule.frame_seed(plan.seed, plan.seed_policy, f.index, f.seed),
             scale=references.frame_scale(plan.story.photo_names(), f.characters, iteration, scale),
             image_path=by_frame[f.index].image_path,
             embedding=by_frame[f.index].embedding,

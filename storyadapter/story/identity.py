@@ -102,7 +102,7 @@ def consistent_pass(story: Story, settings: CSASettings, seed: int, seed_policy:
     def noise(f: IdentityFrame) -> int:
         # Story frames keep their own noise; synthesized ones get noise of their own under `per_frame`.
         if f.frame is not None:
-            return schedule.frame_seed(seed, seed_policy, f.frame)
+            return schedule.frame_seed(seed, seed_policy, f.frame, story.frames[f.frame].seed)
         return schedule.frame_seed(seed, seed_policy, 0) if seed_policy == "shared" else derived_seed(seed, f.seed_key)
 
     batches = tuple(
