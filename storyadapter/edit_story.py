@@ -28,7 +28,12 @@ from .story.model import Story
 log = logging.getLogger(__name__)
 
 
-def edit_story(run: specs.RunSpec, cfg: DictConfig, story: Story, out_dir: Path) -> Path:
+def edit_story(cfg: DictConfig, out_dir: Path) -> Path:
+    from .render_story import resolve_story_path
+    from .story.parse import load_story
+
+    run = specs.from_config(cfg)
+    story = load_story(resolve_story_path(run.story.path), run.story.style, run.story.title)
     if run.resume:
         raise UserError("edit=true and resume=true: pass one of them (edit=true applies an edited story to a finished render)")
     plan = edits.check(out_dir, cfg, story, run.iterations_to_render)

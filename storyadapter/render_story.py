@@ -155,10 +155,8 @@ def render_story(cfg: DictConfig, out_dir: Path) -> Path:
     """Render a story end to end with the Ray engine. Raises UserError for anything the user can fix."""
     run = specs.from_config(cfg)
     story = load_story(resolve_story_path(run.story.path), run.story.style, run.story.title)
-    if run.edit:
-        from .edit_story import edit_story
-
-        return edit_story(run, cfg, story, out_dir)
+    if run.edit:  # edit_story.py applies edits; it uses this module's engine start, so it is called by the launcher
+        raise UserError("edit=true: apply edits with storyadapter.edit_story.edit_story (the launcher does)")
     log.info("story %s", describe(story))
     log.info("method %s: %s", run.method.name, METHOD_SUMMARY[run.method.name])
     state = rundir.check(out_dir, cfg, story, run.resume, run.iterations_to_render)

@@ -90,11 +90,12 @@ def command(story: Path, out: Path, cache: Path, *extra: str) -> list[str]:
 
 
 def render(*args: str) -> None:
+    from storyadapter.edit_story import edit_story
     from storyadapter.launch import compose_config
     from storyadapter.render_story import render_story
 
     cfg = compose_config(list(args))
-    render_story(cfg, Path(cfg.output_dir))
+    (edit_story if cfg.edit else render_story)(cfg, Path(cfg.output_dir))
 
 
 def launch(*args: str, cwd: Path) -> subprocess.CompletedProcess:
