@@ -258,3 +258,28 @@ def test_refusals_are_one_line_and_write_nothing(finished, tmp_path, tiny_cache)
     shutil.copytree(finished, unfinished)
     (unfinished / "manifest/iter_01.parquet").unlink()
     one_line_error(launch(*command(story, unfinished, tiny_cache, "edit=true"), cwd=tmp_path), "not finished", "resume=true")
+
+
+@pytest.mark.slow
+def test_an_edit_killed_inside_its_commit_keeps_every_row_true_to_its_file_and_finishes(finished, tmp_path, tiny_cache):
+    """Killed just after the first manifest rewrite (the rows point at the staged frames): every row names a file
+    holding that frame, and edit=true again finishes the edit."""
+    edited = STORY[:4] + ["[Tom] sleeps in his boat #Tom at work"] + STORY[5:]
+    story, out = copy_of(finished, tmp_path, edited)
+    driver = start_driver_at("part:1", "pause", command(story, out, tiny_cache, "edit=true"), env=ENV,
+                             start_new_session=True, stderr=subprocess.DEVNULL)
+    try:
+        wait_until_at(driver, "part:1", timeout=300)
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+    staged = manifest.read_records(out, 1)
+    assert staged[1].image_path == "edits/rev_01/new/iter_01/frame_0001.png" and staged[1].revision == 1
+    assert (out / "iter_01/frame_0001.png").read_bytes() == (finished / "iter_01/frame_0001.png").read_bytes()
+    proc = launch(*command(story, out, tiny_cache, "edit=true"), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "render actors started" not in proc.stderr  # every frame was journaled: nothing is rendered again
+    records = manifest.read_records(out, 1)
+    assert [r.image_path for r in records] == frames(out) and [r.revision for r in records] == [0, 1, 0]
+    assert (out / "edits/rev_01/iter_01/frame_0001.png").read_bytes() == (finished / "iter_01/frame_0001.png").read_bytes()
+    assert (out / "iter_01/frame_0001.png").read_bytes() != (finished / "iter_01/frame_0001.png").read_bytes()

@@ -112,12 +112,15 @@ def commit(out_dir: Path, plan: EditPlan, story: Story, cfg: DictConfig, rendere
     staging folder); `scales`, `seeds`: frame -> its adapter scale and noise seed as the manifest records them."""
     out_dir = Path(out_dir)
     it, folder, staging = plan.iteration, plan.folder(out_dir), plan.staging(out_dir)
+    # The part as it is now: the render's, or, after a crash inside a commit, already this edit's (whose rows may
+    # name staged files). A frame's own file is always at its place in iter_XX/.
     old = {r.frame: r for r in manifest.read_records(out_dir, it)}
+    place = {f: f"{manifest.iteration_dirname(it)}/{manifest.frame_filename(f)}" for f in old}
     for f in plan.frames:  # 1: the previous files, kept once (a rerun finds them there and leaves them)
-        kept = folder / old[f].image_path
+        kept = folder / place[f]
         if not kept.is_file():
             kept.parent.mkdir(parents=True, exist_ok=True)
-            _copy_durably(out_dir / old[f].image_path, kept)
+            _copy_durably(out_dir / place[f], kept)
 
     def rows(staged: bool) -> list[manifest.FrameRecord]:
         out = []
@@ -125,7 +128,7 @@ def commit(out_dir: Path, plan: EditPlan, story: Story, cfg: DictConfig, rendere
             r = replace(old[frame.index], caption=frame.caption)
             if frame.index in rendered:
                 new = rendered[frame.index]
-                path = os.path.relpath(staging / new.image_path, out_dir) if staged else r.image_path
+                path = os.path.relpath(staging / new.image_path, out_dir) if staged else place[frame.index]
                 r = replace(r, prompt=frame.prompt, characters=tuple(frame.characters), seed=seeds[frame.index],
                             scale=scales[frame.index], image_path=path, revision=plan.revision,
                             embedding=np.asarray(new.embedding, dtype=np.float32))
@@ -134,7 +137,7 @@ def commit(out_dir: Path, plan: EditPlan, story: Story, cfg: DictConfig, rendere
 
     manifest.write_part(out_dir, rows(staged=True))  # 2
     for f in plan.frames:  # 3
-        _copy_durably(staging / rendered[f].image_path, out_dir / old[f].image_path)
+        _copy_durably(staging / rendered[f].image_path, out_dir / place[f])
     manifest.write_part(out_dir, rows(staged=False))  # 4
     story_record.write(out_dir, story)  # 5
     _record_revision(out_dir, plan.revision, story, cfg)
