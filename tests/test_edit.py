@@ -179,6 +179,8 @@ def test_an_edited_prompt_renders_exactly_that_frame_again(finished, tmp_path, t
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert [r["revision"] for r in saved["revisions"]] == [0, 1]
     assert not (out / "edits/pending.json").exists() and not (out / "edits/rev_01/new").exists()
+    gallery = (out / "index.html").read_text()  # the frame shows under "Final frames" and under iteration 1
+    assert gallery.count("edited (revision 1)") == 2 and 'href="edits/rev_01/iter_01/frame_0001.png"' in gallery
 
 
 @pytest.mark.slow
