@@ -285,3 +285,17 @@ def test_an_edit_killed_inside_its_commit_keeps_every_row_true_to_its_file_and_f
     assert [r.image_path for r in records] == frames(out) and [r.revision for r in records] == [0, 1, 0]
     assert (out / "edits/rev_01/iter_01/frame_0001.png").read_bytes() == (finished / "iter_01/frame_0001.png").read_bytes()
     assert (out / "iter_01/frame_0001.png").read_bytes() != (finished / "iter_01/frame_0001.png").read_bytes()
+
+
+@pytest.mark.slow
+def test_an_edited_render_resumes_with_the_edited_story_and_extends_over_the_updated_bank(finished, tmp_path, tiny_cache):
+    """What edit.refine=K would do, by hand: after the edit, resume=true with more iterations refines the whole story
+    against the bank that holds the edited frame. The old story file is now the edited one for resume=true."""
+    edited = STORY[:4] + ["[Tom] sleeps in his boat #Tom at work"] + STORY[5:]
+    story, out = copy_of(finished, tmp_path, edited)
+    render(*command(story, out, tiny_cache, "edit=true"))
+    old_story = write_story(tmp_path / "old.txt", STORY)
+    one_line_error(launch(*command(old_story, out, tiny_cache, "resume=true"), cwd=tmp_path), "frame 1: prompt", "edit=true")
+    render(*command(story, out, tiny_cache, "resume=true", "render.iterations=2"))
+    assert manifest.finished_iterations(out) == [0, 1, 2]
+    assert [r.prompt for r in manifest.read_records(out, 2)] == [r.prompt for r in manifest.read_records(out, 1)]
