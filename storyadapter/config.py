@@ -188,6 +188,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     output_dir: str = MISSING
     resume: bool = False
+    edit: bool = False  # apply an edited story file to a finished render (edit_story.py)
     log_level: str = "INFO"
 
 

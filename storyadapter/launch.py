@@ -145,19 +145,21 @@ def _task(cfg) -> None:
 
     from .logs import quiet_libraries
     from .render_story import render_story
+    from .edit_story import edit_story
 
     quiet_libraries()
     hc = HydraConfig.get()
     # Multirun: each job renders into its own numbered folder under output_dir.
     out_dir = Path(hc.runtime.output_dir) if hc.mode == RunMode.MULTIRUN else Path(cfg.output_dir)
     try:
-        render_story(cfg, out_dir)
+        (edit_story if cfg.edit else render_story)(cfg, out_dir)
     except UserError as exc:
         fail(str(exc), exc.exit_code)
     except KeyboardInterrupt:
         if not (out_dir / CONFIG_FILE).is_file():
             fail(f"interrupted before anything was written to output_dir={out_dir}; nothing to resume", 130)
-        fail(f"interrupted; finished frames are kept: rerun with resume=true output_dir={out_dir}", 130)
+        again = "edit=true" if cfg.edit else "resume=true"
+        fail(f"interrupted; finished frames are kept: rerun with {again} output_dir={out_dir}", 130)
     except Exception as exc:  # noqa: BLE001 - only the environment's failures are turned into one line
         err = environment_error(exc, out_dir)
         if err is None:

@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 
 from . import passes, spec as specs
 from .engine import local_ray
-from .rundir import guard as rundir
+from .rundir import guard as rundir, story_record
 from .errors import UserError
 from .outputs.metrics import METRICS_JSON
 from .story.photos import write_sidecar
@@ -110,7 +110,7 @@ def worker_spec(run: specs.RunSpec, story: Story, source, out_dir: Path):
     return WorkerSpec(
         source=source,
         settings=_with_absolute_draft_lora(run.render),
-        prompts=tuple(FramePrompt(*story.styled(f), characters=f.characters) for f in story.frames),
+        prompts=tuple(FramePrompt(*story.styled(f), characters=f.characters, seed=f.seed) for f in story.frames),
         out_dir=out,
         threads=run.cluster.threads_per_worker,
         consistent=consistent_pass(run, story),
@@ -185,6 +185,8 @@ def render_story(cfg: DictConfig, out_dir: Path) -> Path:
     """Render a story end to end with the Ray engine. Raises UserError for anything the user can fix."""
     run = specs.from_config(cfg)
     story = load_story(resolve_story_path(run.story.path), run.story.style, run.story.title)
+    if run.edit:  # edit_story.py applies edits; it uses this module's engine start, so it is called by the launcher
+        raise UserError("edit=true: apply edits with storyadapter.edit_story.edit_story (the launcher does)")
     log.info("story %s", describe(story))
     log.info("method %s: %s", run.method.name, METHOD_SUMMARY[run.method.name])
     state = rundir.check(out_dir, cfg, story, run.resume, run.iterations_to_render)
@@ -207,12 +209,25 @@ def render_story(cfg: DictConfig, out_dir: Path) -> Path:
     return out_dir
 
 
+def start_executor(run: specs.RunSpec, spec, res, clip=None):
+    """The Ray executor, once every actor has loaded the model; the log says how long that took (an edit of one
+    frame is mostly this)."""
+    import time
+
+    from .engine import executor as engine
+
+    t0 = time.perf_counter()
+    executor = engine.RayExecutor(spec, res, use_gpu=actor_devices(run), fixed_cluster=run.cluster.mode == "local", clip=clip)
+    log.info("render actors started and the model loaded in %.1f s", time.perf_counter() - t0)
+    return executor
+
+
 def _render(run: specs.RunSpec, cfg: DictConfig, story: Story, out_dir: Path,
             state: rundir.RunDir) -> tuple[bool, UserError | None]:
     """Start the cluster and the actors, render every unfinished iteration, then score the metrics that need
     CLIP on the actors (their GPUs) before releasing them. Returns whether metrics were written, and the
     error to raise once the other outputs are written. `cfg` goes to the run directory's config.yaml only."""
-    from .engine import clip_scorer, cluster, driver, executor as engine, placement
+    from .engine import clip_scorer, cluster, driver, placement
     from .worker.clip import ActorClip
 
     source, eval_clip = resolve_model(run.model)
@@ -223,13 +238,14 @@ def _render(run: specs.RunSpec, cfg: DictConfig, story: Story, out_dir: Path,
     executor = None
     try:
         res = placement.ActorResources(**specs.fields_for(placement.ActorResources, c))
-        executor = engine.RayExecutor(worker_spec(run, story, source, out_dir), res, use_gpu=actor_devices(run),
-                                      fixed_cluster=c.mode == "local", clip=ActorClip)
+        executor = start_executor(run, worker_spec(run, story, source, out_dir), res, ActorClip)
         env = getattr(executor, "environment", None)
         if not state.fresh and (changed := rundir.environment_changed(out_dir, env)):
             log.warning("%s", changed)
         if state.fresh or state.extends:  # only once the workers are up, so a failed start leaves nothing behind
             rundir.write_config(out_dir, cfg, story, run.iterations_to_render, state.ramp_iterations, env)
+        if story_record.read(out_dir) is None:  # also for a render made before story.json: the guard checked its digest
+            story_record.write(out_dir, story)
         write_sidecar(out_dir, story.photos)  # which photo each character used, beside the manifest
         if state.extends:
             log.info("extending to %d iterations: the new ones run at scale_end=%g (the ramp was %d iterations)",

@@ -206,7 +206,7 @@ def _finish_iteration(plan: RunPlan, iteration: int, scale: float, results: list
             prompt=f.prompt,
             caption=f.caption,
             characters=tuple(f.characters),
-            seed=schedule.frame_seed(plan.seed, plan.seed_policy, f.index),
+            seed=schedule.frame_seed(plan.seed, plan.seed_policy, f.index, f.seed),
             scale=references.frame_scale(plan.story.photo_names(), f.characters, iteration, scale),
             image_path=by_frame[f.index].image_path,
             embedding=by_frame[f.index].embedding,
@@ -215,3 +215,36 @@ def _finish_iteration(plan: RunPlan, iteration: int, scale: float, results: list
     ]
     manifest.write_part(plan.out_dir, records)
     return np.stack([r.embedding for r in records]).astype(np.float32)
+
+
+def unrendered(out_dir: Path, iteration: int, frames: Sequence[int]) -> list[int]:
+    """Of `frames`, those not journaled yet in `out_dir` (an edit's staging folder): a resumed edit renders only these."""
+    done = journal.read(out_dir, iteration)
+    return [f for f in frames if f not in done]
+
+
+def render_frames(out_dir: Path, executor: Executor, iteration: int, frames: Sequence[int], batch_size: int,
+                  bank: np.ndarray | None, scale: float) -> dict[int, FrameResult]:
+    """Render some frames of an iteration (an edit), journaled in `out_dir` as a full iteration is: a driver
+    killed midway renders only the batches the journal lacks. Batches are cut from `frames` alone, in order,
+    so a resumed edit renders each frame in the same batch as an uninterrupted one. Writes no manifest part."""
+    groups = [[frames[i] for i in b] for b in schedule.batches(len(frames), batch_size)]
+    results = journal.read(out_dir, iteration)
+    todo = [b for b in groups if not all(f in results for f in b)]
+    if results:
+        log.info("edit: %d of %d frames finished before the restart", sum(f in results for f in frames), len(frames))
+    progress = journal.Journal(out_dir, iteration)
+    try:
+        with iteration_progress(len(frames), len(frames) - sum(len(b) for b in todo), f"edit of iteration {iteration}") as bar:
+            def on_batches(batches: list[BatchResult]) -> None:
+                fresh = {r.frame: r for batch in batches for r in batch.frames if r.frame not in results}
+                if fresh:
+                    progress.append(list(fresh.values()))  # durable before it counts as done
+                    results.update(fresh)
+                    bar.update(len(fresh))
+
+            if todo:
+                executor.render_iteration(iteration, todo, bank, scale, on_batches)
+    finally:
+        progress.close()
+    return {f: results[f] for f in frames}

@@ -138,8 +138,19 @@ def _figure(out_dir: Path, rec: FrameRecord) -> str:
     return (
         f'<figure><a href="{_href(rec.image_path)}"><img src="{_href(thumb)}" width="{w}" height="{h}" '
         f'alt="frame {rec.frame}" loading="lazy"></a>'
-        f"<figcaption><b>{rec.frame}</b> {caption}<span class=\"prompt\">{_esc(rec.prompt)}{who}</span></figcaption></figure>"
+        f"<figcaption><b>{rec.frame}</b> {caption}<span class=\"prompt\">{_esc(rec.prompt)}{who}</span>"
+        f"{_earlier_versions(out_dir, rec)}</figcaption></figure>"
     )
+
+
+def _earlier_versions(out_dir: Path, rec: FrameRecord) -> str:
+    """An edited frame (edit=true) says so and links the files it replaced, kept under edits/rev_NN/."""
+    if not rec.revision:
+        return ""
+    rel = Path(rec.image_path)
+    kept = sorted(p for p in (Path(out_dir) / "edits").glob(f"rev_*/{rel.as_posix()}") if p.is_file())
+    links = ", ".join(f'<a href="{_href(p.relative_to(out_dir))}">before revision {int(p.parts[-3][4:])}</a>' for p in kept)
+    return f'<span class="edited">edited (revision {rec.revision}); earlier versions: {links}</span>'
 
 
 def _metrics_table(out_dir: Path) -> str:

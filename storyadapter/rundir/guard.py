@@ -12,11 +12,12 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from .. import environment
-from . import manifest
+from . import manifest, story_record
 from ..atomic import replacing
 from ..config import DraftConfig
 from ..errors import UserError
 from ..story.model import Story
+from ..story.snapshot import compare, snapshot
 
 CONFIG_FILE = "config.yaml"
 # Settings that change pixels. Everything else (cluster layout, outputs, resume, logging) may differ on resume.
@@ -116,10 +117,22 @@ def check(out_dir: Path, cfg: DictConfig, story: Story, resume: bool, iterations
         old_fp = saved.get("fingerprint", {})
         old_fp["render"] = {k: v for k, v in old_fp.get("render", {}).items() if k not in _IGNORED_RENDER_KEYS}
         diffs = _differences(old_fp, new)
+        if diffs and all(d.startswith("story.") for d in diffs) and (edited := story_edited(out_dir, story)):
+            raise UserError(f"resume=true refused: the story changed since {out_dir} was rendered ({edited}); "
+                            "to apply the change to the finished render, rerun with edit=true instead of resume=true")
         if diffs:
             raise UserError(f"resume=true refused: {config_path} was rendered with different settings: {'; '.join(diffs[:4])}")
         return _iterations_on_resume(out_dir, saved, iterations)
     return RunDir(fresh=True, ramp_iterations=iterations, finished=False, extends=False)
+
+
+def story_edited(out_dir: Path, story: Story) -> str | None:
+    """What `story` changes from the one the render in `out_dir` recorded ('frames 3 and 7: prompt; Lisa:
+    description'), or None when the render recorded none (renders made before story.json) or nothing differs."""
+    recorded = story_record.read(out_dir)
+    if recorded is None:
+        return None
+    return compare(recorded, snapshot(story)).describe() or None
 
 
 def _iterations_on_resume(out_dir: Path, saved: dict, wanted: int) -> RunDir:

@@ -30,6 +30,7 @@ def schema(embedding_dim: int) -> pa.Schema:
             ("scale", pa.float32()),
             ("image_path", pa.string()),
             ("embedding", pa.list_(pa.float32(), embedding_dim)),
+            ("revision", pa.int16()),  # added with edit=true; a part without it reads as revision 0
         ]
     )
 
@@ -45,6 +46,7 @@ class FrameRecord:
     scale: float
     image_path: str  # relative to the output directory
     embedding: np.ndarray  # (D,) float32
+    revision: int = 0  # the edit (edits/rev_NN) that last rendered this frame; 0: the render itself
 
 
 def iteration_dirname(iteration: int) -> str:
@@ -80,6 +82,7 @@ def write_part(out_dir: Path, records: list[FrameRecord]) -> Path:
             "scale": pa.array([r.scale for r in records], pa.float32()),
             "image_path": pa.array([r.image_path for r in records], pa.string()),
             "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1), pa.float32()), dim),
+            "revision": pa.array([r.revision for r in records], pa.int16()),
         },
         schema=schema(dim),
     )
@@ -118,6 +121,7 @@ def read_part(out_dir: Path, iteration: int) -> pa.Table:
 
 def read_records(out_dir: Path, iteration: int) -> list[FrameRecord]:
     table = read_part(out_dir, iteration).to_pydict()
+    revisions = table.get("revision") or [0] * len(table["frame"])
     return [
         FrameRecord(
             iteration=int(table["iteration"][i]),
@@ -129,6 +133,7 @@ def read_records(out_dir: Path, iteration: int) -> list[FrameRecord]:
             scale=float(table["scale"][i]),
             image_path=table["image_path"][i],
             embedding=np.asarray(table["embedding"][i], dtype=np.float32),
+            revision=int(revisions[i]),
         )
         for i in range(len(table["frame"]))
     ]

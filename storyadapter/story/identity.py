@@ -110,8 +110,16 @@ def consistent_pass(story: Story, settings: CSASettings, seed: int, seed_policy:
     schedule.frame_seed(seed, seed_policy, 0)  # refuses an unknown policy here, not in a worker
 
     def noise(f: IdentityFrame) -> int:
-        # per_frame: story frames keep their own noise; synthesized ones get noise of their own.
-        return schedule.frame_seed(seed, seed_policy, f.frame) if f.frame is not None else derived_seed(seed, f.seed_key)
+        # Story frames keep their own noise (their own seed, when the story gives one); synthesized ones get noise
+        # of their own under per_frame.
+        if f.frame is not None:
+            return schedule.frame_seed(seed, seed_policy, f.frame, story.frames[f.frame].seed)
+        return schedule.frame_seed(seed, seed_policy, 0) if shared else derived_seed(seed, f.seed_key)
+
+    def one_draw(plan) -> bool:
+        # shared: the batch starts from one draw, as upstream; a frame with its own seed in the story (a reroll)
+        # makes each of its batch's frames start from its own seed instead.
+        return shared and not any(f.frame is not None and story.frames[f.frame].seed is not None for f in plan.frames)
 
     # shared: upstream seeds one generator with the seed for each character's batch, so every character's batch
     # is the same draw (gradio_app_sdxl_specific_id_low_vram.py; docs/methods.md cites the lines).
@@ -120,9 +128,9 @@ def consistent_pass(story: Story, settings: CSASettings, seed: int, seed_policy:
             character=name,
             prompts=tuple(style(f.prompt) for f in plan.frames),
             frames=tuple(f.frame for f in plan.frames),
-            seeds=() if shared else tuple(noise(f) for f in plan.frames),
+            seeds=() if one_draw(plan) else tuple(noise(f) for f in plan.frames),
             draw_seed=derived_seed(seed, f"write:{name}"),
-            batch_seed=schedule.frame_seed(seed, seed_policy, 0) if shared else None,
+            batch_seed=schedule.frame_seed(seed, seed_policy, 0) if one_draw(plan) else None,
         )
         for name, plan in plan_identities(story, settings.id_length).items()
     )

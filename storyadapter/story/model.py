@@ -15,6 +15,7 @@ class Frame:
     caption: str  # "" if none
     characters: tuple[str, ...]  # in order of first appearance
     line: int  # 1-based line in the source file
+    seed: int | None = None  # the frame's own noise seed (story file), used whatever render.seed_policy says
 
 
 @dataclass(frozen=True)

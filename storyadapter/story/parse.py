@@ -10,7 +10,9 @@ Formats (chosen by extension; each has its own module):
   works as in the plain form (txt_format.py).
 * ``.yaml``/``.yml``/``.json``: a mapping with keys ``title``, ``style``, ``characters``
   (name: description, or name: ``{description: ..., image: tom.png}`` with a reference photo relative
-  to the story file) and ``frames`` (a list of ``{prompt, caption}`` mappings or plain strings).
+  to the story file) and ``frames`` (a list of ``{prompt, caption, seed}`` mappings or plain strings).
+* A frame's own ``seed`` (``(seed: 7)`` in a ``.txt`` frame) fixes its noise whatever ``render.seed`` and
+  ``render.seed_policy`` say: "reroll frame 77" is a one-line change to the story.
   ``[Name]`` tags are expanded the same way; ``#`` is an ordinary character there (tree_format.py, json_nodes.py).
 
 This module reads the bytes, hands the text to the format's parser, then checks what all formats share
@@ -232,4 +234,4 @@ def _frame(index: int, spec: RawFrame, chars: dict[str, str], src: str) -> Frame
     if not prompt:
         raise StoryError(src, line, "empty prompt")
     caption = _one_line(spec.caption, "the caption", src, line)
-    return Frame(index=index, prompt=prompt, caption=caption, characters=tuple(names), line=line)
+    return Frame(index=index, prompt=prompt, caption=caption, characters=tuple(names), line=line, seed=spec.seed)

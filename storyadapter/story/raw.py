@@ -11,6 +11,7 @@ from storyadapter.errors import UserError
 
 MAX_LINE_CHARS = 4000  # per .txt line, and per string value in YAML/JSON
 MAX_FRAMES = 10_000
+MAX_SEED = 2**63 - 1  # the manifest's seed column is int64
 MAX_NESTING = 32  # the schema needs 3 levels; anything deeper is a mistake or an attack
 
 
@@ -32,6 +33,7 @@ class RawFrame(NamedTuple):
     text: str  # prompt with tags still in it
     caption: str
     line: int
+    seed: int | None = None  # checked by the format's parser: an integer in [0, MAX_SEED]
 
 
 class RawStory(NamedTuple):
@@ -41,3 +43,11 @@ class RawStory(NamedTuple):
     style_line: int
     characters: list[RawCharacter]
     frames: list[RawFrame]
+
+
+def parse_seed(text: str, src: str, line: int) -> int:
+    """A frame's `seed` as written: a non-negative integer, else one line naming the file and line."""
+    stripped = text.strip()
+    if not stripped.isascii() or not stripped.isdigit() or int(stripped) > MAX_SEED:
+        raise StoryError(src, line, f"seed {text.strip()!r} is not an integer from 0 to {MAX_SEED}")
+    return int(stripped)

@@ -16,11 +16,14 @@ def adapter_scale(iteration: int, iterations: int, start: float, end: float) -> 
     return float(start + (end - start) * (iteration - 1) / (iterations - 1))
 
 
-def frame_seed(seed: int, policy: str, frame: int) -> int:
+def frame_seed(seed: int, policy: str, frame: int, own: int | None = None) -> int:
     """`shared`: every frame starts from the same noise (upstream); `per_frame`: distinct noise per frame.
+    A frame with its own seed in the story file (`own`) uses it under either policy.
 
     The seed does not change across iterations: refinement comes from the references alone.
     """
+    if own is not None:
+        return int(own)
     if policy == "shared":
         return int(seed)
     if policy == "per_frame":

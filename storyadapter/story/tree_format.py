@@ -3,7 +3,7 @@
 YAML is composed (never constructed) after a first pass over its events refuses aliases, object tags, several
 documents and deep nesting; JSON arrives as the same kind of tree from json_nodes.py. One schema walker reads
 both: keys ``title``, ``style``, ``characters`` (name: description, or name: ``{description, image}``) and
-``frames`` (``{prompt, caption}`` mappings or plain strings); unknown, duplicate and mistyped keys are refused.
+``frames`` (``{prompt, caption, seed}`` mappings or plain strings); unknown, duplicate and mistyped keys are refused.
 """
 
 from __future__ import annotations
@@ -18,10 +18,11 @@ from storyadapter.story.raw import (
     RawFrame,
     RawStory,
     StoryError,
+    parse_seed,
 )
 
 _KEYS = ("title", "style", "characters", "frames")
-_FRAME_KEYS = ("prompt", "caption")
+_FRAME_KEYS = ("prompt", "caption", "seed")
 _CHARACTER_KEYS = ("description", "image")
 _Y = "tag:yaml.org,2002:"
 _STR = _Y + "str"
@@ -107,6 +108,14 @@ def _mapping(n: yaml.Node, what: str, allowed: tuple[str, ...], src: str) -> dic
     return out
 
 
+def _seed(n: yaml.Node, i: int, src: str) -> int:
+    """A frame's own seed: an integer scalar (YAML int, JSON number), not a string, float or list."""
+    if not (isinstance(n, yaml.ScalarNode) and n.tag == _Y + "int"):
+        shown = n.value if isinstance(n, yaml.ScalarNode) else _kind(n)
+        raise StoryError(src, _line(n), f"the seed of frame {i} must be an integer, got {shown!r}")
+    return parse_seed(n.value, src, _line(n))
+
+
 def read_tree(root: yaml.Node | None, src: str) -> RawStory:
     if root is None:
         raise StoryError(src, 1, "empty story file")
@@ -153,7 +162,8 @@ def read_tree(root: yaml.Node | None, src: str) -> RawStory:
             if prompt is None:
                 raise StoryError(src, _line(f["prompt"]), f"the prompt of frame {i} must be a string, got null")
             caption = _string(f["caption"], f"the caption of frame {i}", src) if "caption" in f else None
-            frames.append(RawFrame(prompt, caption or "", _line(item)))
+            seed = _seed(f["seed"], i, src) if "seed" in f else None
+            frames.append(RawFrame(prompt, caption or "", _line(item), seed))
         elif isinstance(item, yaml.ScalarNode) and item.tag == _STR:
             frames.append(RawFrame(_string(item, f"frame {i}", src) or "", "", _line(item)))
         else:

@@ -2,17 +2,18 @@
 
 A file whose first non-blank line looks like ``[Name] description`` opens with a character block that a blank
 line ends; a character line may end with ``(photo: tom.png)``. Every later non-blank line is a frame,
-``prompt #caption``.
+``prompt #caption``; a ``(seed: 7)`` tag in the prompt gives that frame its own noise seed.
 """
 
 from __future__ import annotations
 
 import re
 
-from storyadapter.story.raw import MAX_FRAMES, MAX_LINE_CHARS, RawCharacter, RawFrame, RawStory, StoryError
+from storyadapter.story.raw import MAX_FRAMES, MAX_LINE_CHARS, RawCharacter, RawFrame, RawStory, StoryError, parse_seed
 
 _CHAR_START = re.compile(r"\[(?!NC\])[^\[\]]+\]\s")  # "[Name] " opens a StoryDiffusion file
 _CHAR_LINE = re.compile(r"\[([^\[\]]*)\](.*)")
+_SEED_TAG = re.compile(r"\(\s*seed\s*:([^()]*)\)", re.IGNORECASE)  # "(seed: 7)" in a frame's prompt
 _PHOTO_SUFFIX = re.compile(r"\s*\(photo:\s*([^()]*?)\s*\)\s*$")  # "... (photo: tom.png)" ends a character line
 
 
@@ -47,7 +48,8 @@ def parse_txt(text: str, src: str) -> RawStory:
         ln = lines[i].strip()
         if ln:
             prompt, _, caption = ln.partition("#")
-            frames.append(RawFrame(prompt, caption, i + 1))
+            prompt, seed = _seed(prompt, src, i + 1)
+            frames.append(RawFrame(prompt, caption, i + 1, seed))
             if len(frames) > MAX_FRAMES:
                 raise StoryError(src, i + 1, f"too many frames (limit {MAX_FRAMES})")
     if not frames:
@@ -55,3 +57,14 @@ def parse_txt(text: str, src: str) -> RawStory:
             src, body + 1, "no frames after the character block (a blank line separates '[Name] description' lines from frames)"
         )
     return RawStory(None, 1, None, 1, chars, frames)
+
+
+def _seed(prompt: str, src: str, line: int) -> tuple[str, int | None]:
+    """The prompt without its `(seed: N)` tag, and N (None without a tag)."""
+    tags = list(_SEED_TAG.finditer(prompt))
+    if not tags:
+        return prompt, None
+    if len(tags) > 1:
+        raise StoryError(src, line, "more than one '(seed: N)' tag in one frame")
+    tag = tags[0]
+    return prompt[: tag.start()] + prompt[tag.end() :], parse_seed(tag.group(1), src, line)

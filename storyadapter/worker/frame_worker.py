@@ -46,6 +46,7 @@ class FramePrompt:
     prompt: str  # styled
     negative: str
     characters: tuple[str, ...] = ()  # named in the frame: they pick its references under `characters` weighting
+    seed: int | None = None  # the frame's own seed from the story file, else render.seed and seed_policy decide
 
 
 @dataclass(frozen=True)
@@ -199,10 +200,13 @@ class FrameWorker:
         if iteration == 0 and self.spec.consistent is not None:
             images = self._render_consistent(frames, id_banks or {})
         else:
-            seeds = [schedule.frame_seed(self.spec.seed, self.spec.seed_policy, f) for f in frames]
+            seeds = [self._seed(f) for f in frames]
             self._weigh_references([self.spec.prompts[f].characters for f in frames])
             images = self.renderer.render([self._text_for(f) for f in frames], seeds)
         return self._finish(iteration, frames, images, started_at, start)
+
+    def _seed(self, frame: int) -> int:
+        return schedule.frame_seed(self.spec.seed, self.spec.seed_policy, frame, self.spec.prompts[frame].seed)
 
     def _weigh_references(self, characters: list[tuple[str, ...]]) -> None:
         """Per-frame reference weights for the next render (character photos, `characters` weighting)."""
@@ -241,7 +245,7 @@ class FrameWorker:
         for name in sorted({c for f in readers for c in plan.characters[f]}):
             self._load_bank(name, id_banks.get(name))
         if readers:
-            seeds = [schedule.frame_seed(self.spec.seed, self.spec.seed_policy, f) for f in readers]
+            seeds = [self._seed(f) for f in readers]
             self._weigh_references([plan.characters[f] for f in readers])
             images = self.renderer.render_consistent([self._text_for(f) for f in readers], seeds,
                                                      [plan.characters[f] for f in readers],

@@ -144,7 +144,9 @@ class StoryRenderer:
         latents = model.initial_latents(noise)
         guided = self.guided
         conditioning = model.conditioning(embeddings, s.height, s.width, guided=guided)
-        step_noise = [step_generator(seed) for seed in seeds]  # used by stochastic schedulers only (LCM, TCD)
+        # Used by stochastic schedulers only (LCM, TCD); a batch from one draw has no per-frame seeds: its i-th frame's.
+        step_seeds = list(seeds) if batch_seed is None else [batch_seed + i for i in range(len(embeddings))]
+        step_noise = [step_generator(seed) for seed in step_seeds]
 
         for step, t in enumerate(timesteps):
             if self.csa is not None:

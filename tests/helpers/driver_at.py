@@ -3,7 +3,7 @@
     python tests/helpers/driver_at.py POINT ACTION KEY=VALUE ...
 
 POINT is `part:N` (iteration N's manifest part is written) or `journal:N:K` (iteration N's journal holds
-at least K frames, durable). ACTION is `pause` (the driver stays there, so that a test kills it at that
+at least K frames, durable; an edit's journal, in its staging folder, counts too). ACTION is `pause` (the driver stays there, so that a test kills it at that
 point and no later) or `go` (it carries on). The line `at POINT` on stdout is the event the test waits on.
 """
 
@@ -47,7 +47,7 @@ def main() -> None:
 
         def append_then(self, results):
             append(self, results)
-            if self.path == path:
+            if self.path.name == path.name:
                 seen.extend(results)
                 if len(seen) >= frames:
                     reached()
