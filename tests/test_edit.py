@@ -8,7 +8,7 @@ from storyadapter.story import schedule
 from storyadapter.story.parse import load_story
 from storyadapter.story.raw import StoryError
 
-from .conftest import write_story
+from .helpers.stories import write_story
 
 
 # ----------------------------------------------------------------------------- per-frame seeds
@@ -70,7 +70,7 @@ import yaml
 
 from storyadapter.rundir import manifest
 
-from .engine_hooks import start_driver_at, wait_until_at, watch_executor
+from .helpers.engine_hooks import start_driver_at, wait_until_at, watch_executor
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
 STORY = [
