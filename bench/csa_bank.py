@@ -61,6 +61,9 @@ def bank_bytes(size: int, steps: int, settings: CSASettings, bytes_per_value: in
 
 
 def main() -> None:
+    from bench.harness import bench_environment
+
+    bench_environment()
     p = ArgumentParser(prog="python -m bench.csa_bank", description=__doc__.splitlines()[0])
     p.add_argument("--size", type=int, default=1024)
     p.add_argument("--steps", type=int, default=50)

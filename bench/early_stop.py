@@ -43,6 +43,9 @@ def measure(story_file: Path, eps: float, iterations: int, source, work: Path) -
 
 
 def main(argv=None) -> int:
+    from bench.harness import bench_environment
+
+    bench_environment()
     parser = ArgumentParser(prog="python -m bench.early_stop", description=__doc__.splitlines()[0])
     parser.add_argument("--eps", type=float, default=0.01)
     parser.add_argument("--iterations", type=int, default=4)

@@ -5,11 +5,6 @@ bench/loops.py, bench/growth.py and bench/sweeps.py use, and bench/model_flops.p
 from __future__ import annotations
 
 import os
-
-os.environ.setdefault("TQDM_DISABLE", "1")  # driver.run_iterations's progress bars; before tqdm is imported
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
 import dataclasses
 import gc
 import platform
@@ -138,10 +133,20 @@ def run_plan(cfg: BenchConfig, story, out_dir: Path, iterations: int, batch_size
                    seed=cfg.seed, seed_policy=cfg.seed_policy)
 
 
+def bench_environment() -> None:
+    """A benchmark process's environment, set by each benchmark's main (and child), never on import: tests import
+    these modules, and a variable set then would reach every launcher the test process starts. No progress bars or
+    lines (a benchmark prints its own summary), no hub, no tokenizer threads beside the measured ones."""
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
 def child_config(cfg_dict: dict) -> BenchConfig:
     """The config inside a spawned child process, which starts bare: quiet library logs, the CPU thread count."""
     from storyadapter.logs import quiet_libraries
 
+    bench_environment()
     quiet_libraries()
     cfg = BenchConfig(**cfg_dict)
     if cfg.device == "cpu":

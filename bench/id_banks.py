@@ -174,6 +174,9 @@ def report(res: dict) -> str:
 
 
 def main() -> None:
+    from bench.harness import bench_environment
+
+    bench_environment()
     from storyadapter.methods import CSASettings
     from storyadapter.errors import ArgumentParser
 

@@ -131,6 +131,9 @@ def report(rows: list[dict]) -> str:
 
 
 def main() -> None:
+    from bench.harness import bench_environment
+
+    bench_environment()
     from storyadapter.errors import ArgumentParser
 
     p = ArgumentParser(prog="python -m bench.methods", description=__doc__.splitlines()[0])

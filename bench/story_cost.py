@@ -231,6 +231,9 @@ def markdown(r: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    from bench.harness import bench_environment
+
+    bench_environment()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=FRAMES)
     parser.add_argument("--refinements", type=int, default=REFINEMENTS)

@@ -16,10 +16,6 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("TQDM_DISABLE", "1")  # driver.run_iterations's progress bars; before tqdm is imported
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
 import dataclasses
 import logging
 import shutil
@@ -42,6 +38,9 @@ log = logging.getLogger("bench")
 
 
 def main(argv: list[str] | None = None) -> dict:
+    from bench.harness import bench_environment
+
+    bench_environment()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     cfg = load_config(sys.argv[1:] if argv is None else argv)
     from storyadapter.logs import quiet_libraries
