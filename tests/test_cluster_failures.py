@@ -127,6 +127,7 @@ def test_a_cluster_that_grows_late_is_waited_for_not_refused(ray_cluster, story_
         assert manifest.finished_iterations(out) == list(range(ITERATIONS + 1))
     finally:
         c.remove_node(late)
+        c.wait_for_nodes()  # until the GCS no longer lists it: a new driver could pick its raylet and fail to connect
 
 
 
@@ -134,6 +135,7 @@ def test_a_cluster_without_the_resources_the_render_needs_is_refused_at_once(ray
     """cluster=ray on a cluster with no GPU, for a render on GPUs: one line naming what the cluster has and what
     the render needs, at once (not after cluster.ready_timeout_s), exit non-zero, nothing written."""
     c, _ = ray_cluster
+    c.wait_for_nodes()  # a node removed by a test before is no longer listed (a new driver may pick its raylet)
     out = tmp_path / "out"
     # A wait for the placement would outlast the timeout: the refusal comes before any placement.
     proc = launch(*overrides(story_file, c.address, 2, "model.device=cuda", "cluster.ready_timeout_s=3600"),

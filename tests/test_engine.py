@@ -21,7 +21,8 @@ import pytest
 from storyadapter.rundir import manifest
 from storyadapter.errors import UserError
 
-from .helpers.engine_hooks import actor_pid, start_driver_at, wait_until_at, watch_executor
+from .helpers import engine_hooks
+from .helpers.engine_hooks import actor_pid, watch_executor
 from .helpers.launcher import in_background, render
 from .helpers.renders import assert_same_render
 
@@ -47,26 +48,8 @@ def reference(local_ray, story_file, tiny_cache, tmp_path_factory) -> Path:
 
 
 def kill_driver_at(story_file, tiny_cache, out: Path, point: str) -> None:
-    """Run the launcher (1 worker) in its own session, its driver paused at `point`
-    (tests/helpers/driver_at.py), and SIGKILL it there with the Ray it started."""
-    log = out.parent / "driver.log"
-    with open(log, "wb") as stderr:
-        proc = start_driver_at(point, "pause", [*overrides(story_file, tiny_cache, 1), f"output_dir={out}"],
-                               cwd=out.parent, start_new_session=True, stderr=stderr,
-                               env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    try:
-        wait_until_at(proc, point, 240)
-    except AssertionError as exc:
-        raise AssertionError(f"{exc}:\n{log.read_text()[-2000:]}") from None
-    finally:
-        family = [proc.pid] + [c.pid for c in psutil.Process(proc.pid).children(recursive=True)] if proc.poll() is None else []
-        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray it started, as if the node died
-        for pid in family:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        proc.wait()
+    """The launcher (1 worker) SIGKILLed with its Ray at `point` (tests/helpers/driver_at.py)."""
+    engine_hooks.kill_driver_at(point, [*overrides(story_file, tiny_cache, 1), f"output_dir={out}"], out.parent)
 
 
 def test_driver_killed_after_iteration_1_resumes_to_identical_output(story_file, tiny_cache, tmp_path, request):

@@ -5,12 +5,9 @@ a killed driver giving the same bytes."""
 from __future__ import annotations
 
 import dataclasses
-import os
-import signal
 from pathlib import Path
 
 import numpy as np
-import psutil
 import pytest
 import torch
 from PIL import Image
@@ -144,15 +141,6 @@ def engine_overrides(story_file: Path, tiny_cache: Path, out: Path, workers: int
 
 
 @pytest.fixture(scope="module")
-def local_ray():
-    import ray
-
-    ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False)
-    yield ray
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def engine_story(tmp_path_factory) -> Path:
     return write_story(tmp_path_factory.mktemp("swift") / "s.txt", [f"a kite over a hill, scene {i}" for i in range(6)])
 
@@ -172,22 +160,9 @@ def assert_same_bytes(a: Path, b: Path, frames: int = 6) -> None:
 
 
 def kill_driver_at(story_file, tiny_cache, out: Path, point: str) -> None:
-    from .helpers.engine_hooks import start_driver_at, wait_until_at
+    from .helpers import engine_hooks
 
-    with open(out.parent / "driver.log", "wb") as stderr:
-        proc = start_driver_at(point, "pause", engine_overrides(story_file, tiny_cache, out, 1), cwd=out.parent,
-                               start_new_session=True, stderr=stderr, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    try:
-        wait_until_at(proc, point, 240)
-    finally:
-        family = [c.pid for c in psutil.Process(proc.pid).children(recursive=True)] if proc.poll() is None else []
-        os.killpg(proc.pid, signal.SIGKILL)
-        for pid in family:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        proc.wait()
+    engine_hooks.kill_driver_at(point, engine_overrides(story_file, tiny_cache, out, 1), out.parent)
 
 
 @pytest.mark.slow

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from dataclasses import dataclass
@@ -30,9 +31,13 @@ def schema(embedding_dim: int) -> pa.Schema:
             ("scale", pa.float32()),
             ("image_path", pa.string()),
             ("embedding", pa.list_(pa.float32(), embedding_dim)),
-            ("revision", pa.int16()),  # added with edit=true; a part without it reads as revision 0
         ]
     )
+
+
+# Each frame's revision (edit=true), kept in the part's schema metadata rather than as a column: the columns are
+# the documented contract that readers of the manifest rely on. A part without it: every frame is revision 0.
+REVISIONS_KEY = b"storyadapter.revisions"
 
 
 @dataclass(frozen=True)
@@ -82,10 +87,11 @@ def write_part(out_dir: Path, records: list[FrameRecord]) -> Path:
             "scale": pa.array([r.scale for r in records], pa.float32()),
             "image_path": pa.array([r.image_path for r in records], pa.string()),
             "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1), pa.float32()), dim),
-            "revision": pa.array([r.revision for r in records], pa.int16()),
         },
         schema=schema(dim),
     )
+    if any(r.revision for r in records):
+        table = table.replace_schema_metadata({REVISIONS_KEY: json.dumps([r.revision for r in records])})
     final = part_path(out_dir, records[0].iteration)
     final.parent.mkdir(parents=True, exist_ok=True)
     with replacing(final) as tmp:
@@ -120,8 +126,9 @@ def read_part(out_dir: Path, iteration: int) -> pa.Table:
 
 
 def read_records(out_dir: Path, iteration: int) -> list[FrameRecord]:
-    table = read_part(out_dir, iteration).to_pydict()
-    revisions = table.get("revision") or [0] * len(table["frame"])
+    part = read_part(out_dir, iteration)
+    table = part.to_pydict()
+    revisions = json.loads((part.schema.metadata or {}).get(REVISIONS_KEY, b"null")) or [0] * len(table["frame"])
     return [
         FrameRecord(
             iteration=int(table["iteration"][i]),

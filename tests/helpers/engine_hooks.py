@@ -5,7 +5,9 @@ the output folder, and it finds an actor by asking it (its pid over Ray), not by
 
 from __future__ import annotations
 
+import os
 import select
+import signal
 import subprocess
 import sys
 import time
@@ -63,3 +65,27 @@ def wait_until_at(proc: subprocess.Popen, point: str, timeout: float) -> None:
             raise AssertionError(f"the driver exited with {proc.wait()} before reaching {point}")
         if line.decode().strip() == f"at {point}":
             return
+
+
+def kill_driver_at(point: str, overrides: list[str], cwd: Path) -> None:
+    """Run the launcher in its own session, its driver paused at `point`, and SIGKILL it there with the Ray it
+    started, as if its node died. Its stderr is `cwd/driver.log`, shown if the point is never reached."""
+    import psutil
+
+    log = cwd / "driver.log"
+    with open(log, "wb") as stderr:
+        proc = start_driver_at(point, "pause", overrides, cwd=cwd, start_new_session=True, stderr=stderr,
+                               env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    try:
+        wait_until_at(proc, point, 240)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}:\n{log.read_text()[-2000:]}") from None
+    finally:
+        family = [proc.pid] + [c.pid for c in psutil.Process(proc.pid).children(recursive=True)] if proc.poll() is None else []
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray it started
+        for pid in family:  # a Ray process that left the session
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        proc.wait()
