@@ -131,12 +131,24 @@ def test_a_cluster_that_grows_late_is_waited_for_not_refused(ray_cluster, story_
 
 
 
-def test_a_cluster_without_the_resources_the_render_needs_is_refused_at_once(ray_cluster, story_file, tmp_path):
+def test_a_cluster_without_the_resources_the_render_needs_is_refused_at_once(story_file, tmp_path):
     """cluster=ray on a cluster with no GPU, for a render on GPUs: one line naming what the cluster has and what
     the render needs, at once (not after cluster.ready_timeout_s), exit non-zero, nothing written."""
-    c, _ = ray_cluster
-    c.wait_for_nodes()  # a node removed by a test before is no longer listed (a new driver may pick its raylet)
-    out = tmp_path / "out"
+    from ray.cluster_utils import Cluster
+
+    # A cluster of its own, as ray_cluster is shaped (a head without CPUs, two 1-CPU nodes), that no test before
+    # has removed nodes from: only the driver this test starts joins it.
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+    for _ in range(2):
+        c.add_node(num_cpus=1)
+    c.wait_for_nodes()
+    try:
+        _refused_at_once(c, story_file, tmp_path / "out")
+    finally:
+        c.shutdown()
+
+
+def _refused_at_once(c, story_file, out) -> None:
     # A wait for the placement would outlast the timeout: the refusal comes before any placement.
     proc = launch(*overrides(story_file, c.address, 2, "model.device=cuda", "cluster.ready_timeout_s=3600"),
                   f"output_dir={out}")

@@ -176,12 +176,14 @@ def test_ray_job_submit_renders_story(ray_head, tiny_cache, tmp_path):
         [*RAY_CLI, "job", "submit", "--address", ray_head.dashboard, "--working-dir", str(REPO), "--",
          "python", "-m", "storyadapter.launch", "cluster=ray", f"story.path={story}", "model=tiny",
          "render.iterations=1", "render.steps=2", "render.height=64", "render.width=64",
+         "cluster.workers=4",  # more than the 2-CPU head has: the job renders with what is there
          f"output_dir={out}", f"model.cache_dir={tiny_cache}"],
         cwd=tmp_path, env=ray_head.env, capture_output=True, text=True, timeout=300)
     print(f"ray job submit: {time.monotonic() - started:.0f} s")
     logs = proc.stdout + proc.stderr
     assert proc.returncode == 0, logs[-4000:] + ray_head.log.read_text()[-2000:]
     assert "succeeded" in logs and "Traceback" not in logs, logs[-4000:]
+    assert "cluster.workers=4 asks for 4 x" in logs and "room for 2 now" in logs, logs[-4000:]
 
     assert (out / "config.yaml").is_file()
     for it in (0, 1):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 
 import numpy as np
 import ray
@@ -40,11 +41,7 @@ def connect(mode: str, address: str | None, workers: int, cpus_per_worker: float
         return True
     target = ray_address.target(address)
     hostport = ray_address.check_reachable(target, connect_timeout_s)  # Ray itself retries a wrong address for minutes
-    try:
-        ray.init(address=target, log_to_driver=True, configure_logging=False)
-    except (ConnectionError, RuntimeError, ValueError) as exc:
-        hint = "" if os.environ.get("RAY_AUTH_TOKEN") else "; if the cluster uses token auth, export its RAY_AUTH_TOKEN"
-        raise UserError(f"cluster.address={target}: cannot connect to a Ray cluster ({exc}){hint}") from None
+    _join(target, time.monotonic() + connect_timeout_s)
     have = ray.cluster_resources()
     alive = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
     log.info("cluster: joined the Ray cluster at %s%s: %d node%s, %g CPUs, %g GPUs", hostport,
@@ -55,6 +52,25 @@ def connect(mode: str, address: str | None, workers: int, cpus_per_worker: float
         ray.shutdown()  # leave the cluster as we found it: no driver of ours stays registered
         raise UserError(problem)
     return False
+
+
+def _join(target: str, deadline: float) -> None:
+    """ray.init on a cluster whose head answered (check_reachable). A driver can still fail to join for a moment,
+    e.g. while the head lists a node that just left and the driver picks its raylet: tried again until the
+    deadline (cluster.connect_timeout_s), then one line with Ray's own reason."""
+    while True:
+        try:
+            ray.init(address=target, log_to_driver=True, configure_logging=False)
+            return
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            if ray.is_initialized():
+                ray.shutdown()
+            if isinstance(exc, ConnectionError) and time.monotonic() + 1.0 < deadline:
+                time.sleep(1.0)  # a retry interval, not a wait for an event: Ray offers none for this
+                continue
+            cause = f": {str(exc.__cause__).splitlines()[0]}" if exc.__cause__ and str(exc.__cause__) else ""
+            hint = "" if os.environ.get("RAY_AUTH_TOKEN") else "; if the cluster uses token auth, export its RAY_AUTH_TOKEN"
+            raise UserError(f"cluster.address={target}: cannot connect to a Ray cluster ({exc}{cause}){hint}") from None
 
 
 def missing_resources(hostport: str, nodes: list[dict], limit: dict | None, cpus_per_worker: float,
