@@ -19,8 +19,11 @@ def launch_command(*overrides: str) -> list[str]:
 
 def launch(*overrides: str, cwd: Path | None = None, env: dict | None = None,
            timeout: int = 300) -> subprocess.CompletedProcess:
-    """The launcher as a subprocess, to its end; stdout and stderr come back as text."""
-    return subprocess.run(launch_command(*overrides), cwd=cwd, env=env or ENV, capture_output=True, text=True,
+    """The launcher as a subprocess, to its end; stdout and stderr come back as text. Its environment is this
+    process's as it is now, as a shell's child gets it: a Ray started in this process since import (a test
+    cluster) set RAY_AUTH_MODE=token here, and a launcher that joins that cluster needs it too."""
+    env = env or {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(launch_command(*overrides), cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=timeout)
 
 
