@@ -60,7 +60,6 @@ def test_the_digest_of_a_story_without_seeds_is_its_file_digest(tmp_path):
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -70,7 +69,7 @@ import yaml
 
 from storyadapter.rundir import manifest
 
-from .helpers.engine_hooks import start_driver_at, wait_until_at, watch_executor
+from .helpers.engine_hooks import kill_driver_at, watch_executor
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
 STORY = [
@@ -220,13 +219,7 @@ def test_an_edit_killed_midway_resumes_to_the_same_bytes(finished, tmp_path, tin
 
     story, out = copy_of(finished, tmp_path / "killed", edited)
     originals = {f: (out / f).read_bytes() for f in ("iter_01/frame_0000.png", "iter_01/frame_0002.png")}
-    driver = start_driver_at("journal:1:1", "pause", command(story, out, tiny_cache, "edit=true"), env=ENV,
-                             start_new_session=True, stderr=subprocess.DEVNULL)
-    try:
-        wait_until_at(driver, "journal:1:1", timeout=300)
-    finally:
-        os.killpg(driver.pid, signal.SIGKILL)
-        driver.wait()
+    kill_driver_at("journal:1:1", command(story, out, tiny_cache, "edit=true"), out.parent, timeout=300)
     part = "manifest/iter_01.parquet"
     assert (out / part).read_bytes() == (finished / part).read_bytes()  # killed before its commit: nothing applied
     assert all((out / f).read_bytes() == data for f, data in originals.items())
@@ -268,13 +261,7 @@ def test_an_edit_killed_inside_its_commit_keeps_every_row_true_to_its_file_and_f
     holding that frame, and edit=true again finishes the edit."""
     edited = STORY[:4] + ["[Tom] sleeps in his boat #Tom at work"] + STORY[5:]
     story, out = copy_of(finished, tmp_path, edited)
-    driver = start_driver_at("part:1", "pause", command(story, out, tiny_cache, "edit=true"), env=ENV,
-                             start_new_session=True, stderr=subprocess.DEVNULL)
-    try:
-        wait_until_at(driver, "part:1", timeout=300)
-    finally:
-        os.killpg(driver.pid, signal.SIGKILL)
-        driver.wait()
+    kill_driver_at("part:1", command(story, out, tiny_cache, "edit=true"), out.parent, timeout=300)
     staged = manifest.read_records(out, 1)
     assert staged[1].image_path == "edits/rev_01/new/iter_01/frame_0001.png" and staged[1].revision == 1
     assert (out / "iter_01/frame_0001.png").read_bytes() == (finished / "iter_01/frame_0001.png").read_bytes()

@@ -67,7 +67,7 @@ def wait_until_at(proc: subprocess.Popen, point: str, timeout: float) -> None:
             return
 
 
-def kill_driver_at(point: str, overrides: list[str], cwd: Path) -> None:
+def kill_driver_at(point: str, overrides: list[str], cwd: Path, timeout: float = 240) -> None:
     """Run the launcher in its own session, its driver paused at `point`, and SIGKILL it there with the Ray it
     started, as if its node died. Its stderr is `cwd/driver.log`, shown if the point is never reached."""
     import psutil
@@ -77,7 +77,7 @@ def kill_driver_at(point: str, overrides: list[str], cwd: Path) -> None:
         proc = start_driver_at(point, "pause", overrides, cwd=cwd, start_new_session=True, stderr=stderr,
                                env={**os.environ, "HF_HUB_OFFLINE": "1"})
     try:
-        wait_until_at(proc, point, 240)
+        wait_until_at(proc, point, timeout)
     except AssertionError as exc:
         raise AssertionError(f"{exc}:\n{log.read_text()[-2000:]}") from None
     finally:
