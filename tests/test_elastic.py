@@ -231,6 +231,9 @@ def test_min_workers_above_what_ever_comes_up_stops_at_ready_timeout_with_one_li
     assert re.match(rf"error: cluster: [0-4] of cluster.min_workers=5 render actors came up within "
                     rf"cluster.ready_timeout_s={timeout_s} s", lines[0]), lines[0]
     assert "every finished frame is kept" in lines[0] and "resume=true" in lines[0]
+    # While it waited, the log said what for: live, wanted, and the start's condition.
+    assert re.search(r"cluster: [0-4] of 5 render actors live, [1-5] waiting for room on the cluster or loading .*; "
+                     r"waiting for cluster.min_workers=5 before the first batch", proc.stderr), proc.stderr[-3000:]
     assert took < timeout_s + 120, f"took {took:.0f} s"  # the timeout, plus starting Python, Ray and 4 actors
     assert {p: p.read_bytes() for p in before} == before
     assert manifest.finished_iterations(out) == [0]
