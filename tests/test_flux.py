@@ -14,22 +14,12 @@ SETTINGS = RenderSettings(steps=2, height=64, width=64, guidance_scale=1.0, dist
 PROMPT = "a woman with a red coat walks in the rain at night"
 
 
-@pytest.fixture(scope="module")
-def flux_source(tmp_path_factory):
-    from storyadapter.models import flux_tiny
-    from storyadapter.models.source import ModelSource
-
-    root = flux_tiny.build(flux_tiny.flux_tiny_dir(tmp_path_factory.mktemp("flux-cache")))
-    return ModelSource(str(root / "flux"), str(root / "ip-adapter"), "", "ip_adapter.safetensors",
-                       str(root / "clip-vision"), family="flux")
-
-
 @pytest.fixture()
-def renderer(flux_source):
+def renderer(flux_tiny_source):
     from storyadapter.models.loading import load_backbone
 
     with torch_settings.reproducible(threads=1):
-        yield StoryRenderer(load_backbone(flux_source, torch.device("cpu"), torch.float32), SETTINGS)
+        yield StoryRenderer(load_backbone(flux_tiny_source, torch.device("cpu"), torch.float32), SETTINGS)
 
 
 def _stock(source, ip_adapter: bool):
@@ -54,9 +44,9 @@ def pixels(image) -> np.ndarray:
     return np.asarray(image, dtype=np.int16)
 
 
-def test_scale_zero_equals_plain_flux_pipeline(renderer, flux_source):
+def test_scale_zero_equals_plain_flux_pipeline(renderer, flux_tiny_source):
     """Iteration 0 (no references) and scale 0 are exactly diffusers' FluxPipeline text-to-image, same noise."""
-    plain = _stock(flux_source, ip_adapter=False)
+    plain = _stock(flux_tiny_source, ip_adapter=False)
     bank = np.random.default_rng(0).normal(size=(3, renderer.embedding_dim)).astype(np.float32)
     with torch_settings.reproducible(threads=1):
         theirs = plain(prompt=PROMPT, num_inference_steps=2, guidance_scale=3.5, height=64, width=64,
@@ -67,10 +57,10 @@ def test_scale_zero_equals_plain_flux_pipeline(renderer, flux_source):
             assert np.array_equal(pixels(ours), pixels(theirs))
 
 
-def test_n_references_equal_stock_ip_adapter_fed_all_embeddings(renderer, flux_source):
+def test_n_references_equal_stock_ip_adapter_fed_all_embeddings(renderer, flux_tiny_source):
     """GRCA over N references is diffusers' FLUX IP-Adapter given the N embeddings as one adapter's tokens (its
     ip_adapter_image_embeds of shape (1, N, D)): one softmax over all 4N tokens, bitwise."""
-    stock = _stock(flux_source, ip_adapter=True)
+    stock = _stock(flux_tiny_source, ip_adapter=True)
     stock.set_ip_adapter_scale(0.4)
     bank = np.random.default_rng(1).normal(size=(3, renderer.embedding_dim)).astype(np.float32)
     with torch_settings.reproducible(threads=1):
