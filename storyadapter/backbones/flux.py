@@ -67,7 +67,12 @@ class FluxBackbone(Backbone):
     # the model ----------------------------------------------------------------------------------
     @property
     def device(self) -> torch.device:
-        return self.pipe.transformer.device
+        # Under model.offload the weights rest on the host; the pipeline's execution device is the actor's GPU.
+        return self.pipe._execution_device if self._offloaded else self.pipe.transformer.device
+
+    @property
+    def _offloaded(self) -> bool:
+        return hasattr(self.pipe.transformer, "_hf_hook")  # accelerate's hook, set by enable_*_cpu_offload
 
     @property
     def dtype(self) -> torch.dtype:
@@ -94,12 +99,19 @@ class FluxBackbone(Backbone):
         return TextEmbedding(tokens, pooled, negative_tokens, negative_pooled)
 
     def _encode(self, text: str) -> tuple[torch.Tensor, torch.Tensor]:
-        tokens, pooled, _ = self.pipe.encode_prompt(prompt=text, prompt_2=None, device=self._text_device(),
+        tokens, pooled, _ = self.pipe.encode_prompt(prompt=text, prompt_2=None, device=self.device,
                                                     max_sequence_length=MAX_T5_TOKENS)
-        return tokens, pooled
+        # Kept on the host (4 MB of T5 tokens per prompt in bf16 at full size); `conditioning` copies a batch's in.
+        return tokens.cpu(), pooled.cpu()
 
-    def _text_device(self) -> torch.device:
-        return self.pipe._execution_device
+    @property
+    def releases_text_encoders(self) -> bool:
+        return self.device.type == "cuda" and not self._offloaded  # offloading already moves them out after use
+
+    def release_text_encoders(self) -> None:
+        self.pipe.text_encoder.to("cpu")
+        self.pipe.text_encoder_2.to("cpu")
+        torch.cuda.empty_cache()
 
     # denoising ----------------------------------------------------------------------------------
     def timesteps(self, steps: int, height: int, width: int) -> torch.Tensor:
