@@ -154,3 +154,17 @@ def test_the_sdxl_fingerprint_is_unchanged_and_flux_s_names_its_family(tmp_path)
     assert "distilled_guidance" not in sdxl["render"]
     flux = fingerprint(compose_config(FLUX), story)
     assert flux["model"]["family"] == "flux" and flux["render"]["scheduler"] == "flow_euler"
+
+
+def test_the_web_ui_offers_flux_with_its_own_preset_and_checks():
+    from storyadapter.launch import compose_config
+    from storyadapter.webui.jobs import RenderRequest
+
+    request = RenderRequest.from_json({"story": "a cat", "model": "flux-tiny", "size": 64, "steps": 2, "iterations": 1})
+    cfg = compose_config(request.overrides("s.txt", "o"))
+    assert (cfg.model.family, cfg.render.scheduler, cfg.render.steps) == ("flux", "flow_euler", 2)
+    for field, value, message in (("size", 72, "request.size: must be a multiple of 16 on FLUX"),
+                                  ("method", "hybrid", "request.method: not on FLUX")):
+        with pytest.raises(UserError) as info:
+            RenderRequest.from_json({"story": "a cat", "model": "flux-tiny", field: value})
+        assert one_line(info).startswith(message)
