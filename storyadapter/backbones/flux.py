@@ -179,7 +179,7 @@ class FluxBackbone(Backbone):
         factor = self.pipe.vae_scale_factor
         latents = self.pipe._unpack_latents(latents, height * factor, width * factor, factor)
         latents = (latents / vae.config.scaling_factor) + vae.config.shift_factor
-        images = vae.decode(latents.to(vae.device), return_dict=False)[0]
+        images = vae.decode(latents.to(_execution_device(vae)), return_dict=False)[0]
         return self.pipe.image_processor.postprocess(images, output_type="pil")
 
     # references ---------------------------------------------------------------------------------
@@ -191,7 +191,7 @@ class FluxBackbone(Backbone):
     def encode_images(self, images: list[Image.Image]) -> np.ndarray:
         pixels = self.pipe.feature_extractor(images, return_tensors="pt").pixel_values
         encoder = self.pipe.image_encoder
-        out = encoder(pixels.to(encoder.device, encoder.dtype)).image_embeds
+        out = encoder(pixels.to(_execution_device(encoder), encoder.dtype)).image_embeds
         return out.float().cpu().numpy()
 
     @torch.no_grad()
@@ -217,3 +217,10 @@ class FluxBackbone(Backbone):
             raise KeyError(f"no attention layer named {unknown[0]}")
         installed.update({f"{name}.processor": proc for name, proc in processors.items()})
         self.pipe.transformer.set_attn_processor(installed)
+
+
+def _execution_device(module: nn.Module) -> torch.device:
+    """Where `module` computes: its GPU under model.offload, where its weights rest on the host (or on `meta`)."""
+    from diffusers.utils.torch_utils import get_module_execution_device
+
+    return get_module_execution_device(module)
