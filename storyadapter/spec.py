@@ -300,6 +300,11 @@ def _check_flux(run) -> None:
     for key, value in (("model.vae", m.vae), ("model.single_file_config", m.single_file_config)):
         if value:
             raise ConfigError(key, value, "SDXL only; a FLUX model loads from a diffusers folder or hub id")
+    if m.offload == "sequential":
+        # accelerate 1.16's per-layer offload fails on transformers 5's text encoders (new() got requires_grad),
+        # with a stock FluxPipeline too (docs/flux.md, "Memory")
+        raise ConfigError("model.offload", m.offload, "diffusers' sequential offload fails with this environment's "
+                          "transformers and accelerate (stock FluxPipeline too); use model.offload=model")
     if m.offload != "none" and m.device == "cpu":
         raise ConfigError("model.offload", m.offload, "offloading keeps weights on the CPU between uses on a GPU; "
                           "with model.device=cpu there is no GPU: use model.offload=none")

@@ -34,6 +34,7 @@ def one_line(info) -> str:
     ([*FLUX, "render.draft.scheduler=lcm"], "render.draft.scheduler=lcm: FLUX denoises with flow-matching Euler only"),
     ([*FLUX, "render.draft.lora=x.safetensors"], "render.draft.lora=x.safetensors: draft LoRAs are SDXL's"),
     ([*FLUX, "model.device=cpu", "model.offload=model"], "model.offload=model: offloading keeps weights on the CPU"),
+    ([*FLUX, "model.offload=sequential"], "model.offload=sequential: diffusers' sequential offload fails"),
     ([*BASE, "model=tiny", "render=flux-tiny"], "render.scheduler=flow_euler: FLUX's scheduler"),
     ([*BASE, "model=tiny", "render.distilled_guidance=3.5"], "render.distilled_guidance=3.5: SDXL has no guidance embedding"),
     ([*BASE, "model=tiny", "model.offload=model"], "model.offload=model: FLUX only"),
@@ -139,6 +140,31 @@ def test_offloading_on_a_cpu_worker_is_one_line(flux_tiny_source):
     with pytest.raises(UserError) as info:
         flux_loading.load_pipeline(replace(flux_tiny_source, offload="model"), torch.device("cpu"), torch.float32)
     assert one_line(info).startswith("model.offload=model: offloading needs a GPU")
+
+
+def test_model_offload_gives_the_same_pixels(flux_tiny_source):
+    """model.offload=model, onto the CPU itself (no GPU here): diffusers' hooks move each component in and out, the
+    IP-Adapter's layers stay put, GRCA still reaches them; frames and their embeddings are those without offload."""
+    from storyadapter.models.loading import load_backbone
+    from storyadapter.worker import torch_settings
+    from storyadapter.worker.renderer import RenderSettings, StoryRenderer
+
+    settings = RenderSettings(steps=2, height=64, width=64, guidance_scale=1.0, scheduler="flow_euler")
+    bank = np.random.default_rng(0).normal(size=(2, 32)).astype(np.float32)
+
+    def render(offload: bool):
+        with torch_settings.reproducible(threads=1):
+            backbone = load_backbone(flux_tiny_source, torch.device("cpu"), torch.float32)
+            if offload:
+                backbone.offload("model", torch.device("cpu"))
+            r = StoryRenderer(backbone, settings)
+            r.set_references(bank, 0.5)
+            frame = r.render([r.encode_text("a cat on a desk", "")], [1])[0]
+            return np.asarray(frame, dtype=np.int16), r.embed_images([frame]), backbone._offloaded
+
+    plain, offloaded = render(False), render(True)
+    assert offloaded[2] and not plain[2]
+    assert np.array_equal(plain[0], offloaded[0]) and np.array_equal(plain[1], offloaded[1])
 
 
 def test_the_sdxl_fingerprint_is_unchanged_and_flux_s_names_its_family(tmp_path):

@@ -81,6 +81,21 @@ class FluxBackbone(Backbone):
     def compile(self) -> None:
         self.pipe.transformer = torch.compile(self.pipe.transformer)
 
+    def offload(self, mode: str, device: torch.device) -> None:
+        """model.offload: diffusers' CPU offload of the pipeline onto `device` (`model`: each component moves in when
+        it runs; `sequential`: layer by layer). The IP-Adapter's projection and K/V layers, which GRCA calls outside
+        the transformer's forward once per iteration, stay on `device` (about 1 GB for XLabs' adapter in bf16)."""
+        if mode == "model":
+            self.pipe.enable_model_cpu_offload(device=device)
+        elif mode == "sequential":
+            self.pipe.enable_sequential_cpu_offload(device=device)
+        else:
+            raise ValueError(f"unknown offload mode {mode}")
+        self._projection.to(device)
+        for layer in self._reference_layers.values():
+            layer.to_k.to(device)
+            layer.to_v.to(device)
+
     def set_distilled_guidance(self, scale: float | None) -> None:
         self._guidance = DEFAULT_DISTILLED_GUIDANCE if scale is None else float(scale)
 

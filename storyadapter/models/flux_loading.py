@@ -104,20 +104,9 @@ def load_pipeline(source: ModelSource, device: torch.device, dtype: torch.dtype)
         except (OSError, EnvironmentError) as exc:
             raise UserError(f"model.ip_adapter={source.ip_adapter}: could not load weights ({exc}); {fetch_hint(source)}") from None
     pipe.set_progress_bar_config(disable=True)
-    return place(pipe, device, source.offload)
-
-
-def place(pipe, device: torch.device, offload: str):
-    """The pipeline on `device`, or kept on the host and moved in as used (model.offload): `model` moves each
-    component (T5, transformer, VAE, ...) onto the GPU when it runs; `sequential` moves layer by layer (least
-    memory, slowest). diffusers' own offloading, on this actor's GPU."""
-    if offload == "none":
+    if source.offload == "none":
         return pipe.to(device)
     if device.type != "cuda":
-        raise UserError(f"model.offload={offload}: offloading needs a GPU, and this worker renders on {device}; "
+        raise UserError(f"model.offload={source.offload}: offloading needs a GPU, and this worker renders on {device}; "
                         "use model.offload=none")
-    if offload == "model":
-        pipe.enable_model_cpu_offload(device=device)
-    else:
-        pipe.enable_sequential_cpu_offload(device=device)
-    return pipe
+    return pipe  # on the host: the backbone takes the IP-Adapter's layers out first, then offloads (FluxBackbone.offload)
