@@ -35,6 +35,7 @@ from bench.harness import environment, load_config, make_story, model_source, re
 from bench.loops import run_loops
 
 log = logging.getLogger("bench")
+FLUX_STEPS = 28  # FLUX.1-dev's default (models/flux_config.py)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -78,6 +79,10 @@ def main(argv: list[str] | None = None) -> dict:
         log.info("full-size model FLOPs per frame at %d px (meta device)", cfg.full_size_px)
         prompt, negative = story.styled(story.frames[0])
         result["full_size_flops"] = full_size_flops(cfg.growth_frames, cfg.full_size_steps, cfg.full_size_px, prompt, negative)
+        from bench.model_flops import flux_flops
+
+        log.info("FLUX.1-dev + XLabs IP-Adapter FLOPs per frame at %d px, %d steps (meta device)", cfg.full_size_px, FLUX_STEPS)
+        result["flux_flops"] = flux_flops(cfg.growth_frames, FLUX_STEPS, cfg.full_size_px)
     result["ratios"], result["ratio_spread"] = report.ratios(result)
     result["flops"] = report.flops_section(cfg, result) if cfg.flops else None
     result["bench_wall_s"] = time.perf_counter() - started
