@@ -61,12 +61,14 @@ slurm-demo: install
 	@echo "open $(SLURM_DEMO_DIR)/render/index.html (job log: $(SLURM_DEMO_DIR)/slurm-<job id>.out)"
 
 # Throughput benchmark (bench/throughput.py): engine vs upstream-style loop vs plain loop, cost growth with story
-# length, driver overhead. Results in bench/results/<name>.{json,md,png}.
+# length, driver overhead. Results in bench/results/<name>.{json,md,png}. FLUX.1-dev's GPU memory per model.offload
+# choice, counted on the meta device: bench/results/flux_memory.{json,md}.
 bench: install
 	HF_HUB_OFFLINE=1 $(PY) -m bench.throughput preset=cpu
 	HF_HUB_OFFLINE=1 $(PY) -m bench.early_stop
 	HF_HUB_OFFLINE=1 $(PY) -m bench.methods all
 	HF_HUB_OFFLINE=1 $(PY) -m bench.story_cost
+	HF_HUB_OFFLINE=1 $(PY) -m bench.flux_memory
 
 # Full-size random-weight SDXL on a GPU (bf16, SDPA, 1024², 50 steps); needs a CUDA build of torch.
 # COMPILE=1 adds torch.compile; PEAK_TFLOPS is one GPU's dense bf16 peak (H100 SXM: 989).

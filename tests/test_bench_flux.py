@@ -27,3 +27,39 @@ def test_flux_frame_flops_count_the_model_flux_dev_is():
     assert f28[8]["transformer"] == 28 * (one["transformer_step"] + one["ip_step"][8])
     assert f28[8]["total"] - f1[8]["total"] == 27 * (one["transformer_step"] + one["ip_step"][8])
     assert f28[8]["total"] > f28[2]["total"]
+
+
+def test_live_bytes_count_what_is_alive_at_once_with_attention_as_a_fused_kernel():
+    import torch
+    import torch.nn.functional as F
+
+    from bench.meta_memory import peak_activation_bytes
+
+    x = torch.zeros(1000, 1000, device="meta")  # made before the call: not counted
+
+    def two_alive_then_one():
+        a = x * 2
+        b = a + 1  # a and b alive: 8 MB
+        del a
+        b.add_(1)  # in place: no new storage
+        return b.view(-1)  # a view: no new storage
+
+    assert peak_activation_bytes(two_alive_then_one) == 2 * 4_000_000
+    q = torch.zeros(1, 24, 4608, 128, device="meta", dtype=torch.bfloat16)
+    # A fused kernel holds its output, not the 4608 x 4608 scores per head that the math path would.
+    assert peak_activation_bytes(lambda: F.scaled_dot_product_attention(q, q, q)) == q.numel() * 2
+
+
+def test_flux_memory_peaks_order_the_offload_choices_and_hold_grca_keys_per_reference():
+    from bench.flux_memory import held, peaks
+
+    kept = held(n=100, frames=100, batch=1)
+    assert kept["reference_kv"] == 19 * 2 * 400 * 3072 * 2  # 19 double blocks, K and V, 4 tokens per reference, bf16
+    assert kept["text_embeddings"] == 100 * (512 * 4096 + 768) * 2
+    weights = {"transformer": 23_802_816_640, "ip_adapter": 981_749_760, "text_encoder_2": 9_524_621_312,
+               "text_encoder": 246_120_960, "vae": 167_639_366, "image_encoder": 607_932_416}
+    act = {"text": 10**8, "transformer": 5 * 10**8, "vae": 16 * 10**8, "image_encoder": 10**7}
+    p = peaks(weights, act, kept, largest_layer=263_192_576)
+    assert p["none"] == sum(weights.values()) + sum(kept.values()) + act["vae"]
+    assert p["none"] > p["text"] > p["model"] > p["sequential"]
+    assert p["model"] == weights["transformer"] + weights["ip_adapter"] + act["transformer"] + sum(kept.values())
