@@ -53,9 +53,18 @@ def resolve_model(m: specs.ModelSpec):
         vae=_absolute(m.vae) if m.vae and _names_local(m.vae) else m.vae,
         loras=tuple(LoraWeights(_absolute(lw.path), float(lw.scale)) for lw in m.loras),
         cache_dir=_absolute(m.cache_dir),
+        family=m.family,
+        offload=m.offload,
     )
     eval_clip = None
-    if m.kind == "tiny":
+    if m.kind == "tiny" and m.family == "flux":
+        from .models import flux_tiny
+
+        root = flux_tiny.build(flux_tiny.flux_tiny_dir(Path(m.cache_dir) if m.cache_dir else None))
+        source = ModelSource(str(root / "flux"), str(root / "ip-adapter"), "", "ip_adapter.safetensors",
+                             str(root / "clip-vision"), **extras)
+        eval_clip = str(root / "eval_clip")
+    elif m.kind == "tiny":
         from .models import tiny
 
         root = tiny.build(tiny.tiny_dir(Path(m.cache_dir) if m.cache_dir else None))
@@ -67,8 +76,12 @@ def resolve_model(m: specs.ModelSpec):
         return replace(sdxl_random.source(), **extras), None
     else:
         pretrained = _absolute(m.pretrained) if _names_local(m.pretrained) else m.pretrained
-        source = ModelSource(pretrained, m.ip_adapter, m.ip_adapter_subfolder, m.ip_adapter_weight,
-                             m.image_encoder_folder, m.variant, **extras)
+        ip_adapter = _absolute(m.ip_adapter) if m.family == "flux" and _names_local(m.ip_adapter) else m.ip_adapter
+        image_encoder = m.image_encoder_folder  # FLUX: a hub id or folder of its own; SDXL: a subfolder name
+        if m.family == "flux" and _names_local(image_encoder):
+            image_encoder = _absolute(image_encoder)
+        source = ModelSource(pretrained, ip_adapter, m.ip_adapter_subfolder, m.ip_adapter_weight,
+                             image_encoder, m.variant, **extras)
     check_available(source)
     return source, eval_clip
 

@@ -120,6 +120,12 @@ class Backbone(ABC):
     def use_draft_lora(self, on: bool) -> None:
         """Switch the draft LoRA on (a draft iteration) or off (the last pass); a no-op without one."""
 
+    def set_distilled_guidance(self, scale: float | None) -> None:
+        """The guidance embedding's scale for the following calls (render.distilled_guidance), for a
+        guidance-distilled denoiser (FLUX.1-dev); None: the family's default. A family without one refuses a value."""
+        if scale is not None:
+            raise NotImplementedError(f"{type(self).__name__} has no guidance embedding (render.distilled_guidance)")
+
     def set_scheduler(self, name: str) -> None:
         """Denoise with scheduler `name` (spec.SCHEDULERS) from the next `timesteps` call on."""
         if name != "ddim":
@@ -156,3 +162,9 @@ class Backbone(ABC):
     @abstractmethod
     def set_attention_processors(self, processors: Mapping[str, nn.Module]) -> None:
         """Install `processors` on the layers they are keyed by; every other layer keeps its processor."""
+
+    def reference_processor_class(self) -> type | None:
+        """GRCA's processor class for this family's reference layers, built as cls(to_k, to_v, heads, joint); None:
+        attention/grca.py's, for diffusers' `Attention` (SDXL). A family whose attention has another call shape
+        (FLUX: attention/grca_flux.py) returns its own, with the same members."""
+        return None
