@@ -57,3 +57,27 @@ def test_components_have_flux_dev_parameter_counts_on_meta(pipe):
 def test_source_is_the_marker_the_loader_dispatches_on():
     src = flux_random.source()
     assert src.pretrained == "random:flux" and src.ip_adapter == "random:flux"
+
+
+def test_model_flux_random_is_accepted_with_render_flux_and_refused_as_sdxl_in_one_line():
+    from storyadapter.errors import UserError
+    from storyadapter.launch import validate_overrides
+
+    base = ["story.path=s.txt", "output_dir=o", "model=flux-random"]
+    validate_overrides([*base, "render=flux"])
+    with pytest.raises(UserError, match=r"^model.family=sdxl: model.kind=flux-random builds FLUX's shapes"):
+        validate_overrides([*base, "render=flux", "model.family=sdxl"])
+
+
+def test_model_flux_random_loads_through_the_flux_backbone_on_meta():
+    from storyadapter.models.loading import load_backbone
+    from storyadapter.render_story import resolve_model
+    from storyadapter.spec import ModelSpec
+
+    source, eval_clip = resolve_model(ModelSpec(name="flux-random", kind="flux-random", family="flux",
+                                                pretrained="", ip_adapter="", dtype="bfloat16"))
+    assert (source.pretrained, source.family, eval_clip) == ("random:flux", "flux", None)
+    backbone = load_backbone(source, torch.device("meta"), torch.bfloat16)
+    assert len(backbone._reference_layers) == 19 and backbone.dtype == torch.bfloat16
+    text = backbone.encode_text("a lighthouse keeper in a yellow coat", "", 1)
+    assert text.tokens.shape == (1, 512, 4096) and text.pooled.shape == (1, 768)  # T5's 512 tokens, CLIP's pooled vector
