@@ -29,7 +29,7 @@ if __package__ in (None, ""):  # `python bench/throughput.py`
 
 import torch
 
-from bench import report, sweeps
+from bench import flux, report, sweeps
 from bench.growth import bench_growth
 from bench.harness import environment, load_config, make_story, model_source, release
 from bench.loops import run_loops
@@ -70,6 +70,9 @@ def main(argv: list[str] | None = None) -> dict:
 
         if "loops" in cfg.parts or "shared" in cfg.parts:
             run_loops(cfg, result, source, story, work, workers_all)
+        if "flux" in cfg.parts:
+            result["flux"] = flux.run(cfg, work)
+            release()
     finally:
         if not cfg.work_dir:
             shutil.rmtree(work, ignore_errors=True)
@@ -89,7 +92,7 @@ def main(argv: list[str] | None = None) -> dict:
     result["environment"]["loadavg_end"] = os.getloadavg()
 
     out = Path(cfg.out_dir)
-    text = report.write(result, out, cfg.name, sweeps.markdown(result))
+    text = report.write(result, out, cfg.name, sweeps.markdown(result) + flux.markdown(result, cfg.peak_tflops))
     print(text)
     log.info("wrote %s/%s.{json,md,png} in %.0f s", out, cfg.name, result["bench_wall_s"])
     return result

@@ -63,3 +63,25 @@ def test_flux_memory_peaks_order_the_offload_choices_and_hold_grca_keys_per_refe
     assert p["none"] == sum(weights.values()) + sum(kept.values()) + act["vae"]
     assert p["none"] > p["text"] > p["model"] > p["sequential"]
     assert p["model"] == weights["transformer"] + weights["ip_adapter"] + act["transformer"] + sum(kept.values())
+
+
+def test_flux_part_runs_flux_random_on_the_gpu_preset_and_its_growth_path_renders_flux_tiny(flux_tiny_cache, tmp_path):
+    import dataclasses
+
+    from bench import flux
+    from bench.growth import measure_growth
+    from bench.harness import PRESETS, BenchConfig
+
+    gpu = flux.flux_config(BenchConfig(**PRESETS["gpu"]))
+    assert (gpu.model, gpu.family, gpu.steps, gpu.size, gpu.growth_frames) == ("flux-random", "flux", 28, 1024, [25, 100, 400])
+    assert (gpu.scheduler, gpu.guidance_scale, gpu.distilled_guidance, gpu.flux_parts) == ("flow_euler", 1.0, 3.5, ["growth"])
+
+    # make bench-gpu's path, at flux-tiny's size in this process (the benchmark runs it in a child process).
+    cpu = flux.flux_config(BenchConfig(**{**PRESETS["cpu"], "steps": 1, "growth_sample": 1, "growth_reps": 1,
+                                          "flux_growth_frames": [2, 6], "cache_dir": str(flux_tiny_cache)}))
+    assert (cpu.model, cpu.family) == ("tiny", "flux")
+    rows = measure_growth("engine", cpu, str(tmp_path))["rows"]
+    assert [r["n"] for r in rows] == [2, 6] and all(r["per_frame_s"] > 0 and r["peak_mb"] > 0 for r in rows)
+    assert rows[1]["flops_per_frame"]["total"] > rows[0]["flops_per_frame"]["total"]  # attention over more references
+    table = flux.markdown({"flux": {"config": dataclasses.asdict(cpu), "growth": {"engine": rows}}}, 989.0)
+    assert table[1].startswith("## FLUX (tiny, family flux): 64x64, 1 steps") and table[-1].startswith("| 6 |")
