@@ -55,7 +55,7 @@ def _largest_layer(pipe) -> int:
 
 def activations(pipe, size: int, n: int, batch: int) -> dict[str, int]:
     from bench.meta_memory import peak_activation_bytes
-    from bench.model_flops import FLUX_REFERENCE_PX, _flux_inputs
+    from bench.model_flops import FLUX_REFERENCE_PX, flux_step_inputs
     from storyadapter.models.flux_config import CLIP_MAX_TOKENS, IP_TOKENS, T5_MAX_TOKENS
 
     meta, dtype = torch.device("meta"), torch.bfloat16
@@ -66,7 +66,7 @@ def activations(pipe, size: int, n: int, batch: int) -> dict[str, int]:
 
     def step():
         tokens = torch.zeros(batch, IP_TOKENS * n, pipe.transformer.config.joint_attention_dim, device=meta, dtype=dtype)
-        pipe.transformer(**_flux_inputs(pipe, size, batch, meta, dtype), joint_attention_kwargs={"ip_hidden_states": [tokens]})
+        pipe.transformer(**flux_step_inputs(pipe, size, batch, meta, dtype), joint_attention_kwargs={"ip_hidden_states": [tokens]})
 
     def decode():
         pipe.vae.decode(torch.zeros(1, pipe.vae.config.latent_channels, size // 8, size // 8, device=meta, dtype=dtype))

@@ -65,7 +65,7 @@ def full_size_flops(ns: list[int], steps: int, size: int, prompt: str, negative:
 FLUX_REFERENCE_PX = 224  # CLIP ViT-L/14's input: every reference and frame embedding is taken at this size
 
 
-def _flux_inputs(pipe, size: int, batch: int, device, dtype):
+def flux_step_inputs(pipe, size: int, batch: int, device, dtype):
     """The transformer's inputs for one step at `size`: packed latents (one token per 16x16 pixels), T5 tokens,
     CLIP's pooled embedding, the distilled guidance scale and the RoPE ids (as FluxPipeline builds them)."""
     from storyadapter.models.flux_config import T5_MAX_TOKENS
@@ -109,13 +109,13 @@ def flux_parts(pipe, size: int = 1024, batch: int = 1, ns: tuple[int, ...] = (25
     out["parameters"]["transformer"] -= adapter
     out["parameters"]["ip_adapter"] = adapter
     # Without references: the stock processor with no image tokens is FLUX's own attention (plus zeros).
-    inputs = _flux_inputs(pipe, size, batch, device, dtype)
+    inputs = flux_step_inputs(pipe, size, batch, device, dtype)
     no_refs = [torch.zeros(batch, 0, cross, device=device, dtype=dtype)]
     out["transformer_step"] = count_flops(lambda: transformer(**inputs, joint_attention_kwargs={"ip_hidden_states": no_refs}))
     out["ip_step"], out["ip_kv"] = {}, {}
     for n in ns:
         tokens = torch.zeros(batch, IP_TOKENS * n, cross, device=device, dtype=dtype)
-        with_refs = count_flops(lambda: transformer(**_flux_inputs(pipe, size, batch, device, dtype),
+        with_refs = count_flops(lambda: transformer(**flux_step_inputs(pipe, size, batch, device, dtype),
                                                     joint_attention_kwargs={"ip_hidden_states": [tokens]}))
         kv = count_flops(lambda: [(layer.to_k_ip[0](tokens), layer.to_v_ip[0](tokens)) for layer in ip_layers])
         out["ip_kv"][n] = kv  # what the stock processor recomputes at every step; GRCA once per iteration

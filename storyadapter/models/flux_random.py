@@ -20,7 +20,7 @@ import torch
 
 from .flux_config import (CLIP_MAX_TOKENS, CLIP_TEXT_CONFIG, IMAGE_CONFIG, IP_CROSS_DIM, IP_HIDDEN, IP_LAYERS,
                           IP_TOKENS, SCHEDULER_CONFIG, T5_CONFIG, T5_MAX_TOKENS, TRANSFORMER_CONFIG, VAE_CONFIG)
-from .sdxl_random import _building_on
+from .sdxl_random import building_on
 from .source import ModelSource
 
 MARKER = "random:flux"  # ModelSource.pretrained / ip_adapter for this model; load_pipeline builds on seeing it
@@ -37,7 +37,7 @@ def build_components(device: torch.device | str = "meta", dtype: torch.dtype = t
     from transformers import (CLIPTextConfig, CLIPTextModel, CLIPVisionConfig, CLIPVisionModelWithProjection,
                               T5Config, T5EncoderModel)
 
-    with _building_on(device, dtype), torch.no_grad():
+    with building_on(device, dtype), torch.no_grad():
         parts = dict(
             transformer=FluxTransformer2DModel(**TRANSFORMER_CONFIG),
             vae=AutoencoderKL(**VAE_CONFIG),
@@ -114,7 +114,7 @@ def build_pipeline(device: torch.device | str, dtype: torch.dtype, seed: int = 0
     # Registered first, so load_ip_adapter keeps it instead of loading an image encoder by name.
     pipe.register_modules(image_encoder=parts["image_encoder"])
     # The image projection is built inside load_ip_adapter: on `device` in `dtype` too, not in fp32 on the host.
-    with _building_on(device, dtype):
+    with building_on(device, dtype):
         pipe.load_ip_adapter(ip_adapter_state_dict(device, dtype), weight_name="", low_cpu_mem_usage=False)
     pipe.set_progress_bar_config(disable=True)
     return pipe
