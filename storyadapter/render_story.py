@@ -181,6 +181,9 @@ def actor_devices(run: specs.RunSpec) -> bool:
     import ray
 
     has_gpus = ray.cluster_resources().get("GPU", 0) > 0
+    if run.model.offload != "none" and not has_gpus and run.cluster.mode == "local":
+        raise UserError(f"model.offload={run.model.offload}: offloading moves weights to a GPU when they are used, and "
+                        "this machine has none; use model.offload=none")
     if run.model.device == "cpu":
         return False
     if needs_gpu(run):

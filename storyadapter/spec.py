@@ -307,6 +307,14 @@ def _check_flux(run) -> None:
     for key, value in (("model.vae", m.vae), ("model.single_file_config", m.single_file_config)):
         if value:
             raise ConfigError(key, value, "SDXL only; a FLUX model loads from a diffusers folder or hub id")
+    if m.offload == "sequential":
+        # accelerate 1.16's per-layer offload fails on transformers 5's text encoders (new() got requires_grad),
+        # with a stock FluxPipeline too (docs/flux.md, "Memory")
+        raise ConfigError("model.offload", m.offload, "diffusers' sequential offload fails with this environment's "
+                          "transformers and accelerate (stock FluxPipeline too); use model.offload=model")
+    if m.offload != "none" and m.device == "cpu":
+        raise ConfigError("model.offload", m.offload, "offloading keeps weights on the CPU between uses on a GPU; "
+                          "with model.device=cpu there is no GPU: use model.offload=none")
     if m.pretrained.lower().endswith(".safetensors"):
         raise ConfigError("model.pretrained", m.pretrained, "a single-file checkpoint is SDXL only; give FLUX as a "
                           "diffusers folder or hub id")
@@ -315,6 +323,8 @@ def _check_flux(run) -> None:
 def _check_sdxl(run) -> None:
     """FLUX's keys on an SDXL model."""
     r = run.render
+    if run.model.offload != "none":
+        raise ConfigError("model.offload", run.model.offload, "FLUX only (SDXL fits a 24 GB GPU without offloading)")
     for key, value in (("render.scheduler", r.scheduler), ("render.draft.scheduler", r.draft.scheduler)):
         if value in FLUX_SCHEDULERS:
             raise ConfigError(key, value, "FLUX's scheduler; SDXL takes ddim, euler_trailing, lcm or tcd")

@@ -126,3 +126,28 @@ def test_character_weighting_bias_and_gate_act_as_on_sdxl(renderer):
     assert np.abs(pixels(picked) - pixels(alone)).max() <= 1
     assert np.abs(pixels(gated) - pixels(text_only)).max() <= 1
     assert np.abs(pixels(alone) - pixels(text_only)).max() > 1
+
+
+def test_true_cfg_is_a_second_pass_combined_as_diffusers_true_cfg_scale(renderer, flux_tiny_source):
+    """render.guidance_scale > 1 on FLUX: without references, exactly FluxPipeline(true_cfg_scale=...); the negative
+    prompt's pass joins the batch (2 evaluations per step), the references reach both branches, and the frame
+    differs from the distilled-only one."""
+    from dataclasses import replace
+
+    bank = np.random.default_rng(4).normal(size=(2, renderer.embedding_dim)).astype(np.float32)
+    text = renderer.encode_text(PROMPT, "blurry")
+    with torch_settings.reproducible(threads=1):
+        theirs = _stock(flux_tiny_source, ip_adapter=False)(
+            prompt=PROMPT, negative_prompt="blurry", true_cfg_scale=2.0, guidance_scale=3.5, num_inference_steps=2,
+            height=64, width=64, latents=_latents(renderer, 6)).images[0]
+        renderer.use(replace(SETTINGS, guidance_scale=2.0))
+        assert np.array_equal(pixels(renderer.render([text], [6])[0]), pixels(theirs))
+        renderer.use(SETTINGS)
+        renderer.set_references(bank, 0.5)
+        distilled = renderer.render([text], [6])[0]
+        renderer.use(replace(SETTINGS, guidance_scale=2.0))
+        renderer.set_references(bank, 0.5)
+        before = renderer.backbone.unet_evaluations
+        cfg = renderer.render([text], [6])[0]
+    assert renderer.guided and renderer.backbone.unet_evaluations - before == 2 * SETTINGS.steps
+    assert np.abs(pixels(cfg) - pixels(distilled)).max() > 1

@@ -27,17 +27,18 @@ import torch
 from torch import nn
 
 
-class FluxGlobalReferenceAttnProcessor(nn.Module):
+class FluxGlobalReferenceAttnProcessor:
     """A double-stream block's joint attention, plus one softmax over all reference tokens for its image stream.
 
     Op for op diffusers' `FluxIPAdapterAttnProcessor` (for the reference term) and `FluxAttnProcessor` (without
     references), with the adapter's keys and values computed once per iteration instead of on every call.
+    Not an nn.Module, so the adapter's layers it holds are not the transformer's submodules: model.offload's hooks
+    move the transformer between host and GPU, while these stay where the backbone put them.
     """
 
     def __init__(self, to_k_ip: nn.Linear, to_v_ip: nn.Linear, heads: int, joint: bool = False):
         from diffusers.models.transformers.transformer_flux import FluxAttnProcessor
 
-        super().__init__()
         self.to_k_ip = to_k_ip
         self.to_v_ip = to_v_ip
         self.heads = heads

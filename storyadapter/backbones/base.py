@@ -84,6 +84,15 @@ class Backbone(ABC):
     def encode_text(self, prompt: str, negative: str, windows: int) -> TextEmbedding:
         """A frame's prompt and negative prompt, encoded once for the whole run."""
 
+    @property
+    def releases_text_encoders(self) -> bool:
+        """Whether the worker should encode every frame's prompt up front and then call `release_text_encoders`
+        (FLUX on a GPU: T5 alone is 9.5 GB in bf16). False: prompts are encoded as frames first need them."""
+        return False
+
+    def release_text_encoders(self) -> None:
+        """Every prompt of the run is encoded: the text encoders may leave the accelerator."""
+
     # denoising ----------------------------------------------------------------------------------
     @abstractmethod
     def timesteps(self, steps: int, height: int, width: int) -> torch.Tensor:

@@ -67,7 +67,12 @@ class FluxBackbone(Backbone):
     # the model ----------------------------------------------------------------------------------
     @property
     def device(self) -> torch.device:
-        return self.pipe.transformer.device
+        # Under model.offload the weights rest on the host; the pipeline's execution device is the actor's GPU.
+        return self.pipe._execution_device if self._offloaded else self.pipe.transformer.device
+
+    @property
+    def _offloaded(self) -> bool:
+        return hasattr(self.pipe.transformer, "_hf_hook")  # accelerate's hook, set by enable_*_cpu_offload
 
     @property
     def dtype(self) -> torch.dtype:
@@ -75,6 +80,21 @@ class FluxBackbone(Backbone):
 
     def compile(self) -> None:
         self.pipe.transformer = torch.compile(self.pipe.transformer)
+
+    def offload(self, mode: str, device: torch.device) -> None:
+        """model.offload: diffusers' CPU offload of the pipeline onto `device` (`model`: each component moves in when
+        it runs; `sequential`: layer by layer). The IP-Adapter's projection and K/V layers, which GRCA calls outside
+        the transformer's forward once per iteration, stay on `device` (about 1 GB for XLabs' adapter in bf16)."""
+        if mode == "model":
+            self.pipe.enable_model_cpu_offload(device=device)
+        elif mode == "sequential":
+            self.pipe.enable_sequential_cpu_offload(device=device)
+        else:
+            raise ValueError(f"unknown offload mode {mode}")
+        self._projection.to(device)
+        for layer in self._reference_layers.values():
+            layer.to_k.to(device)
+            layer.to_v.to(device)
 
     def set_distilled_guidance(self, scale: float | None) -> None:
         self._guidance = DEFAULT_DISTILLED_GUIDANCE if scale is None else float(scale)
@@ -94,12 +114,19 @@ class FluxBackbone(Backbone):
         return TextEmbedding(tokens, pooled, negative_tokens, negative_pooled)
 
     def _encode(self, text: str) -> tuple[torch.Tensor, torch.Tensor]:
-        tokens, pooled, _ = self.pipe.encode_prompt(prompt=text, prompt_2=None, device=self._text_device(),
+        tokens, pooled, _ = self.pipe.encode_prompt(prompt=text, prompt_2=None, device=self.device,
                                                     max_sequence_length=MAX_T5_TOKENS)
-        return tokens, pooled
+        # Kept on the host (4 MB of T5 tokens per prompt in bf16 at full size); `conditioning` copies a batch's in.
+        return tokens.cpu(), pooled.cpu()
 
-    def _text_device(self) -> torch.device:
-        return self.pipe._execution_device
+    @property
+    def releases_text_encoders(self) -> bool:
+        return self.device.type == "cuda" and not self._offloaded  # offloading already moves them out after use
+
+    def release_text_encoders(self) -> None:
+        self.pipe.text_encoder.to("cpu")
+        self.pipe.text_encoder_2.to("cpu")
+        torch.cuda.empty_cache()
 
     # denoising ----------------------------------------------------------------------------------
     def timesteps(self, steps: int, height: int, width: int) -> torch.Tensor:
@@ -167,7 +194,7 @@ class FluxBackbone(Backbone):
         factor = self.pipe.vae_scale_factor
         latents = self.pipe._unpack_latents(latents, height * factor, width * factor, factor)
         latents = (latents / vae.config.scaling_factor) + vae.config.shift_factor
-        images = vae.decode(latents.to(vae.device), return_dict=False)[0]
+        images = vae.decode(latents.to(_execution_device(vae)), return_dict=False)[0]
         return self.pipe.image_processor.postprocess(images, output_type="pil")
 
     # references ---------------------------------------------------------------------------------
@@ -179,7 +206,7 @@ class FluxBackbone(Backbone):
     def encode_images(self, images: list[Image.Image]) -> np.ndarray:
         pixels = self.pipe.feature_extractor(images, return_tensors="pt").pixel_values
         encoder = self.pipe.image_encoder
-        out = encoder(pixels.to(encoder.device, encoder.dtype)).image_embeds
+        out = encoder(pixels.to(_execution_device(encoder), encoder.dtype)).image_embeds
         return out.float().cpu().numpy()
 
     @torch.no_grad()
@@ -205,3 +232,10 @@ class FluxBackbone(Backbone):
             raise KeyError(f"no attention layer named {unknown[0]}")
         installed.update({f"{name}.processor": proc for name, proc in processors.items()})
         self.pipe.transformer.set_attn_processor(installed)
+
+
+def _execution_device(module: nn.Module) -> torch.device:
+    """Where `module` computes: its GPU under model.offload, where its weights rest on the host (or on `meta`)."""
+    from diffusers.utils.torch_utils import get_module_execution_device
+
+    return get_module_execution_device(module)

@@ -104,4 +104,9 @@ def load_pipeline(source: ModelSource, device: torch.device, dtype: torch.dtype)
         except (OSError, EnvironmentError) as exc:
             raise UserError(f"model.ip_adapter={source.ip_adapter}: could not load weights ({exc}); {fetch_hint(source)}") from None
     pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device)
+    if source.offload == "none":
+        return pipe.to(device)
+    if device.type != "cuda":
+        raise UserError(f"model.offload={source.offload}: offloading needs a GPU, and this worker renders on {device}; "
+                        "use model.offload=none")
+    return pipe  # on the host: the backbone takes the IP-Adapter's layers out first, then offloads (FluxBackbone.offload)

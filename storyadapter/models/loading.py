@@ -120,7 +120,10 @@ def load_backbone(source: ModelSource, device: torch.device, dtype: torch.dtype)
         from ..backbones.flux import FluxBackbone
         from . import flux_loading
 
-        return FluxBackbone(flux_loading.load_pipeline(source, device, dtype))
+        backbone = FluxBackbone(flux_loading.load_pipeline(source, device, dtype))
+        if source.offload != "none":
+            backbone.offload(source.offload, device)
+        return backbone
     from ..backbones.sdxl import SDXLBackbone
 
     return SDXLBackbone(load_pipeline(source, device, dtype))
