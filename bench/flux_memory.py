@@ -5,16 +5,18 @@ Weights: each component's parameters x 2 bytes (bf16), from models/flux_random.p
 Activations: the peak of live tensors while each phase runs on meta tensors (bench/meta_memory.py: every tensor an
 op makes counted until freed, attention as a fused kernel): text (T5 at 512 tokens + CLIP), one transformer pass at
 the size (batch 1: distilled guidance; 2: true CFG) with the adapter over 4N reference tokens, VAE decode, image
-encode. Also held for the whole iteration: GRCA's reference K/V (19 layers x 2 x 4N tokens x 3072) and the worker's
-text embeddings of the frames it renders (T5 512 x 4096 + pooled 768 per prompt).
+encode. Also on the GPU for the whole iteration: GRCA's reference K/V (19 layers x 2 x 4N tokens x 3072). The
+worker's text embeddings (T5 512 x 4096 + pooled 768 per prompt) stay in host memory (backbones/flux.py).
 
-Peak resident bytes per choice:
-  none        every component on the GPU, plus the largest phase's activations;
-  text        text encoders leave after the worker has encoded every prompt (before the transformer arrives): the larger
-              of the encoding phase and the denoising phase;
-  model       diffusers' enable_model_cpu_offload: one component at a time, the largest component plus its activations;
+Peak resident bytes per `model.offload` choice, as backbones/flux.py and frame_worker.py place the weights:
+  none        the whole pipeline is loaded onto the GPU and the worker encodes every prompt (start-up), then the text
+              encoders leave it (rendering): the larger of the two;
+  model       diffusers' enable_model_cpu_offload: one component at a time, the largest component plus its
+              activations; the IP-Adapter's projection and K/V layers stay on the GPU (GRCA calls them outside the
+              transformer);
   sequential  diffusers' enable_sequential_cpu_offload: one layer at a time, the largest layer plus the largest
-              activations (every step streams all 24 GB of transformer weights from host memory).
+              activations (every step streams all 24 GB of transformer weights from host memory). Refused by
+              spec.py in this environment (accelerate / transformers); counted for reference.
 Counted, not measured on a GPU; a card also needs its CUDA context and allocator slack (`--margin-gib`).
 
     python -m bench.flux_memory [--size 1024] [--n 25 100 400] [--out bench/results]
@@ -31,7 +33,7 @@ from storyadapter.errors import ArgumentParser
 
 GIB = 2**30
 BYTES = 2  # bf16
-OFFLOAD = ("none", "text", "model", "sequential")
+OFFLOAD = ("none", "model", "sequential")
 CARDS_GIB = (24, 48, 80)
 
 
@@ -79,7 +81,7 @@ def activations(pipe, size: int, n: int, batch: int) -> dict[str, int]:
 
 
 def held(n: int, frames: int, batch: int) -> dict[str, int]:
-    """Bytes kept on the GPU through an iteration: GRCA's reference K/V, and the text embeddings of `frames` prompts."""
+    """GRCA's reference K/V (on the GPU through an iteration) and the text embeddings of `frames` prompts (host)."""
     from storyadapter.models.flux_config import (IP_HIDDEN, IP_LAYERS, IP_TOKENS, T5_CONFIG, T5_MAX_TOKENS,
                                                  TRANSFORMER_CONFIG)
 
@@ -88,17 +90,19 @@ def held(n: int, frames: int, batch: int) -> dict[str, int]:
 
 
 def peaks(weights: dict[str, int], act: dict[str, int], kept: dict[str, int], largest_layer: int) -> dict[str, int]:
+    """Peak GPU bytes per offload choice, and the two phases of `none` (start-up and rendering)."""
     text_w = weights["text_encoder_2"] + weights["text_encoder"]
     denoise_w = weights["transformer"] + weights["ip_adapter"] + weights["vae"] + weights["image_encoder"]
-    denoise_act = max(act["transformer"], act["vae"], act["image_encoder"])
-    always = sum(kept.values())
-    by_component = {"text": text_w, "transformer": weights["transformer"] + weights["ip_adapter"],
-                    "vae": weights["vae"], "image_encoder": weights["image_encoder"]}
+    kv = kept["reference_kv"]
+    startup = text_w + denoise_w + act["text"]  # no references yet at start-up
+    rendering = denoise_w + kv + max(act["transformer"], act["vae"], act["image_encoder"])
+    # model: the adapter's layers and the K/V stay; T5, CLIP, the transformer, the VAE, the image encoder take turns
+    by_component = {"text": weights["text_encoder_2"], "transformer": weights["transformer"], "vae": weights["vae"],
+                    "image_encoder": weights["image_encoder"]}
     return {
-        "none": text_w + denoise_w + always + max(denoise_act, act["text"]),
-        "text": max(text_w + act["text"] + kept["text_embeddings"], denoise_w + always + denoise_act),
-        "model": always + max(w + act[c] for c, w in by_component.items()),
-        "sequential": always + largest_layer + max(act.values()),
+        "none": max(startup, rendering), "none_startup": startup, "none_rendering": rendering,
+        "model": weights["ip_adapter"] + kv + max(w + act[c] for c, w in by_component.items()),
+        "sequential": kv + largest_layer + max(act.values()),
     }
 
 
@@ -113,9 +117,9 @@ def count(size: int, ns: list[int], margin_gib: float) -> dict:
         rows = {}
         for n in ns:
             act = activations(pipe, size, n, batch)
-            kept = held(n, n, batch)  # one worker rendering all N frames keeps N prompts' embeddings
+            kept = held(n, n, batch)  # one worker rendering all N frames keeps N prompts' embeddings (host)
             peak = peaks(weights, act, kept, largest)
-            fits = {mode: [c for c in CARDS_GIB if p / GIB + margin_gib <= c] for mode, p in peak.items()}
+            fits = {mode: [c for c in CARDS_GIB if peak[mode] / GIB + margin_gib <= c] for mode in OFFLOAD}
             rows[n] = {"activations_bytes": act, "held_bytes": kept, "peak_bytes": peak, "fits_gib": fits}
         out["guidance"][guidance] = rows
     return out
@@ -133,18 +137,21 @@ def markdown(result: dict) -> str:
     for guidance, rows in result["guidance"].items():
         lines += [f"## {guidance.replace('_', ' ')}: peak resident GiB by `model.offload` "
                   f"(fits: peak + {result['margin_gib']:g} GiB <= card)", "",
-                  "| N | none | text (encoders dropped) | model | sequential | activations: transformer / VAE decode "
-                  "| reference K/V | text embeddings |", "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                  "| N | none | of which start-up / rendering | model | sequential (refused here) "
+                  "| activations: transformer / VAE decode | reference K/V | text embeddings (host) |",
+                  "|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for n, r in rows.items():
             p, f, a, h = r["peak_bytes"], r["fits_gib"], r["activations_bytes"], r["held_bytes"]
             cells = [f"{gib(p[m])} ({min(f[m]) if f[m] else '>' + str(max(result['cards_gib']))})" for m in OFFLOAD]
-            lines.append(f"| {n} | " + " | ".join(cells) + f" | {gib(a['transformer'])} / {gib(a['vae'])} | {gib(h['reference_kv'])} | "
-                         f"{gib(h['text_embeddings'])} |")
+            cells.insert(1, f"{gib(p['none_startup'])} / {gib(p['none_rendering'])}")
+            lines.append(f"| {n} | " + " | ".join(cells) + f" | {gib(a['transformer'])} / {gib(a['vae'])} | "
+                         f"{gib(h['reference_kv'])} | {gib(h['text_embeddings'])} |")
         lines.append("")
-    lines += ["In brackets: the smallest of 24 / 48 / 80 GiB cards it fits. `none`: all on the GPU; `text`: text "
-              "encoders leave after encoding; `model`: enable_model_cpu_offload; `sequential`: "
-              "enable_sequential_cpu_offload (streams the weights every step). Text embeddings: one worker holding "
-              "all N frames' prompts on the GPU."]
+    lines += ["In brackets: the smallest of 24 / 48 / 80 GiB cards it fits. `none`: the whole pipeline on the GPU "
+              "while the worker encodes every prompt at start-up, then without the text encoders; `model`: "
+              "enable_model_cpu_offload, the IP-Adapter's layers and the reference K/V staying on the GPU; "
+              "`sequential`: enable_sequential_cpu_offload (streams the weights every step; refused in this "
+              "environment). Text embeddings: one worker holding all N frames' prompts, in host memory."]
     return "\n".join(lines) + "\n"
 
 
