@@ -79,5 +79,7 @@ def test_model_flux_random_loads_through_the_flux_backbone_on_meta():
     assert (source.pretrained, source.family, eval_clip) == ("random:flux", "flux", None)
     backbone = load_backbone(source, torch.device("meta"), torch.bfloat16)
     assert len(backbone._reference_layers) == 19 and backbone.dtype == torch.bfloat16
-    text = backbone.encode_text("a lighthouse keeper in a yellow coat", "", 1)
-    assert text.tokens.shape == (1, 512, 4096) and text.pooled.shape == (1, 768)  # T5's 512 tokens, CLIP's pooled vector
+    # What the backbone's encode_text runs (before it moves the result to the host, which meta tensors cannot do).
+    tokens, pooled, _ = backbone.pipe.encode_prompt(prompt="a lighthouse keeper in a yellow coat", prompt_2=None,
+                                                    device=torch.device("meta"), max_sequence_length=512)
+    assert tokens.shape == (1, 512, 4096) and pooled.shape == (1, 768)  # T5's 512 tokens, CLIP's pooled vector
