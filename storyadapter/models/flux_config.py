@@ -66,7 +66,7 @@ VAE_CONFIG = dict(
 # sampling.get_schedule uses the same numbers).
 SCHEDULER_CONFIG = dict(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True, base_shift=0.5,
                         max_shift=1.15, base_image_seq_len=256, max_image_seq_len=4096)
-STEPS = 28  # FLUX.1-dev's model card example and FluxPipeline's num_inference_steps default
+STEPS = 28  # diffusers FluxPipeline's num_inference_steps default (render=flux's too)
 GUIDANCE = 3.5  # FluxPipeline's guidance_scale default (the distilled guidance embedding)
 
 # XLabs-AI/flux-ip-adapter-v2 (ip_adapter.safetensors): XLabs-AI/x-flux src/flux/xflux_pipeline.py set_ip builds
