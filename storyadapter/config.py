@@ -41,7 +41,7 @@ class SimConfig:
 @dataclass
 class ModelConfig:
     name: str = "realvisxl"
-    kind: str = "hub"  # hub (ids or local folders) | tiny (built offline) | sdxl-random (full size, random) | sim
+    kind: str = "hub"  # hub (ids or local folders) | tiny (built offline) | sdxl-random, flux-random (full size, random) | sim
     family: str = "sdxl"  # sdxl (SDXL + IP-Adapter) | flux (FLUX + XLabs IP-Adapter): which pipeline and backbone load it
     pretrained: str = "SG161222/RealVisXL_V4.0"  # hub id, diffusers folder, or one SDXL .safetensors checkpoint
     # For a .safetensors `pretrained`: a diffusers SDXL folder whose component configs and tokenizers the file is

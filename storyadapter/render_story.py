@@ -74,6 +74,10 @@ def resolve_model(m: specs.ModelSpec):
         from .models import sdxl_random
 
         return replace(sdxl_random.source(), **extras), None
+    elif m.kind == "flux-random":
+        from .models import flux_random
+
+        return replace(flux_random.source(), **extras), None
     else:
         pretrained = _absolute(m.pretrained) if _names_local(m.pretrained) else m.pretrained
         ip_adapter = _absolute(m.ip_adapter) if m.family == "flux" and _names_local(m.ip_adapter) else m.ip_adapter
@@ -168,7 +172,7 @@ def plan_for(run: specs.RunSpec, story: Story, out_dir: Path, ramp_iterations: i
 def needs_gpu(run: specs.RunSpec) -> bool:
     """Real and full-size models run on GPUs; they go to CPU only when the user says model.device=cpu."""
     if run.model.device == "auto":
-        return run.model.kind in ("hub", "sdxl-random")
+        return run.model.kind in ("hub", "sdxl-random", "flux-random")
     return run.model.device.startswith("cuda")
 
 

@@ -189,7 +189,7 @@ def unknown_key(key: str) -> str:
 SCHEDULERS = ("ddim", "euler_trailing", "lcm", "tcd", "flow_euler")
 FLUX_SCHEDULERS = ("flow_euler",)
 CHOICES = {
-    "model.kind": ("hub", "tiny", "sdxl-random", "sim"),
+    "model.kind": ("hub", "tiny", "sdxl-random", "flux-random", "sim"),
     "model.family": ("sdxl", "flux"),
     "model.offload": ("none", "model", "sequential"),
     "render.seed_policy": ("shared", "per_frame"),
@@ -217,6 +217,8 @@ PROBABILITIES = ("method.sa32", "method.sa64", "method.early_rate", "method.late
 POSITIVE_OR_NULL = {"render.stop_when_stable": "to run every iteration", "cluster.object_store_gb": "for Ray's default",
                     "cluster.min_workers": "to start with the first worker"}
 
+RANDOM_FAMILY = {"sdxl-random": "sdxl", "flux-random": "flux"}  # full-size random kinds and the family they build
+
 # The model.* keys each model kind reads; any other key set away from its preset's value is refused (it would be
 # ignored without a word). Keys that pick kernels or devices, the VAE, LoRAs and the cache serve every torch kind.
 _TORCH_KEYS = ("name", "kind", "family", "dtype", "device", "compile", "deterministic", "cache_dir", "vae", "loras",
@@ -226,6 +228,7 @@ MODEL_KEYS_READ = {
                           "image_encoder_folder", "variant"),
     "tiny": _TORCH_KEYS,  # built offline: its own weights and IP-Adapter
     "sdxl-random": _TORCH_KEYS,  # random full-size weights, built in the worker
+    "flux-random": _TORCH_KEYS,
     "sim": ("name", "kind", "device", "sim"),  # no model at all
 }
 
@@ -272,6 +275,10 @@ def check(run: "RunSpec") -> None:
     for index, lora in enumerate(run.model.loras):
         if not lora.path or lora.path == "???":  # OmegaConf's MISSING
             raise UserError(f"model.loras[{index}].path: missing; give each LoRA as {{path: FILE.safetensors, scale: 0.8}}")
+    family = RANDOM_FAMILY.get(run.model.kind)
+    if family and run.model.family != family:
+        raise ConfigError("model.family", run.model.family, f"model.kind={run.model.kind} builds {family.upper()}'s "
+                          f"shapes; use model.family={family} (or model={family}-random as it is)")
     if run.model.kind != "sim":
         (_check_flux if run.model.family == "flux" else _check_sdxl)(run)
 
