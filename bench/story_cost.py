@@ -5,8 +5,9 @@
 1. FLOPs per story of the full-size model (SDXL + IP-Adapter shapes, random weights on the meta device: shapes
    only, seconds on a CPU) for FRAMES frames and REFINEMENTS refinements at 1024², every part counted: text
    encoding (once per frame), every denoiser step of every iteration (its size, guidance and reference bank),
-   VAE decode, the CLIP encode of each new frame, and the reference K/V of each iteration. No VAE encode: nothing
-   renders from an image yet (render.refine_strength is not built).
+   VAE decode, the CLIP encode of each new frame, the reference K/V of each iteration, and with
+   render.refine_strength each refinement's VAE encode of the previous frame (its denoiser steps cut to
+   int(strength x steps), passes.steps_of).
 2. The same presets render a tiny-model story on CPU in this process (model=tiny, 64 px, same steps, guidance and
    iterations): wall-clock ratios, and the UNet evaluations the worker counted, which must equal the plan.
 3. An H100 estimate, labelled as one: FLOPs / (989 TFLOP/s x a utilization derived from a published SDXL
@@ -36,6 +37,9 @@ PRESETS = {
     "upstream": ["render=upstream"],
     "swift": ["render=swift"],
     "swift_all": ["render=swift", "render.draft.final=true"],
+    # warm-started refinements at an example strength (not a tuned value: quality is not measurable here):
+    # drafts 1..9 run 2 of their 4 steps, the last pass 25 of its 50
+    "swift_refine": ["render=swift", "render.refine_strength=0.5"],
 }
 H100_PEAK = 989e12  # dense bf16, H100 SXM
 PUBLISHED = {  # the measurement the utilization comes from
@@ -93,14 +97,25 @@ class FlopCounts:
             self._cache[key] = self.count(lambda: vae.decode(z))
         return self._cache[key]
 
+    def encode(self, height: int, width: int) -> int:
+        """A warm start's VAE encode of one frame at its pass's size."""
+        key = ("encode", height, width)
+        if key not in self._cache:
+            vae = self.backbone.pipe.vae
+            x = torch.zeros(1, 3, height, width, device=self.backbone.device, dtype=vae.dtype)
+            self._cache[key] = self.count(lambda: vae.encode(x))
+        return self._cache[key]
+
     def story(self, render, frames: int, refinements: int) -> dict:
         """FLOPs of a whole story by part (one worker: set_references runs once per iteration and worker)."""
         parts = {"text_encode": frames * self.text_flops, "denoiser": 0, "vae_decode": 0, "clip_encode": 0,
                  "reference_kv": 0, "vae_encode": 0}
         for it in range(refinements + 1):
             s = render.for_pass(passes.is_draft(render, it, refinements))
-            parts["denoiser"] += frames * s.steps * self.denoiser_step(s, with_bank=it > 0)
+            parts["denoiser"] += frames * passes.steps_of(s, it) * self.denoiser_step(s, with_bank=it > 0)
             parts["vae_decode"] += frames * self.decode(s.height, s.width)
+            if it > 0 and s.refine_strength is not None:
+                parts["vae_encode"] += frames * self.encode(s.height, s.width)
             parts["clip_encode"] += frames * self.image_encode_flops
             parts["reference_kv"] += self.set_references_flops if it > 0 else 0
         parts["total"] = sum(parts.values())
@@ -207,10 +222,10 @@ def markdown(r: dict) -> str:
     lines = [f"# The cost of a story: {r['frames']} frames, {r['refinements']} refinements, {r['size']}²", "",
              "Counted by `python -m bench.story_cost` (full-size SDXL + IP-Adapter shapes on the meta device; "
              "one worker). PFLOP per story:", "",
-             "| preset | total | denoiser | VAE decode | CLIP encode | text | reference K/V | share of paper |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| preset | total | denoiser | VAE decode | VAE encode | CLIP encode | text | reference K/V | share of paper |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for name, p in r["flops_by_part"].items():
-        lines.append(f"| {name} | {p['total'] / 1e15:.1f} | {p['denoiser'] / 1e15:.1f} | {p['vae_decode'] / 1e15:.2f} | "
+        lines.append(f"| {name} | {p['total'] / 1e15:.1f} | {p['denoiser'] / 1e15:.1f} | {p['vae_decode'] / 1e15:.2f} | {p['vae_encode'] / 1e15:.2f} | "
                      f"{p['clip_encode'] / 1e15:.3f} | {p['text_encode'] / 1e15:.4f} | {p['reference_kv'] / 1e15:.4f} | "
                      f"{r['share_of_paper'][name]:.4f} |")
     lines += ["", "Targets (results, not timed tests): " + "; ".join(

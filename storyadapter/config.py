@@ -106,6 +106,10 @@ class RenderConfig:
     # Stop once the mean 1 - cosine between a frame's embedding and its previous iteration's falls below this
     # (checked after each refinement); None: always run all iterations.
     stop_when_stable: Optional[float] = None
+    # SDEdit warm starts (diffusers' img2img): a refinement starts from the previous iteration's frame, noised to
+    # this strength, and runs only the last int(strength x steps) of its pass's steps (a draft's render.draft.steps,
+    # the last pass's render.steps). None: every iteration starts from noise (the paper).
+    refine_strength: Optional[float] = None
     draft: DraftConfig = field(default_factory=DraftConfig)  # iterations before the last (all of them with final)
 
 

@@ -84,7 +84,7 @@ def _render(run: specs.RunSpec, story: Story, out_dir: Path, plan: edits.EditPla
     executor = None
     try:
         res = placement.ActorResources(**specs.fields_for(placement.ActorResources, c))
-        executor = r.start_executor(run, r.worker_spec(run, story, source, staging), res)
+        executor = r.start_executor(run, r.worker_spec(run, story, source, staging, frames_dir=out_dir), res)
         return driver.render_frames(staging, executor, plan.iteration, plan.frames, run.render.batch_size, bank, scale)
     finally:
         if started:

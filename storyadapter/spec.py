@@ -257,6 +257,7 @@ def check(run: "RunSpec") -> None:
         if value is not None and value <= 0:
             raise ConfigError(key, value, f"must be positive (or null {null_means})")
     _check_draft(run.render.draft)
+    _check_refine_strength(run.render)
     if run.render.stop_when_stable is not None and passes.drafting(run.render) and not run.render.draft.final:
         # A story that settles during the drafts would stop on a draft; skipping to the last pass is not built yet.
         raise ConfigError("render.stop_when_stable", run.render.stop_when_stable,
@@ -283,6 +284,24 @@ def _check_draft(draft) -> None:
         value = getattr(draft, key)
         if value is not None and (value <= 0 or value % 8):
             raise ConfigError(f"render.draft.{key}", value, "must be a positive multiple of 8 (the VAE downsamples by 8)")
+
+
+def _check_refine_strength(render) -> None:
+    """render.refine_strength: in (0, 1], and leaving each refining pass at least one step."""
+    strength = render.refine_strength
+    if strength is None:
+        return
+    if not 0.0 < strength <= 1.0:
+        raise ConfigError("render.refine_strength", strength,
+                          "must be in (0, 1] (the share of a refinement's steps it runs; null: start every iteration from noise)")
+    refining = [("render.steps", render.for_pass(False))] if not (passes.drafting(render) and render.draft.final) else []
+    if passes.drafting(render):
+        refining.append(("render.draft.steps" if render.draft.steps is not None else "render.steps", render.for_pass(True)))
+    for key, settings in refining:
+        if passes.refine_steps(settings.steps, strength) < 1:
+            raise ConfigError("render.refine_strength", strength,
+                              f"leaves no denoising step of {key}={settings.steps} (int({strength} x {settings.steps}) = 0); "
+                              f"raise it to at least {1 / settings.steps:.3g}")
 
 
 def check_model_keys(model: "ModelSpec", preset: "ModelSpec") -> None:

@@ -16,15 +16,17 @@ def test_story_cost_has_flops_per_story_by_preset_and_workers_count_the_planned_
 
     renderer = StoryRenderer(load_backbone(tiny_source, torch.device("cpu"), torch.float32), specs.RenderSpec())
     flops = story_cost.story_flops(renderer, story_cost.PRESETS, frames=3, refinements=2, size=64)
-    tiny = story_cost.tiny_story(story_cost.PRESETS, tmp_path, frames=2, refinements=2, steps=2, draft_steps=1)
+    tiny = story_cost.tiny_story(story_cost.PRESETS, tmp_path, frames=2, refinements=2, steps=2, draft_steps=2)
     result = story_cost.report(flops, tiny, 3, 2, 64)
-    assert set(result["flops_per_story"]) == {"paper", "upstream", "swift", "swift_all"}
+    assert set(result["flops_per_story"]) == {"paper", "upstream", "swift", "swift_all", "swift_refine"}
     assert all(isinstance(v, int) and v > 0 for v in result["flops_per_story"].values())
     fps = result["flops_per_story"]
     assert fps["swift_all"] < fps["swift"] < fps["paper"] == fps["upstream"]  # CFG 5 costs what CFG 7.5 does
+    assert fps["swift_refine"] < fps["swift"] and result["flops_by_part"]["swift_refine"]["vae_encode"] > 0
     for name, run in tiny.items():
         assert run["unet_evaluations"] == run["planned_unet_evaluations"], name
-    # paper: 2 frames x 3 iterations x 2 steps x 2 branches; swift: drafts 2 x 2 x 1 x 1, last pass 2 x 2 x 2
-    assert (tiny["paper"]["unet_evaluations"], tiny["swift"]["unet_evaluations"], tiny["swift_all"]["unet_evaluations"]) == (24, 12, 6)
+    # paper: 2 frames x 3 iterations x 2 steps x 2 branches; swift: drafts 2 x 2 x 2 x 1, last pass 2 x 2 x 2;
+    # swift_refine (strength 0.5): iteration 0 2 x 2 x 1, draft 1 2 x 1 x 1, last 2 x 1 x 2
+    assert [tiny[n]["unet_evaluations"] for n in ("paper", "swift", "swift_all", "swift_refine")] == [24, 16, 12, 10]
     assert story_cost.markdown(result).startswith("# The cost of a story")
 

@@ -113,6 +113,23 @@ class Backbone(ABC):
         """One scheduler step: the latents at the next timestep. A stochastic scheduler (LCM, TCD) draws its
         noise from `generators`, one CPU generator per frame of the batch, so pixels never depend on the batch."""
 
+    # warm starts (render.refine_strength): SDEdit, as diffusers' img2img pipelines do it -----------------------
+    def warm_timesteps(self, steps: int, strength: float, height: int, width: int) -> torch.Tensor:
+        """Set the scheduler up for `steps` steps and start it `strength` of the way from the end: the last
+        passes.refine_steps(steps, strength) timesteps, in order (img2img's `get_timesteps`)."""
+        raise NotImplementedError(f"{type(self).__name__} has no warm starts (render.refine_strength)")
+
+    def encode_latents(self, images: list[Image.Image], height: int, width: int,
+                       generators: list[torch.Generator]) -> torch.Tensor:
+        """`images` resized to height x width, as clean latents: the VAE's encoding, sampled (when it samples)
+        from `generators`, one CPU generator per image, each image encoded alone so that nothing depends on the batch."""
+        raise NotImplementedError(f"{type(self).__name__} has no warm starts (render.refine_strength)")
+
+    def noised_start(self, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Clean `latents` noised to timestep `t` (the first of `warm_timesteps`) with `noise` from the renderer's
+        seeds: the denoiser's first input latents of a warm start (the scheduler's `add_noise`)."""
+        raise NotImplementedError(f"{type(self).__name__} has no warm starts (render.refine_strength)")
+
     def load_draft_lora(self, path: str, scale: float) -> None:
         """Load a LoRA for draft iterations only, switched off (render.draft.lora)."""
         raise NotImplementedError(f"{type(self).__name__} takes no draft LoRA")

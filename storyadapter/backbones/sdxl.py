@@ -18,6 +18,7 @@ from PIL import Image
 from torch import nn
 
 from . import sdxl_text
+from .. import passes
 from ..methods import FreeUSettings
 from .base import Backbone, ReferenceLayer, TextEmbedding
 
@@ -104,6 +105,32 @@ class SDXLBackbone(Backbone):
     def timesteps(self, steps: int, height: int, width: int) -> torch.Tensor:
         self.pipe.scheduler.set_timesteps(steps, device=self.device)
         return self.pipe.scheduler.timesteps
+
+    def warm_timesteps(self, steps: int, strength: float, height: int, width: int) -> torch.Tensor:
+        # StableDiffusionXLImg2ImgPipeline.get_timesteps: skip the first steps - int(steps x strength) steps.
+        timesteps = self.timesteps(steps, height, width)
+        scheduler = self.pipe.scheduler
+        start = (steps - passes.refine_steps(steps, strength)) * scheduler.order
+        if hasattr(scheduler, "set_begin_index"):  # Euler, LCM, TCD count their steps from it; DDIM has none
+            scheduler.set_begin_index(start)
+        return timesteps[start:]
+
+    @torch.no_grad()
+    def encode_latents(self, images: list[Image.Image], height: int, width: int,
+                       generators: list[torch.Generator]) -> torch.Tensor:
+        # StableDiffusionXLImg2ImgPipeline.prepare_latents with one generator per image: each image encoded alone,
+        # its latent sampled from the VAE's distribution with its own generator.
+        from diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl_img2img import retrieve_latents
+
+        vae = self.pipe.vae
+        pixels = self.pipe.image_processor.preprocess(images, height=height, width=width)
+        pixels = pixels.to(self.device, self._vae_dtype)
+        latents = torch.cat([retrieve_latents(vae.encode(pixels[i:i + 1]), generator=g) for i, g in enumerate(generators)])
+        return latents.to(self.dtype) * vae.config.scaling_factor
+
+    def noised_start(self, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        noise = noise.to(latents.device, latents.dtype)
+        return self.pipe.scheduler.add_noise(latents, noise, t.reshape(1).repeat(latents.shape[0]))
 
     def latent_shape(self, height: int, width: int) -> tuple[int, ...]:
         factor = self.pipe.vae_scale_factor

@@ -31,7 +31,7 @@ _SIM_PIXEL_KEYS = ("embedding_dim", "image_size")  # model=sim: timings may diff
 _IGNORED_RENDER_KEYS = ("iterations", "stop_when_stable")
 # Render keys added after renders existed: at these values they are left out, so older renders still resume.
 _LATER_RENDER_DEFAULTS = {"reference_weighting": "uniform", "character_weight": 4.0, "scheduler": "ddim",
-                          "draft": dataclasses.asdict(DraftConfig())}
+                          "draft": dataclasses.asdict(DraftConfig()), "refine_strength": None}
 # method=storydiffusion|hybrid under render.seed_policy=shared: how identity frames get their noise. A render made
 # before (every identity frame from the same noise) lacks it, so it is refused on resume rather than mixed.
 IDENTITY_NOISE = "one draw per identity batch, as upstream"
