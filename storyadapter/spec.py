@@ -258,11 +258,6 @@ def check(run: "RunSpec") -> None:
             raise ConfigError(key, value, f"must be positive (or null {null_means})")
     _check_draft(run.render.draft)
     _check_refine_strength(run.render)
-    if run.render.stop_when_stable is not None and passes.drafting(run.render) and not run.render.draft.final:
-        # A story that settles during the drafts would stop on a draft; skipping to the last pass is not built yet.
-        raise ConfigError("render.stop_when_stable", run.render.stop_when_stable,
-                          "cannot be combined with draft iterations yet (the story would end on a draft); "
-                          "remove it, or add render.draft.final=true")
     if run.cluster.min_workers is not None and run.cluster.min_workers > run.cluster.workers:
         raise ConfigError("cluster.min_workers", run.cluster.min_workers,
                           f"must be at most cluster.workers={run.cluster.workers}")
