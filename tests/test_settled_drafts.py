@@ -73,6 +73,7 @@ def test_settled_drafts_skip_to_the_last_pass_at_the_last_iteration_s_scale(tmp_
     assert [worker.began[it][0] for it in range(5)] == [True, True, True, True, False]  # 4: the last pass
     assert worker.began[4][1] == pytest.approx(p.scale(8)) != pytest.approx(p.scale(4))
     assert convergence.early_last_pass(p.out_dir) == 4
+    assert not (p.out_dir / "eta.json").exists()  # the web UI's ETA is gone with the last pass
     again = SettlingWorker(p.out_dir)
     driver.run_iterations(p, driver.LocalExecutor(again))  # resumed: nothing left to render
     assert again.rendered == []

@@ -143,6 +143,8 @@ def run_iterations(plan: RunPlan, executor: Executor) -> list[IterationStats]:
             f", {st.resumed_frames} frames kept from before the restart" if st.resumed_frames else "",
         )
         if final:
+            eta.kinds.clear()
+            eta.report(log)  # nothing left: removes DIR/eta.json
             break
         skip = plan.skips_to_last_pass and draft
         if convergence.stop_after(it, previous, bank, plan.stop_when_stable, plan.iterations, last_pass_next=skip):
