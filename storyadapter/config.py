@@ -78,6 +78,9 @@ class DraftConfig:
     # on for draft iterations, off for the last pass, on every worker alike. Users bring the file.
     lora: Optional[str] = None
     lora_scale: float = 1.0
+    # An AutoencoderTiny (TAESDXL layout: a hub id, a diffusers folder or its .safetensors) that decodes the drafts
+    # only; the last pass keeps the model's VAE. Users bring it (e.g. madebyollin/taesdxl).
+    vae: Optional[str] = None
 
 
 @dataclass

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 def drafting(render) -> bool:
     """Whether render.draft.* sets anything (else every iteration renders with render.*, as before drafts)."""
-    return any(getattr(render.draft, k) is not None for k in ("steps", "scheduler", "guidance_scale", "height", "width", "lora"))
+    return any(getattr(render.draft, k) is not None for k in ("steps", "scheduler", "guidance_scale", "height", "width", "lora", "vae"))
 
 
 def is_draft(render, iteration: int, last: int) -> bool:

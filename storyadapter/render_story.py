@@ -82,20 +82,30 @@ def _absolute(path: str | None) -> str | None:
 
 
 def _with_absolute_draft_lora(render: specs.RenderSpec) -> specs.RenderSpec:
-    """Workers (and Ray Jobs' copied working dir) have another cwd: the draft LoRA's path becomes absolute."""
-    if not render.draft.lora:
+    """Workers (and Ray Jobs' copied working dir) have another cwd: the draft LoRA's and a local draft VAE's paths
+    become absolute."""
+    d = render.draft
+    if not d.lora and not (d.vae and _names_local(d.vae)):
         return render
     from dataclasses import replace
 
-    return replace(render, draft=replace(render.draft, lora=_absolute(render.draft.lora)))
+    vae = _absolute(d.vae) if d.vae and _names_local(d.vae) else d.vae
+    return replace(render, draft=replace(d, lora=_absolute(d.lora), vae=vae))
 
 
 def check_draft_lora(run: specs.RunSpec) -> None:
-    """Before any worker starts: render.draft.lora is there, is safetensors and holds LoRA weights."""
-    if run.render.draft.lora and run.model.kind != "sim":
+    """Before any worker starts: render.draft.lora is there, is safetensors and holds LoRA weights; render.draft.vae
+    names an AutoencoderTiny."""
+    if run.model.kind == "sim":
+        return
+    if run.render.draft.lora:
         from .models import lora
 
         lora.check(_absolute(run.render.draft.lora), 0, key="render.draft.lora")
+    if run.render.draft.vae:
+        from .models import vae
+
+        vae.check_tiny(run.render.draft.vae)
 
 
 def worker_spec(run: specs.RunSpec, story: Story, source, out_dir: Path, frames_dir: Path | None = None):

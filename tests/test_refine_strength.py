@@ -1,7 +1,8 @@
 """render.refine_strength (SDEdit warm starts): a refinement starts from the previous iteration's frame, noised to
 the strength as diffusers' img2img does, and runs only the last int(strength x steps) steps of its pass. The UNet
 evaluations equal the plan; the noise depends on (seed, frame, iteration) alone, so 1 and 2 workers and a killed
-and resumed driver give the same bytes; bad strengths are one line; the key joins the fingerprint only when set."""
+and resumed driver give the same bytes (with a draft VAE too, render.draft.vae); bad strengths are one line; the
+key joins the fingerprint only when set."""
 
 from __future__ import annotations
 
@@ -113,7 +114,10 @@ def test_refine_strength_is_in_the_fingerprint_only_when_set(tmp_path):
 # --- the engine: 1 and 2 workers, a driver killed inside a warm-started refinement -----------------------------
 
 def engine_overrides(story_file: Path, tiny_cache: Path, out: Path, workers: int, *extra: str) -> list[str]:
-    return [f"story.path={story_file}", "model=tiny", f"model.cache_dir={tiny_cache}", "render=swift",
+    from storyadapter.models import tiny
+
+    draft_vae = tiny.build_draft_vae(tiny.draft_vae_dir(tiny_cache))
+    return [f"render.draft.vae={draft_vae}", f"story.path={story_file}", "model=tiny", f"model.cache_dir={tiny_cache}", "render=swift",
             "render.iterations=2", "render.steps=4", "render.height=64", "render.width=64", "render.draft.steps=2",
             "render.draft.scheduler=lcm", "render.draft.height=32", "render.draft.width=32",
             "render.refine_strength=0.5", "render.batch_size=1", f"cluster.workers={workers}",
@@ -136,7 +140,8 @@ def engine_render(story_file, tiny_cache, out, workers, *extra) -> Path:
 def test_warm_starts_give_the_same_bytes_on_1_or_2_workers_and_after_a_killed_driver(
         engine_story, tiny_cache, tmp_path, request):
     """Killed inside draft refinement 1 on 1 worker, resumed on 2: the rest of iteration 1 and the whole last pass
-    are warm-started on 2 workers, and every byte equals a render on 1 worker."""
+    are warm-started on 2 workers, and every byte equals a render on 1 worker. The drafts decode with a draft VAE:
+    its frames are the ones the warm starts read."""
     from .helpers import engine_hooks
 
     killed = tmp_path / "killed" / "out"

@@ -137,6 +137,13 @@ class Backbone(ABC):
     def use_draft_lora(self, on: bool) -> None:
         """Switch the draft LoRA on (a draft iteration) or off (the last pass); a no-op without one."""
 
+    def load_draft_vae(self, ref: str) -> None:
+        """Load a small decoder for draft iterations only (render.draft.vae), not in use yet."""
+        raise NotImplementedError(f"{type(self).__name__} takes no draft VAE")
+
+    def use_draft_vae(self, on: bool) -> None:
+        """Decode with the draft VAE (a draft iteration) or the model's own (the last pass); a no-op without one."""
+
     def set_scheduler(self, name: str) -> None:
         """Denoise with scheduler `name` (spec.SCHEDULERS) from the next `timesteps` call on."""
         if name != "ddim":

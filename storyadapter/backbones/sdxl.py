@@ -56,6 +56,8 @@ class SDXLBackbone(Backbone):
             pipe.vae.to(torch.float32)
         self._vae_dtype = pipe.vae.dtype
         self.unet_evaluations = 0  # frames through the UNet, one per guidance branch and step (benchmarks, tests)
+        self.decodes = {"vae": 0, "draft_vae": 0}  # frames decoded by each VAE (tests)
+        self._draft_vae, self._decoding_draft = None, False
         self._schedulers = {"ddim": pipe.scheduler}  # as loaded (models/loading.py); the others built on first use
 
     # the model ----------------------------------------------------------------------------------
@@ -96,6 +98,14 @@ class SDXLBackbone(Backbone):
             from ..models import lora
 
             lora.switch_draft(self.pipe, on)
+
+    def load_draft_vae(self, ref: str) -> None:
+        from ..models import vae
+
+        self._draft_vae = vae.load_tiny(ref, self.dtype).to(self.device)
+
+    def use_draft_vae(self, on: bool) -> None:
+        self._decoding_draft = on and self._draft_vae is not None
 
     def set_scheduler(self, name: str) -> None:
         if name not in self._schedulers:
@@ -168,9 +178,12 @@ class SDXLBackbone(Backbone):
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> list[Image.Image]:
-        # The VAE keeps one dtype for the whole run (see __init__); only the latents are cast.
-        vae = self.pipe.vae
-        latents = latents.to(self._vae_dtype) / vae.config.scaling_factor
+        # The VAE keeps one dtype for the whole run (see __init__); only the latents are cast. A draft VAE
+        # (AutoencoderTiny, TAESDXL) decodes the same scaled latents, as diffusers' pipelines call it: its
+        # scaling_factor is 1.0 and its output is in [-1, 1] like the VAE's.
+        vae = self._draft_vae if self._decoding_draft else self.pipe.vae
+        self.decodes["draft_vae" if self._decoding_draft else "vae"] += latents.shape[0]
+        latents = latents.to(vae.dtype) / vae.config.scaling_factor
         images = vae.decode(latents, return_dict=False)[0]
         return self.pipe.image_processor.postprocess(images, output_type="pil")
 

@@ -63,6 +63,12 @@ def fingerprint(cfg: DictConfig, story: Story) -> dict:
         from .file_digest import digest
 
         draft["lora"] = {"sha256": digest(draft["lora"], "render.draft.lora")}  # moved elsewhere resumes; other bytes do not
+    if draft and draft.get("vae"):
+        from .file_digest import tree_digest
+
+        draft["vae"] = {"sha256": tree_digest(draft["vae"], "render.draft.vae")}
+    elif draft:
+        draft.pop("vae", None)  # unset: the same fingerprint as drafts made before the key existed
     if fp["model"].get("kind") == "sim":
         fp["model"]["sim"] = {k: resolved["model"]["sim"][k] for k in _SIM_PIXEL_KEYS}
     method = resolved.get("method", {})

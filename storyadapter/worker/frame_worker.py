@@ -108,6 +108,8 @@ class FrameWorker:
         self.renderer = StoryRenderer(backbone, spec.settings, consistent.settings if consistent else None)
         if spec.settings.draft.lora:
             backbone.load_draft_lora(spec.settings.draft.lora, spec.settings.draft.lora_scale)
+        if spec.settings.draft.vae:
+            backbone.load_draft_vae(spec.settings.draft.vae)
         texts = [p for fp in spec.prompts for p in (fp.prompt, fp.negative)]
         if consistent:  # identity prompts share the story's text windows (one conditioning length for all)
             texts += [p for b in consistent.identities for pair in b.prompts for p in pair]
@@ -158,7 +160,7 @@ class FrameWorker:
 
         Character photos join `bank` as extra rows; in iteration 0 (no bank) they are the whole bank.
         """
-        self.renderer.use(self.spec.settings.for_pass(draft), draft_lora=draft)
+        self.renderer.use(self.spec.settings.for_pass(draft), draft=draft)
         frames = [fp.characters for fp in self.spec.prompts]
         bank, self._rows, self._photos_only = references.assemble_bank(
             bank, frames, self._photo_bank, [p.character for p in self.spec.photos])

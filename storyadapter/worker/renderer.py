@@ -82,12 +82,14 @@ class StoryRenderer:
         self._tokens_per_reference = 0  # IP-Adapter tokens per bank row, known once a bank is loaded
         self.use(settings)
 
-    def use(self, settings: RenderSettings, draft_lora: bool = False) -> None:
+    def use(self, settings: RenderSettings, draft: bool = False) -> None:
         """Render with `settings` from now on: a draft iteration's or the last pass's (RenderSpec.for_pass), the
-        draft LoRA on or off. Called at iteration boundaries, before the iteration's references and batches."""
+        draft LoRA and draft VAE on (`draft`) or off. Called at iteration boundaries, before the iteration's
+        references and batches."""
         self.settings = settings
         self.backbone.set_scheduler(settings.scheduler)
-        self.backbone.use_draft_lora(draft_lora)
+        self.backbone.use_draft_lora(draft)
+        self.backbone.use_draft_vae(draft)
         branches = 2 if self.guided else 1  # the attention processors' batch: [unconditional; conditional] or [conditional]
         for proc in self.grca.values():
             proc.branches = branches
