@@ -138,7 +138,7 @@ class Backbone(ABC):
         """Switch the draft LoRA on (a draft iteration) or off (the last pass); a no-op without one."""
 
     def load_draft_vae(self, ref: str) -> None:
-        """Load a small decoder for draft iterations only (render.draft.vae), not in use yet."""
+        """Load a small decoder for draft iterations only (render.draft.vae), off until `use_draft_vae(True)`."""
         raise NotImplementedError(f"{type(self).__name__} takes no draft VAE")
 
     def use_draft_vae(self, on: bool) -> None:

@@ -181,9 +181,9 @@ class SDXLBackbone(Backbone):
         # The VAE keeps one dtype for the whole run (see __init__); only the latents are cast. A draft VAE
         # (AutoencoderTiny, TAESDXL) decodes the same scaled latents, as diffusers' pipelines call it: its
         # scaling_factor is 1.0 and its output is in [-1, 1] like the VAE's.
-        vae = self._draft_vae if self._decoding_draft else self.pipe.vae
+        vae, dtype = (self._draft_vae, self.dtype) if self._decoding_draft else (self.pipe.vae, self._vae_dtype)
         self.decodes["draft_vae" if self._decoding_draft else "vae"] += latents.shape[0]
-        latents = latents.to(vae.dtype) / vae.config.scaling_factor
+        latents = latents.to(dtype) / vae.config.scaling_factor
         images = vae.decode(latents, return_dict=False)[0]
         return self.pipe.image_processor.postprocess(images, output_type="pil")
 
