@@ -59,6 +59,24 @@ def test_refinements_run_only_the_last_steps_of_their_own_pass(tiny_source, tmp_
     assert not np.array_equal(frame(tmp_path / "out", 1, 0), frame(tmp_path / "cold", 1, 0))  # a refinement does not
 
 
+def test_an_edit_s_worker_starts_from_the_render_s_own_frames(tiny_source, tmp_path):
+    """edit=true renders into a staging folder (WorkerSpec.out_dir) and reads warm starts from the render
+    (frames_dir): frame 0 of the last iteration, rendered again there, has the render's bytes."""
+    from storyadapter.engine import driver
+    from storyadapter.worker.frame_worker import FramePrompt, FrameWorker, WorkerSpec
+
+    settings = specs.RenderSpec(steps=4, height=64, width=64, reference_size=32, refine_strength=0.5)
+    out = tmp_path / "out"
+    worker = render_in_process(tiny_source, out, settings)
+    staging = FrameWorker(dataclasses.replace(worker.spec, out_dir=str(tmp_path / "staging"), frames_dir=str(out)))
+    plan = driver.RunPlan(story=None, out_dir=out, iterations=2, batch_size=1, scale_start=0.3, scale_end=0.5, seed=1,
+                          seed_policy="shared")
+    staging.begin_iteration(2, manifest.read_bank(out, 1), plan.scale(2))
+    again = staging.render_batch(2, [0]).frames[0].image_path
+    rel = Path(manifest.iteration_dirname(2)) / manifest.frame_filename(0)
+    assert (tmp_path / "staging" / again).read_bytes() == (out / rel).read_bytes()
+
+
 def test_a_warm_start_is_diffusers_img2img_arithmetic(tiny_source):
     """The backbone's encode and noising equal StableDiffusionXLImg2ImgPipeline.prepare_latents and get_timesteps
     with the same generators (DDIM, strength 0.6 of 5 steps: the last 3 timesteps)."""
