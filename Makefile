@@ -82,6 +82,8 @@ bench-gpu: install
 	HF_HUB_OFFLINE=1 $(PY) -m bench.throughput preset=gpu peak_tflops=$(PEAK_TFLOPS) 'parts=[$(PARTS)]' \
 		compile=$(if $(filter 1 true yes,$(COMPILE)),true,false)
 	HF_HUB_OFFLINE=1 $(PY) -m bench.methods all --model sdxl-random --size 1024 --steps 50 --frames 8 --name methods-gpu
+	HF_HUB_OFFLINE=1 $(PY) -m bench.story_cost --model sdxl-random --device cuda --render-size 1024 --render-frames 2 \
+		--render-refinements 2 --peak-tflops $(PEAK_TFLOPS) --name story_cost_gpu
 
 # Wheels the lent GPU machine lacks (diffusers, hydra, omegaconf, antlr4, ray in two parts ...) into the git-ignored
 # .whl, .whl-ray1, .whl-ray2; scripts/gpu-setup.sh installs them there. Needs network to PyPI.

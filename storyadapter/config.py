@@ -82,6 +82,9 @@ class DraftConfig:
     # on for draft iterations, off for the last pass, on every worker alike. Users bring the file.
     lora: Optional[str] = None
     lora_scale: float = 1.0
+    # An AutoencoderTiny (TAESDXL layout: a hub id, a diffusers folder or its .safetensors) that decodes the drafts
+    # only; the last pass keeps the model's VAE. Users bring it (e.g. madebyollin/taesdxl).
+    vae: Optional[str] = None
 
 
 @dataclass
@@ -114,6 +117,10 @@ class RenderConfig:
     # Stop once the mean 1 - cosine between a frame's embedding and its previous iteration's falls below this
     # (checked after each refinement); None: always run all iterations.
     stop_when_stable: Optional[float] = None
+    # SDEdit warm starts (diffusers' img2img): a refinement starts from the previous iteration's frame, noised to
+    # this strength, and runs only the last int(strength x steps) of its pass's steps (a draft's render.draft.steps,
+    # the last pass's render.steps). None: every iteration starts from noise (the paper).
+    refine_strength: Optional[float] = None
     draft: DraftConfig = field(default_factory=DraftConfig)  # iterations before the last (all of them with final)
 
 

@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 
 from . import spec as specs
 from .errors import UserError
-from .rundir import edits, manifest
+from .rundir import convergence, edits, manifest
 from .story import references, schedule
 from .story.model import Story
 
@@ -47,7 +47,9 @@ def edit_story(cfg: DictConfig, out_dir: Path) -> Path:
     from .render_story import plan_for
 
     run_plan = plan_for(run, story, out_dir, plan.ramp_iterations)
-    scale = references.iteration_scale(bool(story.photos), plan.iteration, run_plan.scale(plan.iteration), run.render.scale_start)
+    # A last pass that settled drafts skipped to (convergence.py) ran at the last iteration's scale.
+    ramp_at = run_plan.iterations if convergence.early_last_pass(out_dir) == plan.iteration else plan.iteration
+    scale = references.iteration_scale(bool(story.photos), plan.iteration, run_plan.scale(ramp_at), run.render.scale_start)
     rendered = _render(run, story, out_dir, plan, scale) if plan.frames else {}
     frames = {f.index: f for f in story.frames}
     edits.commit(
@@ -84,7 +86,7 @@ def _render(run: specs.RunSpec, story: Story, out_dir: Path, plan: edits.EditPla
     executor = None
     try:
         res = placement.ActorResources(**specs.fields_for(placement.ActorResources, c))
-        executor = r.start_executor(run, r.worker_spec(run, story, source, staging), res)
+        executor = r.start_executor(run, r.worker_spec(run, story, source, staging, frames_dir=out_dir), res)
         return driver.render_frames(staging, executor, plan.iteration, plan.frames, run.render.batch_size, bank, scale)
     finally:
         if started:

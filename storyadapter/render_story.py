@@ -99,24 +99,35 @@ def _absolute(path: str | None) -> str | None:
 
 
 def _with_absolute_draft_lora(render: specs.RenderSpec) -> specs.RenderSpec:
-    """Workers (and Ray Jobs' copied working dir) have another cwd: the draft LoRA's path becomes absolute."""
-    if not render.draft.lora:
+    """Workers (and Ray Jobs' copied working dir) have another cwd: the draft LoRA's and a local draft VAE's paths
+    become absolute."""
+    d = render.draft
+    if not d.lora and not (d.vae and _names_local(d.vae)):
         return render
     from dataclasses import replace
 
-    return replace(render, draft=replace(render.draft, lora=_absolute(render.draft.lora)))
+    vae = _absolute(d.vae) if d.vae and _names_local(d.vae) else d.vae
+    return replace(render, draft=replace(d, lora=_absolute(d.lora), vae=vae))
 
 
 def check_draft_lora(run: specs.RunSpec) -> None:
-    """Before any worker starts: render.draft.lora is there, is safetensors and holds LoRA weights."""
-    if run.render.draft.lora and run.model.kind != "sim":
+    """Before any worker starts: render.draft.lora is there, is safetensors and holds LoRA weights; render.draft.vae
+    names an AutoencoderTiny."""
+    if run.model.kind == "sim":
+        return
+    if run.render.draft.lora:
         from .models import lora
 
         lora.check(_absolute(run.render.draft.lora), 0, key="render.draft.lora")
+    if run.render.draft.vae:
+        from .models import vae
+
+        vae.check_tiny(run.render.draft.vae)
 
 
-def worker_spec(run: specs.RunSpec, story: Story, source, out_dir: Path):
-    """What each render actor builds its worker from: the model=sim worker, or the frame worker."""
+def worker_spec(run: specs.RunSpec, story: Story, source, out_dir: Path, frames_dir: Path | None = None):
+    """What each render actor builds its worker from: the model=sim worker, or the frame worker. `frames_dir`:
+    where warm starts read earlier iterations' frames, when not `out_dir` (an edit's staging folder)."""
     out = str(Path(out_dir).resolve())
     if run.model.kind == "sim":
         from .engine.sim import SimSpec
@@ -134,6 +145,7 @@ def worker_spec(run: specs.RunSpec, story: Story, source, out_dir: Path):
         method=run.method.name,
         freeu=freeu(run),
         photos=tuple(story.photos.values()),
+        frames_dir=str(Path(frames_dir).resolve()) if frames_dir is not None else None,
         **specs.fields_for(WorkerSpec, run.render, run.model),  # seed, seed_policy, reference weighting; device, dtype, ...
     )
 

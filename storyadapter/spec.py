@@ -264,11 +264,7 @@ def check(run: "RunSpec") -> None:
         if value is not None and value <= 0:
             raise ConfigError(key, value, f"must be positive (or null {null_means})")
     _check_draft(run.render.draft)
-    if run.render.stop_when_stable is not None and passes.drafting(run.render) and not run.render.draft.final:
-        # A story that settles during the drafts would stop on a draft; skipping to the last pass is not built yet.
-        raise ConfigError("render.stop_when_stable", run.render.stop_when_stable,
-                          "cannot be combined with draft iterations yet (the story would end on a draft); "
-                          "remove it, or add render.draft.final=true")
+    _check_refine_strength(run.render)
     if run.cluster.min_workers is not None and run.cluster.min_workers > run.cluster.workers:
         raise ConfigError("cluster.min_workers", run.cluster.min_workers,
                           f"must be at most cluster.workers={run.cluster.workers}")
@@ -304,6 +300,12 @@ def _check_flux(run) -> None:
     if r.draft.lora:
         raise ConfigError("render.draft.lora", r.draft.lora, "draft LoRAs are SDXL's (switchable UNet adapters); "
                           "not on FLUX")
+    if r.draft.vae:
+        raise ConfigError("render.draft.vae", r.draft.vae, "a draft VAE is SDXL's (TAESDXL, 4 latent channels); "
+                          "FLUX's VAE has 16: not on FLUX")
+    if r.refine_strength is not None:
+        raise ConfigError("render.refine_strength", r.refine_strength, "warm starts are SDXL's img2img arithmetic "
+                          "(DDIM-family add_noise); not on FLUX yet: remove it")
     for key, value in (("model.vae", m.vae), ("model.single_file_config", m.single_file_config)):
         if value:
             raise ConfigError(key, value, "SDXL only; a FLUX model loads from a diffusers folder or hub id")
@@ -346,6 +348,24 @@ def _check_draft(draft) -> None:
         value = getattr(draft, key)
         if value is not None and (value <= 0 or value % 8):
             raise ConfigError(f"render.draft.{key}", value, "must be a positive multiple of 8 (the VAE downsamples by 8)")
+
+
+def _check_refine_strength(render) -> None:
+    """render.refine_strength: in (0, 1], and leaving each refining pass at least one step."""
+    strength = render.refine_strength
+    if strength is None:
+        return
+    if not 0.0 < strength <= 1.0:
+        raise ConfigError("render.refine_strength", strength,
+                          "must be in (0, 1] (the share of a refinement's steps it runs; null: start every iteration from noise)")
+    refining = [("render.steps", render.for_pass(False))] if not (passes.drafting(render) and render.draft.final) else []
+    if passes.drafting(render):
+        refining.append(("render.draft.steps" if render.draft.steps is not None else "render.steps", render.for_pass(True)))
+    for key, settings in refining:
+        if passes.refine_steps(settings.steps, strength) < 1:
+            raise ConfigError("render.refine_strength", strength,
+                              f"leaves no denoising step of {key}={settings.steps} (int({strength} x {settings.steps}) = 0); "
+                              f"raise it to at least {1 / settings.steps:.3g}")
 
 
 def check_model_keys(model: "ModelSpec", preset: "ModelSpec") -> None:

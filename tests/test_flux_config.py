@@ -33,6 +33,8 @@ def one_line(info) -> str:
     ([*BASE, "model=flux-tiny"], "render.scheduler=ddim: FLUX denoises with flow-matching Euler only"),
     ([*FLUX, "render.draft.scheduler=lcm"], "render.draft.scheduler=lcm: FLUX denoises with flow-matching Euler only"),
     ([*FLUX, "render.draft.lora=x.safetensors"], "render.draft.lora=x.safetensors: draft LoRAs are SDXL's"),
+    ([*FLUX, "render.draft.vae=x.safetensors"], "render.draft.vae=x.safetensors: a draft VAE is SDXL's"),
+    ([*FLUX, "render.refine_strength=0.5"], "render.refine_strength=0.5: warm starts are SDXL's"),
     ([*FLUX, "model.device=cpu", "model.offload=model"], "model.offload=model: offloading keeps weights on the CPU"),
     ([*FLUX, "model.offload=sequential"], "model.offload=sequential: diffusers' sequential offload fails"),
     ([*BASE, "model=tiny", "render=flux-tiny"], "render.scheduler=flow_euler: FLUX's scheduler"),

@@ -94,7 +94,6 @@ def test_a_stochastic_draft_scheduler_gives_the_same_pixels_in_any_batch(tiny_so
     ("render.draft.width=0", "render.draft.width=0: must be a positive multiple of 8"),
     ("render.draft.guidance_scale=-1", "render.draft.guidance_scale=-1.0: must be 0 or more"),
     ("render.scheduler=unipc", "render.scheduler=unipc: expected one of ddim, euler_trailing, lcm, tcd"),
-    ("render.stop_when_stable=0.01", "render.stop_when_stable=0.01: cannot be combined with draft iterations yet"),
 ])
 def test_bad_draft_settings_are_one_line_before_anything_starts(override, message):
     from storyadapter.launch import compose_config

@@ -122,6 +122,23 @@ class Backbone(ABC):
         """One scheduler step: the latents at the next timestep. A stochastic scheduler (LCM, TCD) draws its
         noise from `generators`, one CPU generator per frame of the batch, so pixels never depend on the batch."""
 
+    # warm starts (render.refine_strength): SDEdit, as diffusers' img2img pipelines do it -----------------------
+    def warm_timesteps(self, steps: int, strength: float, height: int, width: int) -> torch.Tensor:
+        """Set the scheduler up for `steps` steps and start it `strength` of the way from the end: the last
+        passes.refine_steps(steps, strength) timesteps, in order (img2img's `get_timesteps`)."""
+        raise NotImplementedError(f"{type(self).__name__} has no warm starts (render.refine_strength)")
+
+    def encode_latents(self, images: list[Image.Image], height: int, width: int,
+                       generators: list[torch.Generator]) -> torch.Tensor:
+        """`images` resized to height x width, as clean latents: the VAE's encoding, sampled (when it samples)
+        from `generators`, one CPU generator per image, each image encoded alone so that nothing depends on the batch."""
+        raise NotImplementedError(f"{type(self).__name__} has no warm starts (render.refine_strength)")
+
+    def noised_start(self, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Clean `latents` noised to timestep `t` (the first of `warm_timesteps`) with `noise` from the renderer's
+        seeds: the denoiser's first input latents of a warm start (the scheduler's `add_noise`)."""
+        raise NotImplementedError(f"{type(self).__name__} has no warm starts (render.refine_strength)")
+
     def load_draft_lora(self, path: str, scale: float) -> None:
         """Load a LoRA for draft iterations only, switched off (render.draft.lora)."""
         raise NotImplementedError(f"{type(self).__name__} takes no draft LoRA")
@@ -134,6 +151,13 @@ class Backbone(ABC):
         guidance-distilled denoiser (FLUX.1-dev); None: the family's default. A family without one refuses a value."""
         if scale is not None:
             raise NotImplementedError(f"{type(self).__name__} has no guidance embedding (render.distilled_guidance)")
+
+    def load_draft_vae(self, ref: str) -> None:
+        """Load a small decoder for draft iterations only (render.draft.vae), off until `use_draft_vae(True)`."""
+        raise NotImplementedError(f"{type(self).__name__} takes no draft VAE")
+
+    def use_draft_vae(self, on: bool) -> None:
+        """Decode with the draft VAE (a draft iteration) or the model's own (the last pass); a no-op without one."""
 
     def set_scheduler(self, name: str) -> None:
         """Denoise with scheduler `name` (spec.SCHEDULERS) from the next `timesteps` call on."""

@@ -18,6 +18,7 @@ from PIL import Image
 from torch import nn
 
 from . import sdxl_text
+from .. import passes
 from ..methods import FreeUSettings
 from .base import Backbone, ReferenceLayer, TextEmbedding
 
@@ -55,6 +56,8 @@ class SDXLBackbone(Backbone):
             pipe.vae.to(torch.float32)
         self._vae_dtype = pipe.vae.dtype
         self.unet_evaluations = 0  # frames through the UNet, one per guidance branch and step (benchmarks, tests)
+        self.decodes = {"vae": 0, "draft_vae": 0}  # frames decoded by each VAE (tests)
+        self._draft_vae, self._decoding_draft = None, False
         self._schedulers = {"ddim": pipe.scheduler}  # as loaded (models/loading.py); the others built on first use
 
     # the model ----------------------------------------------------------------------------------
@@ -96,6 +99,14 @@ class SDXLBackbone(Backbone):
 
             lora.switch_draft(self.pipe, on)
 
+    def load_draft_vae(self, ref: str) -> None:
+        from ..models import vae
+
+        self._draft_vae = vae.load_tiny(ref, self.dtype).to(self.device)
+
+    def use_draft_vae(self, on: bool) -> None:
+        self._decoding_draft = on and self._draft_vae is not None
+
     def set_scheduler(self, name: str) -> None:
         if name not in self._schedulers:
             self._schedulers[name] = _scheduler(name, self._schedulers["ddim"].config)
@@ -104,6 +115,32 @@ class SDXLBackbone(Backbone):
     def timesteps(self, steps: int, height: int, width: int) -> torch.Tensor:
         self.pipe.scheduler.set_timesteps(steps, device=self.device)
         return self.pipe.scheduler.timesteps
+
+    def warm_timesteps(self, steps: int, strength: float, height: int, width: int) -> torch.Tensor:
+        # StableDiffusionXLImg2ImgPipeline.get_timesteps: skip the first steps - int(steps x strength) steps.
+        timesteps = self.timesteps(steps, height, width)
+        scheduler = self.pipe.scheduler
+        start = (steps - passes.refine_steps(steps, strength)) * scheduler.order
+        if hasattr(scheduler, "set_begin_index"):  # Euler, LCM, TCD count their steps from it; DDIM has none
+            scheduler.set_begin_index(start)
+        return timesteps[start:]
+
+    @torch.no_grad()
+    def encode_latents(self, images: list[Image.Image], height: int, width: int,
+                       generators: list[torch.Generator]) -> torch.Tensor:
+        # StableDiffusionXLImg2ImgPipeline.prepare_latents with one generator per image: each image encoded alone,
+        # its latent sampled from the VAE's distribution with its own generator.
+        from diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl_img2img import retrieve_latents
+
+        vae = self.pipe.vae
+        pixels = self.pipe.image_processor.preprocess(images, height=height, width=width)
+        pixels = pixels.to(self.device, self._vae_dtype)
+        latents = torch.cat([retrieve_latents(vae.encode(pixels[i:i + 1]), generator=g) for i, g in enumerate(generators)])
+        return latents.to(self.dtype) * vae.config.scaling_factor
+
+    def noised_start(self, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        noise = noise.to(latents.device, latents.dtype)
+        return self.pipe.scheduler.add_noise(latents, noise, t.reshape(1).repeat(latents.shape[0]))
 
     def latent_shape(self, height: int, width: int) -> tuple[int, ...]:
         factor = self.pipe.vae_scale_factor
@@ -141,9 +178,12 @@ class SDXLBackbone(Backbone):
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> list[Image.Image]:
-        # The VAE keeps one dtype for the whole run (see __init__); only the latents are cast.
-        vae = self.pipe.vae
-        latents = latents.to(self._vae_dtype) / vae.config.scaling_factor
+        # The VAE keeps one dtype for the whole run (see __init__); only the latents are cast. A draft VAE
+        # (AutoencoderTiny, TAESDXL) decodes the same scaled latents, as diffusers' pipelines call it: its
+        # scaling_factor is 1.0 and its output is in [-1, 1] like the VAE's.
+        vae, dtype = (self._draft_vae, self.dtype) if self._decoding_draft else (self.pipe.vae, self._vae_dtype)
+        self.decodes["draft_vae" if self._decoding_draft else "vae"] += latents.shape[0]
+        latents = latents.to(dtype) / vae.config.scaling_factor
         images = vae.decode(latents, return_dict=False)[0]
         return self.pipe.image_processor.postprocess(images, output_type="pil")
 

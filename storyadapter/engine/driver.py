@@ -61,6 +61,11 @@ class RunPlan:
         """Whether `iteration` renders with render.draft.*: every one before the last (all with all_drafts)."""
         return self.drafts and (self.all_drafts or iteration < self.iterations)
 
+    @property
+    def skips_to_last_pass(self) -> bool:
+        """render.stop_when_stable with drafts before a last pass: drafts that settle skip to that last pass."""
+        return self.stop_when_stable is not None and self.drafts and not self.all_drafts
+
     def scale(self, iteration: int) -> float:
         ramp = self.iterations if self.ramp_iterations is None else self.ramp_iterations
         return schedule.adapter_scale(iteration, ramp, self.scale_start, self.scale_end)
@@ -110,33 +115,54 @@ def run_iterations(plan: RunPlan, executor: Executor) -> list[IterationStats]:
     groups = schedule.batches(n, plan.batch_size)
     bank = manifest.read_bank(plan.out_dir, start - 1) if start > 0 else None
     stats = []
-    if convergence.stable_before_resume(plan.out_dir, start, plan.stop_when_stable):
+    # With drafts, a story that settled renders one last pass right after the settled draft, then stops.
+    last_pass = None
+    if plan.skips_to_last_pass:
+        last_pass = convergence.last_pass_after_settling(plan.out_dir, start, plan.stop_when_stable, plan.iterations)
+        if last_pass is not None and last_pass < start:
+            log.info("nothing to resume: the drafts settled and iteration %d is the last pass", last_pass)
+            return stats
+    elif convergence.stable_before_resume(plan.out_dir, start, plan.stop_when_stable):
         return stats
-    eta = RenderEta(plan.out_dir, n, [plan.is_draft(it) for it in range(start, plan.iterations + 1)], plan.frame_costs)
+    kinds = [False] if last_pass == start else [plan.is_draft(it) for it in range(start, plan.iterations + 1)]
+    eta = RenderEta(plan.out_dir, n, kinds, plan.frame_costs)
     for it in range(start, plan.iterations + 1):
         previous = bank
-        st, bank = _run_iteration(plan, executor, it, groups, bank)
+        final = it == last_pass
+        if final:
+            convergence.mark_last_pass(plan.out_dir, it)
+        draft, scale = plan.is_draft(it) and not final, plan.scale(plan.iterations if final else it)
+        st, bank = _run_iteration(plan, executor, it, groups, bank, draft, scale)
         stats.append(st)
-        eta.finished(plan.is_draft(it), n - st.resumed_frames, st.wall_s)
+        eta.finished(draft, n - st.resumed_frames, st.wall_s)
         log.info(
-            "iteration %d/%d done: %d frames in %.1f s (%.2f frames/s), scale %.3f, workers busy %.1f s, "
+            "iteration %d/%d done%s: %d frames in %.1f s (%.2f frames/s), scale %.3f, workers busy %.1f s, "
             "waiting at the barrier %.2f s, driver %.2f s%s",
-            it, plan.iterations, n, st.wall_s, (n - st.resumed_frames) / st.wall_s, plan.scale(it), st.busy_s,
-            st.barrier_s, st.driver_s,
+            it, plan.iterations, " (the last pass)" if final else "", n, st.wall_s, (n - st.resumed_frames) / st.wall_s,
+            scale, st.busy_s, st.barrier_s, st.driver_s,
             f", {st.resumed_frames} frames kept from before the restart" if st.resumed_frames else "",
         )
-        if convergence.stop_after(it, previous, bank, plan.stop_when_stable, plan.iterations):
+        if final:
             eta.kinds.clear()
-            eta.report(log)
+            eta.report(log)  # nothing left: removes DIR/eta.json
             break
+        skip = plan.skips_to_last_pass and draft
+        if convergence.stop_after(it, previous, bank, plan.stop_when_stable, plan.iterations, last_pass_next=skip):
+            if not skip:
+                eta.kinds.clear()
+                eta.report(log)
+                break
+            last_pass, eta.kinds = it + 1, [False]
         eta.report(log)
     return stats
 
 
-def _run_iteration(plan: RunPlan, executor: Executor, it: int, groups: list[list[int]], bank):
-    """One iteration, every finished batch journaled as it arrives; returns its stats and the next bank."""
+def _run_iteration(plan: RunPlan, executor: Executor, it: int, groups: list[list[int]], bank, draft: bool, ramp_scale: float):
+    """One iteration, every finished batch journaled as it arrives; returns its stats and the next bank. `draft`:
+    render it with render.draft.*; `ramp_scale`: its adapter scale on the ramp (the last iteration's for a last
+    pass that drafts settled into)."""
     n = len(plan.story.frames)
-    scale = references.iteration_scale(bool(plan.story.photos), it, plan.scale(it), plan.scale_start)
+    scale = references.iteration_scale(bool(plan.story.photos), it, ramp_scale, plan.scale_start)
     results = journal.read(plan.out_dir, it)  # batches finished before a driver restart
     groups, identities = _split_write_phases(plan, it, groups, results)
     todo = [b for b in groups if not all(f in results for f in b)]
@@ -165,11 +191,11 @@ def _run_iteration(plan: RunPlan, executor: Executor, it: int, groups: list[list
                     bar.update(len(fresh))
 
             # Said only for a draft: without render.draft.* the calls are those of executors written before drafts.
-            draft = {"draft": True} if plan.is_draft(it) else {}
+            as_draft = {"draft": True} if draft else {}
             if identities:
-                executor.render_iteration(it, todo, None, scale, on_batches, identities=identities, **draft)
+                executor.render_iteration(it, todo, None, scale, on_batches, identities=identities, **as_draft)
             elif todo:
-                executor.render_iteration(it, todo, bank if it > 0 else None, scale, on_batches, **draft)
+                executor.render_iteration(it, todo, bank if it > 0 else None, scale, on_batches, **as_draft)
         t1 = time.perf_counter()
         bank = _finish_iteration(plan, it, scale, list(results.values()))
     finally:

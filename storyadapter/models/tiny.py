@@ -166,3 +166,27 @@ def _write_model(staging: Path, directory: Path, seed: int) -> None:
 
     build_tiny_clip(staging / "eval_clip", seed=seed)
     shutil.rmtree(tok_dir)
+
+
+# A random AutoencoderTiny (TAESDXL's layout, narrower) for render.draft.vae in tests: its own cache folder, so the
+# tiny model's cache and pixels stay as they are.
+DRAFT_VAE_VERSION = "tiny-taesd-v1"
+
+
+def draft_vae_dir(root: Path | None = None) -> Path:
+    return Path(root or default_cache_root()) / DRAFT_VAE_VERSION
+
+
+def build_draft_vae(directory: Path, seed: int = 0) -> Path:
+    """Build and save the tiny AutoencoderTiny under `directory` (a diffusers folder; idempotent)."""
+
+    def fill(staging: Path) -> None:
+        from diffusers import AutoencoderTiny
+
+        with torch.random.fork_rng():  # seeded without touching the caller's global generator
+            torch.manual_seed(seed)
+            vae = AutoencoderTiny(encoder_block_out_channels=(8, 8, 8, 8), decoder_block_out_channels=(8, 8, 8, 8),
+                                  num_encoder_blocks=(1, 1, 1, 1), num_decoder_blocks=(1, 1, 1, 1))
+        vae.save_pretrained(staging)
+
+    return build_once(directory, DRAFT_VAE_VERSION, fill)

@@ -30,3 +30,22 @@ def digest(path: str, key: str = "model.loras") -> str:
     except OSError as exc:
         raise UserError(f"{key}: {path}: {exc.strerror}") from None
     return _digest(str(file.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+def tree_digest(ref: str, key: str) -> str:
+    """A model's identity by content: a file's sha256, or one over a folder's files (names and bytes, in order);
+    a hub id as its cached snapshot's files, else (not cached here) the id itself."""
+    path = Path(ref).expanduser()
+    if not path.exists() and not ref.startswith((".", "/", "~")):
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(ref, "config.json")
+        if not isinstance(cached, str):
+            return f"hub:{ref}"
+        path = Path(cached).parent
+    if path.is_file() or not path.exists():
+        return digest(str(path), key)
+    sha = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        sha.update(f"{file.relative_to(path).as_posix()}\0{digest(str(file), key)}\0".encode())
+    return sha.hexdigest()

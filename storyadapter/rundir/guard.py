@@ -32,7 +32,8 @@ _SIM_PIXEL_KEYS = ("embedding_dim", "image_size")  # model=sim: timings may diff
 _IGNORED_RENDER_KEYS = ("iterations", "stop_when_stable")
 # Render keys added after renders existed: at these values they are left out, so older renders still resume.
 _LATER_RENDER_DEFAULTS = {"reference_weighting": "uniform", "character_weight": 4.0, "scheduler": "ddim",
-                          "draft": dataclasses.asdict(DraftConfig()), "distilled_guidance": None}
+                          "draft": dataclasses.asdict(DraftConfig()), "distilled_guidance": None,
+                          "refine_strength": None}
 # Model keys added after renders existed, left out at these values likewise.
 _LATER_MODEL_DEFAULTS = {"family": "sdxl"}
 # method=storydiffusion|hybrid under render.seed_policy=shared: how identity frames get their noise. A render made
@@ -67,6 +68,12 @@ def fingerprint(cfg: DictConfig, story: Story) -> dict:
         from .file_digest import digest
 
         draft["lora"] = {"sha256": digest(draft["lora"], "render.draft.lora")}  # moved elsewhere resumes; other bytes do not
+    if draft and draft.get("vae"):
+        from .file_digest import tree_digest
+
+        draft["vae"] = {"sha256": tree_digest(draft["vae"], "render.draft.vae")}
+    elif draft:
+        draft.pop("vae", None)  # unset: the same fingerprint as drafts made before the key existed
     if fp["model"].get("kind") == "sim":
         fp["model"]["sim"] = {k: resolved["model"]["sim"][k] for k in _SIM_PIXEL_KEYS}
     method = resolved.get("method", {})

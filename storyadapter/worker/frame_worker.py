@@ -15,6 +15,7 @@ from typing import Callable, Mapping
 
 import numpy as np
 import torch
+from PIL import Image
 
 from .. import environment
 from ..methods import FreeUSettings, freeu_in
@@ -26,7 +27,7 @@ from ..attention.csa import IdBank, PackedBank
 from ..story.identity import ConsistentPass, IdentityBatch
 from ..models.loading import ModelSource, load_backbone, pick_device, pick_dtype
 from ..story.photos import CharacterPhoto
-from .renderer import RenderSettings, StoryRenderer
+from .renderer import RenderSettings, StoryRenderer, WarmStart, warm_seed
 from ..engine.protocol import BankUnavailable, BatchResult, FrameResult, StaleIterationError
 from ..rundir.frame_files import make_iteration_dir
 
@@ -70,6 +71,9 @@ class WorkerSpec:
     reference_weighting: str = references.UNIFORM
     character_weight: float = 1.0
     photos: tuple[CharacterPhoto, ...] = ()  # file bytes travel with the spec to actors on any node
+    # where a warm start (render.refine_strength) reads the previous iteration's frames; None: out_dir (an edit
+    # renders into its staging folder but starts from the render's own frames)
+    frames_dir: str | None = None
 
     def build(self) -> "FrameWorker":
         return FrameWorker(self)
@@ -104,6 +108,8 @@ class FrameWorker:
         self.renderer = StoryRenderer(backbone, spec.settings, consistent.settings if consistent else None)
         if spec.settings.draft.lora:
             backbone.load_draft_lora(spec.settings.draft.lora, spec.settings.draft.lora_scale)
+        if spec.settings.draft.vae:
+            backbone.load_draft_vae(spec.settings.draft.vae)
         texts = [p for fp in spec.prompts for p in (fp.prompt, fp.negative)]
         if consistent:  # identity prompts share the story's text windows (one conditioning length for all)
             texts += [p for b in consistent.identities for pair in b.prompts for p in pair]
@@ -158,7 +164,7 @@ class FrameWorker:
 
         Character photos join `bank` as extra rows; in iteration 0 (no bank) they are the whole bank.
         """
-        self.renderer.use(self.spec.settings.for_pass(draft), draft_lora=draft)
+        self.renderer.use(self.spec.settings.for_pass(draft), draft=draft)
         frames = [fp.characters for fp in self.spec.prompts]
         bank, self._rows, self._photos_only = references.assemble_bank(
             bank, frames, self._photo_bank, [p.character for p in self.spec.photos])
@@ -206,8 +212,21 @@ class FrameWorker:
         else:
             seeds = [self._seed(f) for f in frames]
             self._weigh_references([self.spec.prompts[f].characters for f in frames])
-            images = self.renderer.render([self._text_for(f) for f in frames], seeds)
+            images = self.renderer.render([self._text_for(f) for f in frames], seeds, warm=self._warm_start(iteration, frames))
         return self._finish(iteration, frames, images, started_at, start)
+
+    def _warm_start(self, iteration: int, frames: list[int]) -> WarmStart | None:
+        """With render.refine_strength, a refinement starts from each frame's image of the previous iteration, read
+        from the run directory (durable before that iteration's manifest part was written), so any worker, or a
+        resumed driver's, starts from the same bytes."""
+        if iteration < 1 or self.renderer.settings.refine_strength is None:
+            return None
+        folder = Path(self.spec.frames_dir or self.spec.out_dir) / manifest.iteration_dirname(iteration - 1)
+        images = []
+        for f in frames:
+            with Image.open(folder / manifest.frame_filename(f)) as im:
+                images.append(im.convert("RGB"))
+        return WarmStart(images, [warm_seed(self._seed(f), f, iteration) for f in frames])
 
     def _seed(self, frame: int) -> int:
         return schedule.frame_seed(self.spec.seed, self.spec.seed_policy, frame, self.spec.prompts[frame].seed)

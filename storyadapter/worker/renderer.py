@@ -5,7 +5,8 @@ Reads top to bottom as the algorithm:
   1. `encode_text`       - prompt embeddings, once per frame for the whole run;
   2. `set_references`    - CLIP global embeddings of all N reference frames -> 4N tokens -> K/V, once per iteration;
      `set_reference_weights` - optional per-frame logits/gates over those references, per batch (references.py);
-  3. `render`            - denoising with classifier-free guidance for a batch of frames (SDXL: DDIM);
+  3. `render`            - denoising with classifier-free guidance for a batch of frames (SDXL: DDIM); from noise,
+     or with render.refine_strength from each frame's previous image noised part of the way (`WarmStart`);
   4. `embed_images`      - each new frame resized to 256 px and encoded once: the next iteration's bank.
 With consistent self-attention (method=storydiffusion|hybrid, csa.py), step 3 comes in two phases:
   3a. `render_identity`  - a character's identity frames as one batch, filling its ID bank;
@@ -13,6 +14,8 @@ With consistent self-attention (method=storydiffusion|hybrid, csa.py), step 3 co
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -48,6 +51,28 @@ def step_generator(seed: int) -> torch.Generator:
     return torch.Generator("cpu").manual_seed((int(seed) * 1_000_003 + 0x5EED) % 2**63)
 
 
+def warm_seed(seed: int, frame: int, iteration: int) -> int:
+    """The seed of a warm start's noise (render.refine_strength): a function of (seed, frame, iteration) alone,
+    so a refinement's pixels never depend on the worker or the batch, and frames sharing a seed
+    (render.seed_policy=shared) still get their own noise."""
+    return ((int(seed) * 1_000_003 + int(frame)) * 1_000_003 + int(iteration) + 0x5A4E) % 2**63
+
+
+@dataclass(frozen=True)
+class WarmStart:
+    """A batch's starting images for an SDEdit refinement (the previous iteration's frames) and each frame's
+    `warm_seed`: it seeds the VAE's sampled encoding and the added noise, in two streams."""
+
+    images: list
+    seeds: list[int]
+
+    def encode_generators(self) -> list[torch.Generator]:
+        return [torch.Generator("cpu").manual_seed(seed) for seed in self.seeds]
+
+    def noise(self, shape: tuple[int, ...]) -> torch.Tensor:
+        return torch.cat([initial_noise((seed + 1) % 2**63, shape) for seed in self.seeds])
+
+
 class StoryRenderer:
     def __init__(self, backbone: Backbone, settings: RenderSettings, consistency: csa.CSASettings | None = None):
         self.backbone = backbone
@@ -57,13 +82,15 @@ class StoryRenderer:
         self._tokens_per_reference = 0  # IP-Adapter tokens per bank row, known once a bank is loaded
         self.use(settings)
 
-    def use(self, settings: RenderSettings, draft_lora: bool = False) -> None:
+    def use(self, settings: RenderSettings, draft: bool = False) -> None:
         """Render with `settings` from now on: a draft iteration's or the last pass's (RenderSpec.for_pass), the
-        draft LoRA on or off. Called at iteration boundaries, before the iteration's references and batches."""
+        draft LoRA and draft VAE on (`draft`) or off. Called at iteration boundaries, before the iteration's
+        references and batches."""
         self.settings = settings
         self.backbone.set_scheduler(settings.scheduler)
         self.backbone.set_distilled_guidance(settings.distilled_guidance)
-        self.backbone.use_draft_lora(draft_lora)
+        self.backbone.use_draft_lora(draft)
+        self.backbone.use_draft_vae(draft)
         branches = 2 if self.guided else 1  # the attention processors' batch: [unconditional; conditional] or [conditional]
         for proc in self.grca.values():
             proc.branches = branches
@@ -133,16 +160,22 @@ class StoryRenderer:
     # 3. denoising --------------------------------------------------------------------------------
     @torch.no_grad()
     def render(self, embeddings: list[TextEmbedding], seeds: list[int], decode_singly: bool = False,
-               batch_seed: int | None = None) -> list[Image.Image]:
-        """`seeds`: each frame's own noise; or `batch_seed`: the batch's frames start from one draw (`batch_noise`)."""
+               batch_seed: int | None = None, warm: WarmStart | None = None) -> list[Image.Image]:
+        """`seeds`: each frame's own noise; or `batch_seed`: the batch's frames start from one draw (`batch_noise`);
+        or `warm`: each frame's previous image noised to render.refine_strength, running only the last steps."""
         model, s = self.backbone, self.settings
-        timesteps = model.timesteps(s.steps, s.height, s.width)
         shape = model.latent_shape(s.height, s.width)
-        if batch_seed is not None:
-            noise = batch_noise(batch_seed, len(embeddings), shape)
+        if warm is not None:  # SDEdit, as diffusers' img2img: encode, add noise at the first timestep kept
+            timesteps = model.warm_timesteps(s.steps, s.refine_strength, s.height, s.width)
+            clean = model.encode_latents(warm.images, s.height, s.width, warm.encode_generators())
+            latents = model.noised_start(clean, warm.noise(shape), timesteps[0])
         else:
-            noise = torch.cat([initial_noise(seed, shape) for seed in seeds])
-        latents = model.initial_latents(noise)
+            timesteps = model.timesteps(s.steps, s.height, s.width)
+            if batch_seed is not None:
+                noise = batch_noise(batch_seed, len(embeddings), shape)
+            else:
+                noise = torch.cat([initial_noise(seed, shape) for seed in seeds])
+            latents = model.initial_latents(noise)
         guided = self.guided
         conditioning = model.conditioning(embeddings, s.height, s.width, guided=guided)
         # Used by stochastic schedulers only (LCM, TCD); a batch from one draw has no per-frame seeds: its i-th frame's.
