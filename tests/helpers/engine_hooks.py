@@ -24,7 +24,7 @@ def watch_executor(monkeypatch, on_iteration: OnIteration | None = None, on_batc
     from storyadapter.engine import executor as engine
 
     class Watched(engine.RayExecutor):
-        def render_iteration(self, iteration, batches, bank, scale, on_done, identities=()):
+        def render_iteration(self, iteration, batches, bank, scale, on_done, identities=(), draft=False):
             if on_iteration:
                 on_iteration(self, iteration)
 
@@ -33,7 +33,7 @@ def watch_executor(monkeypatch, on_iteration: OnIteration | None = None, on_batc
                 if on_batches:
                     on_batches(self, iteration, finished)
 
-            return super().render_iteration(iteration, batches, bank, scale, done, identities)
+            return super().render_iteration(iteration, batches, bank, scale, done, identities, draft)
 
     monkeypatch.setattr(engine, "RayExecutor", Watched)
 
