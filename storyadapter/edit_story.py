@@ -2,11 +2,13 @@
 
 1. Compare the story file with the one the render recorded (DIR/story.json; story/snapshot.py says what
    counts); refuse, in one line, whatever is not an edit (rundir/edits.py).
-2. Render the touched frames again at the last iteration L, at L's adapter scale, against the bank L was
-   rendered with (the embeddings of iteration L-1, as the manifest holds them). That bank keeps each edited
-   frame's own row as it was: it is what iteration L was rendered against, so every frame of L, edited or not,
-   is a render against the same references.
-3. Commit (rundir/edits.py), then redraw the comic, GIF and gallery. A caption-only edit skips step 2.
+2. Render the touched frames (and inserted ones) at the last iteration L, at L's adapter scale, against the
+   bank L was rendered with (the embeddings of iteration L-1, as the manifest holds them, one row per frame of
+   the story as it was then). That bank keeps each edited frame's own row as it was, and a removed frame's: it is
+   what iteration L was rendered against, so every frame of L, edited or not, is a render against the same
+   references.
+3. Commit (rundir/edits.py: where an inserted frame's file goes, where a removed one's is kept), then redraw the
+   comic, GIF and gallery. A caption-only edit, or one that only removes frames, skips step 2.
 
 The frames are rendered into the edit's staging folder and journaled there, so a driver killed midway resumes
 with `edit=true` again and renders only what the journal lacks.
@@ -71,7 +73,10 @@ def _render(run: specs.RunSpec, story: Story, out_dir: Path, plan: edits.EditPla
 
     staging = plan.staging(out_dir)
     staging.mkdir(parents=True, exist_ok=True)
-    bank = manifest.read_bank(out_dir, plan.iteration - 1) if plan.iteration > 0 else None
+    bank, rows = None, None
+    if plan.iteration > 0:  # row i is frame i of the story as iteration L-1 rendered it, which may since have changed
+        bank = manifest.read_bank(out_dir, plan.iteration - 1)
+        rows = tuple(r.characters for r in manifest.read_records(out_dir, plan.iteration - 1))
     if not driver.unrendered(staging, plan.iteration, plan.frames):
         return driver.render_frames(staging, None, plan.iteration, plan.frames, run.render.batch_size, bank, scale)
     from . import render_story as r
@@ -84,7 +89,7 @@ def _render(run: specs.RunSpec, story: Story, out_dir: Path, plan: edits.EditPla
     executor = None
     try:
         res = placement.ActorResources(**specs.fields_for(placement.ActorResources, c))
-        executor = r.start_executor(run, r.worker_spec(run, story, source, staging), res)
+        executor = r.start_executor(run, r.worker_spec(run, story, source, staging, rows), res)
         return driver.render_frames(staging, executor, plan.iteration, plan.frames, run.render.batch_size, bank, scale)
     finally:
         if started:

@@ -139,6 +139,11 @@ def compose_config(overrides: list[str]):
         GlobalHydra.instance().clear()
 
 
+def editing(cfg) -> bool:
+    """Whether the config asks for an edit of a finished render (edit=true) rather than a render."""
+    return bool(cfg.edit)
+
+
 def _task(cfg) -> None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
@@ -152,13 +157,13 @@ def _task(cfg) -> None:
     # Multirun: each job renders into its own numbered folder under output_dir.
     out_dir = Path(hc.runtime.output_dir) if hc.mode == RunMode.MULTIRUN else Path(cfg.output_dir)
     try:
-        (edit_story if cfg.edit else render_story)(cfg, out_dir)
+        (edit_story if editing(cfg) else render_story)(cfg, out_dir)
     except UserError as exc:
         fail(str(exc), exc.exit_code)
     except KeyboardInterrupt:
         if not (out_dir / CONFIG_FILE).is_file():
             fail(f"interrupted before anything was written to output_dir={out_dir}; nothing to resume", 130)
-        again = "edit=true" if cfg.edit else "resume=true"
+        again = "edit=true" if editing(cfg) else "resume=true"
         fail(f"interrupted; finished frames are kept: rerun with {again} output_dir={out_dir}", 130)
     except Exception as exc:  # noqa: BLE001 - only the environment's failures are turned into one line
         err = environment_error(exc, out_dir)

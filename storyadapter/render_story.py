@@ -98,8 +98,9 @@ def check_draft_lora(run: specs.RunSpec) -> None:
         lora.check(_absolute(run.render.draft.lora), 0, key="render.draft.lora")
 
 
-def worker_spec(run: specs.RunSpec, story: Story, source, out_dir: Path):
-    """What each render actor builds its worker from: the model=sim worker, or the frame worker."""
+def worker_spec(run: specs.RunSpec, story: Story, source, out_dir: Path, bank_rows=None):
+    """What each render actor builds its worker from: the model=sim worker, or the frame worker. `bank_rows`: the
+    characters of each bank row when the rows are not `story`'s frames (an edit, WorkerSpec.bank_rows)."""
     out = str(Path(out_dir).resolve())
     if run.model.kind == "sim":
         from .engine.sim import SimSpec
@@ -117,6 +118,7 @@ def worker_spec(run: specs.RunSpec, story: Story, source, out_dir: Path):
         method=run.method.name,
         freeu=freeu(run),
         photos=tuple(story.photos.values()),
+        bank_rows=bank_rows,
         **specs.fields_for(WorkerSpec, run.render, run.model),  # seed, seed_policy, reference weighting; device, dtype, ...
     )
 

@@ -70,6 +70,9 @@ class WorkerSpec:
     reference_weighting: str = references.UNIFORM
     character_weight: float = 1.0
     photos: tuple[CharacterPhoto, ...] = ()  # file bytes travel with the spec to actors on any node
+    # The characters of each row of the bank when its rows are not this story's frames: an edit renders against
+    # the bank of the story as it was rendered (frames since inserted, removed or recast). None: the frames'.
+    bank_rows: tuple[tuple[str, ...], ...] | None = None
 
     def build(self) -> "FrameWorker":
         return FrameWorker(self)
@@ -155,7 +158,7 @@ class FrameWorker:
         Character photos join `bank` as extra rows; in iteration 0 (no bank) they are the whole bank.
         """
         self.renderer.use(self.spec.settings.for_pass(draft), draft_lora=draft)
-        frames = [fp.characters for fp in self.spec.prompts]
+        frames = self.spec.bank_rows if self.spec.bank_rows is not None else [fp.characters for fp in self.spec.prompts]
         bank, self._rows, self._photos_only = references.assemble_bank(
             bank, frames, self._photo_bank, [p.character for p in self.spec.photos])
         self.renderer.set_references(bank, scale)
