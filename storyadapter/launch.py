@@ -43,6 +43,12 @@ def _one_line(exc: BaseException) -> str:
     return (text[:300] + "...") if len(text) > 300 else (text or type(exc).__name__)
 
 
+def edit_overrides(argv: list[str]) -> list[str]:
+    """`edit=true` as users type it is `edit.apply=true`: `edit` is a config node (edit.apply, edit.refine), and
+    Hydra cannot set a node to a boolean."""
+    return [f"edit.apply={a.partition('=')[2]}" if a.startswith("edit=") else a for a in argv]
+
+
 def validate_overrides(argv: list[str]) -> None:
     """Compose the config for every value of every sweep and check it (spec.py), so any bad key or value fails
     here, in one line, before anything starts."""
@@ -53,7 +59,7 @@ def validate_overrides(argv: list[str]) -> None:
     from .config import register
 
     register()
-    overrides = _parse([a for a in argv if not a.startswith("-")])
+    overrides = _parse(edit_overrides([a for a in argv if not a.startswith("-")]))
     base = [o.input_line for o in overrides if not o.is_sweep_override()]
     variants = [base] + [
         base + [f"{o.get_key_element()}={value}"]
@@ -130,6 +136,7 @@ def compose_config(overrides: list[str]):
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
+    overrides = edit_overrides(overrides)
     validate_overrides(overrides)
     GlobalHydra.instance().clear()
     try:
@@ -141,7 +148,7 @@ def compose_config(overrides: list[str]):
 
 def editing(cfg) -> bool:
     """Whether the config asks for an edit of a finished render (edit=true) rather than a render."""
-    return bool(cfg.edit)
+    return bool(cfg.edit.apply)
 
 
 def _task(cfg) -> None:
@@ -180,6 +187,7 @@ def main() -> None:
     # Ctrl-C and the web UI's cancel (SIGINT) stop the render cleanly even when the parent started us with
     # SIGINT ignored (a background `&` job), which Python would otherwise keep.
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    sys.argv[1:] = edit_overrides(sys.argv[1:])  # before Hydra reads them
     try:
         validate_overrides(sys.argv[1:])
         register()

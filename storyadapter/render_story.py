@@ -187,7 +187,7 @@ def render_story(cfg: DictConfig, out_dir: Path) -> Path:
     """Render a story end to end with the Ray engine. Raises UserError for anything the user can fix."""
     run = specs.from_config(cfg)
     story = load_story(resolve_story_path(run.story.path), run.story.style, run.story.title)
-    if run.edit:  # edit_story.py applies edits; it uses this module's engine start, so it is called by the launcher
+    if run.edit.apply:  # edit_story.py applies edits; it uses this module's engine start, so it is called by the launcher
         raise UserError("edit=true: apply edits with storyadapter.edit_story.edit_story (the launcher does)")
     log.info("story %s", describe(story))
     log.info("method %s: %s", run.method.name, METHOD_SUMMARY[run.method.name])

@@ -106,6 +106,20 @@ def check(out_dir: Path, cfg: DictConfig, story: Story, iterations: int) -> Edit
                     changes.removed, tuple((i, manifest.frame_filename(n)) for i, n in zip(changes.inserted, numbers)))
 
 
+def refining(out_dir: Path, story: Story, iterations: int, refine: int) -> bool:
+    """Whether an `edit.refine` was stopped during its iterations: the render asks for `iterations` + `refine`
+    (its config says so once they start), has the first `iterations` and not all the others, the story is the
+    one it records and no edit is pending. Rerunning the same command then finishes them."""
+    if not refine or not (Path(out_dir) / CONFIG_FILE).is_file():
+        return False
+    target = int(_saved_config(out_dir).get("schedule", {}).get("iterations", -1))
+    done = manifest.finished_iterations(out_dir)
+    recorded = story_record.read(out_dir)
+    return (target == iterations + refine and done[: iterations + 1] == list(range(iterations + 1))
+            and done[: target + 1] != list(range(target + 1)) and _read_pending(out_dir) is None
+            and recorded is not None and not compare(recorded, snapshot(story)))
+
+
 def _unused_numbers(out_dir: Path, iteration: int, count: int) -> list[int]:
     """`count` file numbers never used in the iteration's folder: not by a frame there, nor by one kept under edits/
     (a removed frame's file, which the gallery links by name)."""
