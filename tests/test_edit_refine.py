@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 import pytest
@@ -27,7 +28,7 @@ def test_edit_is_a_switch_and_a_node_on_the_command_line():
 def test_edit_refine_renders_one_full_iteration_after_the_edit_the_same_on_one_and_two_workers(
         finished_render, tmp_path, tiny_cache, monkeypatch, caplog):
     caplog.set_level(logging.INFO, logger="storyadapter")
-    edited = STORY[:4] + ["[Tom] sleeps in his boat #Tom at work"] + STORY[5:]
+    edited = STORY[:4] + ["[Tom] rows out to sea #Setting out"] + STORY[4:]  # a frame inserted at 1
     outs = {}
     for workers in (1, 2):
         story, out = copy_of(finished_render, tmp_path / f"workers_{workers}", edited)
@@ -37,22 +38,26 @@ def test_edit_refine_renders_one_full_iteration_after_the_edit_the_same_on_one_a
         caplog.clear()
         lean = ["outputs.enabled=false"] if workers == 2 else []  # its frames are compared, not its comic or metrics
         render(*command(story, out, tiny_cache, "edit=true", "edit.refine=1", f"cluster.workers={workers}", *lean))
-        assert sorted(rendered) == [(1, 1), (2, 0), (2, 1), (2, 2)]  # the edited frame, then one whole iteration
+        assert sorted(rendered) == [(1, 1), (2, 0), (2, 1), (2, 2), (2, 3)]  # the new frame, then one whole iteration
         said = caplog.messages
         refine = next(i for i, m in enumerate(said) if m.startswith("edit.refine=1"))
-        assert "3 frame renders" in said[refine] and "every frame" in said[refine]
+        assert "4 frame renders" in said[refine] and "every frame" in said[refine]
         assert refine < next(i for i, m in enumerate(said) if m.startswith("edit (revision 1)"))  # said first
         outs[workers] = out
     one, two = outs[1], outs[2]
     assert manifest.finished_iterations(one) == [0, 1, 2]
     records = manifest.read_records(one, 2)
     assert [r.prompt for r in records] == [r.prompt for r in manifest.read_records(one, 1)]
-    assert records[1].prompt.startswith("Tom, an old fisherman, sleeps")
+    assert records[1].prompt.startswith("Tom, an old fisherman, rows")
+    assert [r.image_path for r in records] == [f"iter_02/frame_{i:04d}.png" for i in range(4)]  # numbered by place again
     for r in records + manifest.read_records(one, 1):
         assert (one / r.image_path).read_bytes() == (two / r.image_path).read_bytes(), r.image_path
     saved = yaml.safe_load((one / "config.yaml").read_text())
     assert saved["schedule"]["iterations"] == 2 and [r["revision"] for r in saved["revisions"]] == [0, 1]
     assert "final: iteration 2" in (one / "index.html").read_text()
+    metrics = json.loads((one / "metrics.json").read_text())  # scored again; no frame-by-frame change across the insert
+    assert [m["iteration"] for m in metrics] == [0, 1, 2] and metrics[1]["embedding_change"] is None
+    assert metrics[2]["embedding_change"] is not None
 
 
 @pytest.mark.slow
