@@ -31,6 +31,9 @@ def test_frames_are_matched_by_content_so_an_insertion_changes_no_other_frame():
     assert removed.matched == (0, 2, 3) and removed.removed == (1,) and removed.to_render(_snapshot(["a"] * 3)) == []
     both = compare(old, _snapshot(["a", "B", "c", "d", "e"]))  # a changed prompt stays that frame's change
     assert both.matched == (0, 1, 2, 3, None) and both.frames == {1: ("prompt",)}
+    story = _snapshot(["walks to the harbour", "mends a net", "waves from the pier"])
+    mixed = compare(story, _snapshot(["walks to the harbour", "waves from the pier at dusk"]))  # 1 removed, 2 edited
+    assert mixed.matched == (0, 2) and mixed.removed == (1,) and mixed.frames == {1: ("prompt",)}
 
 
 def _comic_panels(out, paths: list[str]) -> None:

@@ -21,6 +21,7 @@ from .model import Story
 
 VERSION = 1
 _FRAME_PIXEL_FIELDS = ("prompt", "characters", "seed")
+_MOST_ALIKE_CELLS = 10_000  # prompt comparisons one changed run may cost (about a second)
 
 
 def snapshot(story: Story) -> dict:
@@ -88,8 +89,8 @@ class StoryChanges:
 
 def compare(old: dict, new: dict) -> StoryChanges:
     """What changed from snapshot `old` to snapshot `new`. Frames are aligned as difflib aligns lines, on what
-    decides their pixels (prompt, characters, seed); inside a run of changed frames, frames pair up in order and
-    the longer side's extra frames are inserted or removed. A prompt that differs only by a changed character's
+    decides their pixels (prompt, characters, seed); inside a run of changed frames, frames pair up in order (the
+    most alike prompts when the run also gained or lost frames) and the others are inserted or removed. A prompt that differs only by a changed character's
     description, which tag expansion spliced in, is not listed as a prompt change: the character's is."""
     characters: dict[str, tuple[str, ...]] = {}
     for name in {**old["characters"], **new["characters"]}:
@@ -131,9 +132,39 @@ def _align(old: dict, new: dict) -> list[int | None]:
     b = [key(f, f["prompt"]) for f in new["frames"]]
     matched: list[int | None] = [None] * len(b)
     for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(None, a, b, autojunk=False).get_opcodes():
-        for k in range(min(i2 - i1, j2 - j1) if tag != "insert" else 0):
-            matched[j1 + k] = i1 + k  # equal, or a replaced run paired in order
+        if tag == "equal" or (tag == "replace" and i2 - i1 == j2 - j1):  # a replaced run of the same length: edits
+            pairs = [(k, k) for k in range(i2 - i1)]
+        elif tag == "replace" and (i2 - i1) * (j2 - j1) <= _MOST_ALIKE_CELLS:  # edited, inserted and removed at once
+            pairs = _most_alike([p for p, _, _ in a[i1:i2]], [p for p, _, _ in b[j1:j2]])
+        elif tag == "replace":  # a story rewritten at length: in order, rather than seconds of comparing
+            pairs = [(k, k) for k in range(min(i2 - i1, j2 - j1))]
+        else:
+            pairs = []
+        for i, j in pairs:
+            matched[j1 + j] = i1 + i
     return matched
+
+
+def _most_alike(old: list[str], new: list[str]) -> list[tuple[int, int]]:
+    """Pairs (old, new) in order that maximise the summed similarity of the prompts (difflib's ratio)."""
+    def ratio(i: int, j: int) -> float:
+        return difflib.SequenceMatcher(None, old[i], new[j]).ratio()
+
+    n, m = len(old), len(new)
+    best = [[0.0] * (m + 1) for _ in range(n + 1)]
+    for i in range(n - 1, -1, -1):
+        for j in range(m - 1, -1, -1):
+            best[i][j] = max(best[i + 1][j], best[i][j + 1], best[i + 1][j + 1] + ratio(i, j))
+    pairs, i, j = [], 0, 0
+    while i < n and j < m:
+        if best[i][j] == best[i + 1][j + 1] + ratio(i, j):
+            pairs.append((i, j))
+            i, j = i + 1, j + 1
+        elif best[i][j] == best[i + 1][j]:
+            i += 1
+        else:
+            j += 1
+    return pairs
 
 
 def _only_descriptions(a: dict, b: dict, old: dict, new: dict) -> bool:
