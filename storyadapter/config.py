@@ -193,6 +193,15 @@ class EvalConfig:
 
 
 @dataclass
+class EditConfig:
+    """Applying an edited story file to a finished render (edit_story.py). On the command line `edit=true` is
+    edit.apply=true (launch.py)."""
+
+    apply: bool = False  # edit=true: render again only what the edit needs, at the last iteration
+    refine: int = 0  # then this many more refinement iterations over the whole story (every frame changes)
+
+
+@dataclass
 class Config:
     story: StoryConfig = field(default_factory=StoryConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -203,7 +212,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     output_dir: str = MISSING
     resume: bool = False
-    edit: bool = False  # apply an edited story file to a finished render (edit_story.py)
+    edit: EditConfig = field(default_factory=EditConfig)
     log_level: str = "INFO"
 
 

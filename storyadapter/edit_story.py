@@ -2,18 +2,25 @@
 
 1. Compare the story file with the one the render recorded (DIR/story.json; story/snapshot.py says what
    counts); refuse, in one line, whatever is not an edit (rundir/edits.py).
-2. Render the touched frames again at the last iteration L, at L's adapter scale, against the bank L was
-   rendered with (the embeddings of iteration L-1, as the manifest holds them). That bank keeps each edited
-   frame's own row as it was: it is what iteration L was rendered against, so every frame of L, edited or not,
-   is a render against the same references.
-3. Commit (rundir/edits.py), then redraw the comic, GIF and gallery. A caption-only edit skips step 2.
+2. Render the touched frames (and inserted ones) at the last iteration L, at L's adapter scale, against the
+   bank L was rendered with (the embeddings of iteration L-1, as the manifest holds them, one row per frame of
+   the story as it was then). That bank keeps each edited frame's own row as it was, and a removed frame's: it is
+   what iteration L was rendered against, so every frame of L, edited or not, is a render against the same
+   references.
+3. Commit (rundir/edits.py: where an inserted frame's file goes, where a removed one's is kept), then redraw the
+   comic, GIF and gallery. A caption-only edit, or one that only removes frames, skips step 2.
 
 The frames are rendered into the edit's staging folder and journaled there, so a driver killed midway resumes
 with `edit=true` again and renders only what the journal lacks.
+
+4. `edit.refine=K`: then K more iterations over the whole story, L+1..L+K, as a resume that extends the render
+   would run them (render_story.py): every frame changes. A driver killed during them finishes them with the same
+   command again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 
@@ -36,12 +43,36 @@ def edit_story(cfg: DictConfig, out_dir: Path) -> Path:
     story = load_story(resolve_story_path(run.story.path), run.story.style, run.story.title)
     if run.resume:
         raise UserError("edit=true and resume=true: pass one of them (edit=true applies an edited story to a finished render)")
-    plan = edits.check(out_dir, cfg, story, run.iterations_to_render)
-    if plan is None:
+    iterations, refine = run.iterations_to_render, run.edit.refine
+    if edits.refining(out_dir, story, iterations, refine):
+        log.info("edit.refine=%d: the edit is applied; finishing its refinement iterations", refine)
+        return _refine(cfg, out_dir, iterations + refine)
+    plan = edits.check(out_dir, cfg, story, iterations)
+    if plan is None and not refine:
         log.info("edit: the story is the one %s was rendered from; nothing to edit", out_dir)
         return out_dir
-    cost = f"{len(plan.frames)} frame{'' if len(plan.frames) == 1 else 's'} to render again" if plan.frames \
-        else "no render: captions only"
+    if plan is not None and run.render.refine_strength is not None and _moves_frames(plan):
+        # a warm start reads frame f of iteration L-1 by its place in the story, which an insert or removal shifts
+        raise UserError("edit=true: frames inserted or removed on a render with render.refine_strength (warm starts) "
+                        "are not supported yet; edit prompts, seeds or captions only, or render the story anew")
+    if refine:  # said before anything starts: the one edit that changes frames the user did not edit
+        n = len(story.frames)
+        log.info("edit.refine=%d: after the edit, %d more iteration%s over the whole story (iter_%02d..iter_%02d, %d "
+                 "frame renders) change every frame, edited or not; the comic, GIF and gallery then show iter_%02d",
+                 refine, refine, "" if refine == 1 else "s", iterations + 1, iterations + refine, n * refine,
+                 iterations + refine)
+    # One Ray for the edit's frames and the refinement iterations (each loads the model in its own actors).
+    with _cluster(run) if refine else contextlib.nullcontext():
+        if plan is not None:
+            _apply(run, cfg, story, out_dir, plan, outputs=not refine)
+        if refine:
+            _refine(cfg, out_dir, iterations + refine)
+    return out_dir
+
+
+def _apply(run: specs.RunSpec, cfg: DictConfig, story: Story, out_dir: Path, plan: edits.EditPlan, outputs: bool) -> None:
+    cost = f"{len(plan.frames)} frame{'' if len(plan.frames) == 1 else 's'} to render" if plan.frames \
+        else "no render: captions or removed frames only"
     log.info("edit (revision %d): %s; %s at iteration %d", plan.revision, plan.summary, cost, plan.iteration)
     edits.begin(out_dir, plan, story)
     from .render_story import plan_for
@@ -57,14 +88,42 @@ def edit_story(cfg: DictConfig, out_dir: Path) -> Path:
         scales={f: references.frame_scale(story.photo_names(), frames[f].characters, plan.iteration, scale) for f in plan.frames},
         seeds={f: schedule.frame_seed(run.render.seed, run.render.seed_policy, f, frames[f].seed) for f in plan.frames},
     )
-    if run.outputs.enabled:
-        from .outputs import write as outputs
+    if outputs and run.outputs.enabled:
+        from .outputs import write as outputs_
 
         # The metrics keep the scores of the render: an edit rescores nothing.
-        outputs.write_all(out_dir, clip_model=None, metrics=False, layout=run.outputs.comic_layout,
-                          caption_position=run.outputs.caption_position)
+        outputs_.write_all(out_dir, clip_model=None, metrics=False, layout=run.outputs.comic_layout,
+                           caption_position=run.outputs.caption_position)
     log.info("edit done: revision %d of %s; previous frames kept in %s", plan.revision, out_dir, plan.folder(out_dir))
-    return out_dir
+
+
+def _refine(cfg: DictConfig, out_dir: Path, iterations: int) -> Path:
+    """edit.refine: the edited render extended to `iterations`, as `resume=true render.iterations=...` extends a
+    render: the new iterations at render.scale_end, each against the bank of the one before (the edited frames'
+    rows included); the metrics are scored anew and the outputs show the last iteration."""
+    from omegaconf import OmegaConf
+
+    from .render_story import render_story
+
+    longer = OmegaConf.merge(cfg, {"render": {"iterations": iterations}, "resume": True, "edit": {"apply": False, "refine": 0}})
+    return render_story(longer, out_dir)
+
+
+@contextlib.contextmanager
+def _cluster(run: specs.RunSpec):
+    """Ray for the block: joined or started (then stopped at its end), unless this process is on one already.
+    Yields whether it started it."""
+    from .engine import cluster, local_ray
+    from .render_story import needs_gpu
+
+    c = run.cluster
+    started = cluster.connect(c.mode, c.address, c.workers, c.cpus_per_worker, c.object_store_gb, c.connect_timeout_s,
+                              gpus_per_worker=c.gpus_per_worker if needs_gpu(run) else 0.0)
+    try:
+        yield started
+    finally:
+        if started:  # a Ray we started goes down whole, actors included
+            local_ray.stop()
 
 
 def _render(run: specs.RunSpec, story: Story, out_dir: Path, plan: edits.EditPlan, scale: float) -> dict:
@@ -73,23 +132,26 @@ def _render(run: specs.RunSpec, story: Story, out_dir: Path, plan: edits.EditPla
 
     staging = plan.staging(out_dir)
     staging.mkdir(parents=True, exist_ok=True)
-    bank = manifest.read_bank(out_dir, plan.iteration - 1) if plan.iteration > 0 else None
+    bank, rows = None, None
+    if plan.iteration > 0:  # row i is frame i of the story as iteration L-1 rendered it, which may since have changed
+        bank = manifest.read_bank(out_dir, plan.iteration - 1)
+        rows = tuple(r.characters for r in manifest.read_records(out_dir, plan.iteration - 1))
     if not driver.unrendered(staging, plan.iteration, plan.frames):
         return driver.render_frames(staging, None, plan.iteration, plan.frames, run.render.batch_size, bank, scale)
     from . import render_story as r
-    from .engine import cluster, local_ray, placement
+    from .engine import placement
 
     source, _ = r.resolve_model(run.model)
-    c = run.cluster
-    started = cluster.connect(c.mode, c.address, c.workers, c.cpus_per_worker, c.object_store_gb, c.connect_timeout_s,
-                              gpus_per_worker=c.gpus_per_worker if r.needs_gpu(run) else 0.0)
-    executor = None
-    try:
-        res = placement.ActorResources(**specs.fields_for(placement.ActorResources, c))
-        executor = r.start_executor(run, r.worker_spec(run, story, source, staging, frames_dir=out_dir), res)
-        return driver.render_frames(staging, executor, plan.iteration, plan.frames, run.render.batch_size, bank, scale)
-    finally:
-        if started:
-            local_ray.stop()
-        elif executor is not None:
-            executor.shutdown()
+    with _cluster(run) as started:
+        res = placement.ActorResources(**specs.fields_for(placement.ActorResources, run.cluster))
+        executor = r.start_executor(run, r.worker_spec(run, story, source, staging, frames_dir=out_dir, bank_rows=rows), res)
+        try:
+            return driver.render_frames(staging, executor, plan.iteration, plan.frames, run.render.batch_size, bank, scale)
+        finally:
+            if not started:  # Ray stays up (edit.refine's actors come next, or a cluster we joined): free its actors
+                executor.shutdown()
+
+
+def _moves_frames(plan: edits.EditPlan) -> bool:
+    """The edit inserts or removes frames, so frames' places in the story no longer match their files."""
+    return bool(plan.removed or plan.new_files or any(m != i for i, m in enumerate(plan.matched)))

@@ -43,6 +43,12 @@ def _one_line(exc: BaseException) -> str:
     return (text[:300] + "...") if len(text) > 300 else (text or type(exc).__name__)
 
 
+def edit_overrides(argv: list[str]) -> list[str]:
+    """`edit=true` as users type it is `edit.apply=true`: `edit` is a config node (edit.apply, edit.refine), and
+    Hydra cannot set a node to a boolean."""
+    return [f"edit.apply={a.partition('=')[2]}" if a.startswith("edit=") else a for a in argv]
+
+
 def validate_overrides(argv: list[str]) -> None:
     """Compose the config for every value of every sweep and check it (spec.py), so any bad key or value fails
     here, in one line, before anything starts."""
@@ -53,7 +59,7 @@ def validate_overrides(argv: list[str]) -> None:
     from .config import register
 
     register()
-    overrides = _parse([a for a in argv if not a.startswith("-")])
+    overrides = _parse(edit_overrides([a for a in argv if not a.startswith("-")]))
     base = [o.input_line for o in overrides if not o.is_sweep_override()]
     variants = [base] + [
         base + [f"{o.get_key_element()}={value}"]
@@ -130,6 +136,7 @@ def compose_config(overrides: list[str]):
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
+    overrides = edit_overrides(overrides)
     validate_overrides(overrides)
     GlobalHydra.instance().clear()
     try:
@@ -137,6 +144,11 @@ def compose_config(overrides: list[str]):
             return compose(config_name="config", overrides=overrides)
     finally:
         GlobalHydra.instance().clear()
+
+
+def editing(cfg) -> bool:
+    """Whether the config asks for an edit of a finished render (edit=true) rather than a render."""
+    return bool(cfg.edit.apply)
 
 
 def _task(cfg) -> None:
@@ -152,13 +164,13 @@ def _task(cfg) -> None:
     # Multirun: each job renders into its own numbered folder under output_dir.
     out_dir = Path(hc.runtime.output_dir) if hc.mode == RunMode.MULTIRUN else Path(cfg.output_dir)
     try:
-        (edit_story if cfg.edit else render_story)(cfg, out_dir)
+        (edit_story if editing(cfg) else render_story)(cfg, out_dir)
     except UserError as exc:
         fail(str(exc), exc.exit_code)
     except KeyboardInterrupt:
         if not (out_dir / CONFIG_FILE).is_file():
             fail(f"interrupted before anything was written to output_dir={out_dir}; nothing to resume", 130)
-        again = "edit=true" if cfg.edit else "resume=true"
+        again = "edit=true" if editing(cfg) else "resume=true"
         fail(f"interrupted; finished frames are kept: rerun with {again} output_dir={out_dir}", 130)
     except Exception as exc:  # noqa: BLE001 - only the environment's failures are turned into one line
         err = environment_error(exc, out_dir)
@@ -175,6 +187,7 @@ def main() -> None:
     # Ctrl-C and the web UI's cancel (SIGINT) stop the render cleanly even when the parent started us with
     # SIGINT ignored (a background `&` job), which Python would otherwise keep.
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    sys.argv[1:] = edit_overrides(sys.argv[1:])  # before Hydra reads them
     try:
         validate_overrides(sys.argv[1:])
         register()

@@ -125,9 +125,10 @@ def check_draft_lora(run: specs.RunSpec) -> None:
         vae.check_tiny(run.render.draft.vae)
 
 
-def worker_spec(run: specs.RunSpec, story: Story, source, out_dir: Path, frames_dir: Path | None = None):
+def worker_spec(run: specs.RunSpec, story: Story, source, out_dir: Path, frames_dir: Path | None = None, bank_rows=None):
     """What each render actor builds its worker from: the model=sim worker, or the frame worker. `frames_dir`:
-    where warm starts read earlier iterations' frames, when not `out_dir` (an edit's staging folder)."""
+    where warm starts read earlier iterations' frames, when not `out_dir` (an edit's staging folder). `bank_rows`: the
+    characters of each bank row when the rows are not `story`'s frames (an edit, WorkerSpec.bank_rows)."""
     out = str(Path(out_dir).resolve())
     if run.model.kind == "sim":
         from .engine.sim import SimSpec
@@ -146,6 +147,7 @@ def worker_spec(run: specs.RunSpec, story: Story, source, out_dir: Path, frames_
         freeu=freeu(run),
         photos=tuple(story.photos.values()),
         frames_dir=str(Path(frames_dir).resolve()) if frames_dir is not None else None,
+        bank_rows=bank_rows,
         **specs.fields_for(WorkerSpec, run.render, run.model),  # seed, seed_policy, reference weighting; device, dtype, ...
     )
 
@@ -217,7 +219,7 @@ def render_story(cfg: DictConfig, out_dir: Path) -> Path:
     """Render a story end to end with the Ray engine. Raises UserError for anything the user can fix."""
     run = specs.from_config(cfg)
     story = load_story(resolve_story_path(run.story.path), run.story.style, run.story.title)
-    if run.edit:  # edit_story.py applies edits; it uses this module's engine start, so it is called by the launcher
+    if run.edit.apply:  # edit_story.py applies edits; it uses this module's engine start, so it is called by the launcher
         raise UserError("edit=true: apply edits with storyadapter.edit_story.edit_story (the launcher does)")
     log.info("story %s", describe(story))
     log.info("method %s: %s", run.method.name, METHOD_SUMMARY[run.method.name])

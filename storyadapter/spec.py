@@ -89,6 +89,7 @@ MethodSpec = _frozen(schema.MethodConfig, "MethodSpec")
 ClusterSpec = _frozen(schema.ClusterConfig, "ClusterSpec")
 OutputsSpec = _frozen(schema.OutputsConfig, "OutputsSpec")
 EvalSpec = _frozen(schema.EvalConfig, "EvalSpec")
+EditSpec = _frozen(schema.EditConfig, "EditSpec")
 
 
 def _iterations_to_render(self) -> int:
@@ -209,7 +210,7 @@ POSITIVE = ("render.steps", "render.height", "render.width", "render.batch_size"
             "model.sim.slowdown", "method.id_length",
             # diffusers reads a FreeU factor of 0 as FreeU off: refuse it rather than ignore the others
             "method.freeu.s1", "method.freeu.s2", "method.freeu.b1", "method.freeu.b2")
-NOT_NEGATIVE = ("render.iterations", "method.plain_steps", "cluster.gpus_per_worker", "model.sim.frame_s")
+NOT_NEGATIVE = ("render.iterations", "method.plain_steps", "cluster.gpus_per_worker", "model.sim.frame_s", "edit.refine")
 MULTIPLE_OF_8 = ("render.height", "render.width")  # the VAE downsamples by 8
 PROBABILITIES = ("method.sa32", "method.sa64", "method.early_rate", "method.late_rate", "model.sim.jitter",
                  "model.sim.straggler_share")
@@ -268,6 +269,8 @@ def check(run: "RunSpec") -> None:
     if run.cluster.min_workers is not None and run.cluster.min_workers > run.cluster.workers:
         raise ConfigError("cluster.min_workers", run.cluster.min_workers,
                           f"must be at most cluster.workers={run.cluster.workers}")
+    if run.edit.refine and not run.edit.apply:
+        raise ConfigError("edit.refine", run.edit.refine, "refines an edited render: pass edit=true with it")
     for index, lora in enumerate(run.model.loras):
         if not lora.path or lora.path == "???":  # OmegaConf's MISSING
             raise UserError(f"model.loras[{index}].path: missing; give each LoRA as {{path: FILE.safetensors, scale: 0.8}}")

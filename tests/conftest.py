@@ -107,3 +107,14 @@ def ray_cluster():
     yield c, workers
     ray.shutdown()
     c.shutdown()
+
+
+@pytest.fixture(scope="session")
+def finished_render(tmp_path_factory, tiny_cache) -> Path:
+    """A finished render of tests/helpers/edits.py's STORY, for the edit tests; each test edits a copy of it."""
+    from .helpers import edits
+
+    folder = tmp_path_factory.mktemp("finished")
+    story = write_story(folder / "story.txt", edits.STORY)
+    edits.render(*edits.command(story, folder / "render", tiny_cache))
+    return folder / "render"

@@ -58,110 +58,31 @@ def test_the_digest_of_a_story_without_seeds_is_its_file_digest(tmp_path):
 
 # ----------------------------------------------------------------------------- edit=true (tiny model, real Ray)
 
-import os
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import yaml
 
 from storyadapter.rundir import manifest
 
-from .helpers.engine_hooks import kill_driver_at, watch_executor
-
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-STORY = [
-    "[Lisa] a girl with a red scarf",
-    "[Tom] an old fisherman",
-    "",
-    "[Lisa] walks to the harbour #Morning",
-    "[Tom] mends a net #Tom at work",
-    "[Lisa] waves from the pier #Goodbye",
-]
-
-
-def command(story: Path, out: Path, cache: Path, *extra: str) -> list[str]:
-    return [f"story.path={story}", "model=tiny", "render.iterations=1", "render.steps=2", "render.height=64",
-            "render.width=64", "render.seed_policy=per_frame", "cluster.workers=1", f"output_dir={out}",
-            f"model.cache_dir={cache}", *extra]
-
-
-def render(*args: str) -> None:
-    from storyadapter.edit_story import edit_story
-    from storyadapter.launch import compose_config
-    from storyadapter.render_story import render_story
-
-    cfg = compose_config(list(args))
-    (edit_story if cfg.edit else render_story)(cfg, Path(cfg.output_dir))
-
-
-def launch(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "storyadapter.launch", *args], cwd=cwd, env=ENV,
-                          capture_output=True, text=True, timeout=300)
-
-
-def one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr, (proc.returncode, proc.stderr[-2000:])
-    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
-    assert len(errors) == 1, proc.stderr
-    for needle in needles:
-        assert needle in errors[0], errors[0]
-    return errors[0]
-
-
-def files(out: Path) -> dict[str, tuple[int, int, bytes]]:
-    """Every file of the render (not the edit history): path -> (inode, mtime_ns, bytes)."""
-    found = {}
-    for p in sorted(out.rglob("*")):
-        if p.is_file() and "edits" not in p.relative_to(out).parts:
-            st = p.stat()
-            found[str(p.relative_to(out))] = (st.st_ino, st.st_mtime_ns, p.read_bytes())
-    return found
-
-
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory, tiny_cache):
-    """A finished render of STORY, copied by each test that edits it."""
-    d = tmp_path_factory.mktemp("finished")
-    story = write_story(d / "story.txt", STORY)
-    render(*command(story, d / "render", tiny_cache))
-    return d / "render"
-
-
-def copy_of(finished: Path, tmp_path: Path, lines: list[str]) -> tuple[Path, Path]:
-    out = tmp_path / "render"
-    shutil.copytree(finished, out)
-    return write_story(tmp_path / "story.txt", lines), out
-
-
-def count_renders(monkeypatch) -> list[int]:
-    rendered: list[int] = []
-    watch_executor(monkeypatch, on_batches=lambda ex, it, batches: rendered.extend(r.frame for b in batches for r in b.frames))
-    return rendered
-
-
-def frames(out: Path, it: int = 1) -> list[str]:
-    return [f"iter_{it:02d}/frame_{i:04d}.png" for i in range(3)]
-
-
+from .helpers.edits import STORY, command, copy_of, count_renders, files, frames, launch, one_line_error, render
+from .helpers.engine_hooks import kill_driver_at
 
 
 @pytest.mark.slow
-def test_the_render_records_the_story_it_was_made_from(finished):
+def test_the_render_records_the_story_it_was_made_from(finished_render):
     import json
 
-    record = json.loads((finished / "story.json").read_text())
+    record = json.loads((finished_render / "story.json").read_text())
     assert [f["caption"] for f in record["frames"]] == ["Morning", "Tom at work", "Goodbye"]
     assert record["characters"]["Lisa"]["description"] == "a girl with a red scarf"
-    assert [r.revision for r in manifest.read_records(finished, 1)] == [0, 0, 0]
+    assert [r.revision for r in manifest.read_records(finished_render, 1)] == [0, 0, 0]
 
 
 @pytest.mark.slow
-def test_an_edited_prompt_renders_exactly_that_frame_again(finished, tmp_path, tiny_cache, monkeypatch):
+def test_an_edited_prompt_renders_exactly_that_frame_again(finished_render, tmp_path, tiny_cache, monkeypatch):
     edited = STORY[:4] + ["[Tom] sleeps in his boat #Tom at work"] + STORY[5:]
-    story, out = copy_of(finished, tmp_path, edited)
+    story, out = copy_of(finished_render, tmp_path, edited)
     before = files(out)
     rendered = count_renders(monkeypatch)
     render(*command(story, out, tiny_cache, "edit=true"))
@@ -174,7 +95,7 @@ def test_an_edited_prompt_renders_exactly_that_frame_again(finished, tmp_path, t
     records = manifest.read_records(out, 1)
     assert [r.revision for r in records] == [0, 1, 0]
     assert records[1].prompt.startswith("Tom, an old fisherman, sleeps") and records[1].image_path == "iter_01/frame_0001.png"
-    assert not np.array_equal(records[1].embedding, manifest.read_records(finished, 1)[1].embedding)
+    assert not np.array_equal(records[1].embedding, manifest.read_records(finished_render, 1)[1].embedding)
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert [r["revision"] for r in saved["revisions"]] == [0, 1]
     assert not (out / "edits/pending.json").exists() and not (out / "edits/rev_01/new").exists()
@@ -183,9 +104,9 @@ def test_an_edited_prompt_renders_exactly_that_frame_again(finished, tmp_path, t
 
 
 @pytest.mark.slow
-def test_a_caption_edit_renders_nothing_and_redraws_the_comic(finished, tmp_path, tiny_cache, monkeypatch):
+def test_a_caption_edit_renders_nothing_and_redraws_the_comic(finished_render, tmp_path, tiny_cache, monkeypatch):
     edited = STORY[:5] + ["[Lisa] waves from the pier #See you soon"]
-    story, out = copy_of(finished, tmp_path, edited)
+    story, out = copy_of(finished_render, tmp_path, edited)
     before = files(out)
     rendered = count_renders(monkeypatch)
     render(*command(story, out, tiny_cache, "edit=true"))
@@ -198,9 +119,9 @@ def test_a_caption_edit_renders_nothing_and_redraws_the_comic(finished, tmp_path
 
 
 @pytest.mark.slow
-def test_a_character_description_edit_renders_exactly_the_frames_naming_that_character(finished, tmp_path, tiny_cache, monkeypatch):
+def test_a_character_description_edit_renders_exactly_the_frames_naming_that_character(finished_render, tmp_path, tiny_cache, monkeypatch):
     edited = ["[Lisa] a girl with a green scarf"] + STORY[1:]
-    story, out = copy_of(finished, tmp_path, edited)
+    story, out = copy_of(finished_render, tmp_path, edited)
     before = files(out)
     rendered = count_renders(monkeypatch)
     render(*command(story, out, tiny_cache, "edit=true"))
@@ -211,17 +132,17 @@ def test_a_character_description_edit_renders_exactly_the_frames_naming_that_cha
 
 
 @pytest.mark.slow
-def test_an_edit_killed_midway_resumes_to_the_same_bytes(finished, tmp_path, tiny_cache):
+def test_an_edit_killed_midway_resumes_to_the_same_bytes(finished_render, tmp_path, tiny_cache):
     edited = ["[Lisa] a girl with a green scarf"] + STORY[1:]
     whole = tmp_path / "whole"
-    story, _ = copy_of(finished, whole, edited)
+    story, _ = copy_of(finished_render, whole, edited)
     render(*command(story, whole / "render", tiny_cache, "edit=true"))
 
-    story, out = copy_of(finished, tmp_path / "killed", edited)
+    story, out = copy_of(finished_render, tmp_path / "killed", edited)
     originals = {f: (out / f).read_bytes() for f in ("iter_01/frame_0000.png", "iter_01/frame_0002.png")}
     kill_driver_at("journal:1:1", command(story, out, tiny_cache, "edit=true"), out.parent, timeout=300)
     part = "manifest/iter_01.parquet"
-    assert (out / part).read_bytes() == (finished / part).read_bytes()  # killed before its commit: nothing applied
+    assert (out / part).read_bytes() == (finished_render / part).read_bytes()  # killed before its commit: nothing applied
     assert all((out / f).read_bytes() == data for f, data in originals.items())
     proc = launch(*command(story, out, tiny_cache, "edit=true"), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -233,9 +154,9 @@ def test_an_edit_killed_midway_resumes_to_the_same_bytes(finished, tmp_path, tin
 
 
 @pytest.mark.slow
-def test_refusals_are_one_line_and_write_nothing(finished, tmp_path, tiny_cache):
+def test_refusals_are_one_line_and_write_nothing(finished_render, tmp_path, tiny_cache):
     edited = STORY[:4] + ["[Tom] sleeps in his boat #Tom at work"] + STORY[5:]
-    story, out = copy_of(finished, tmp_path, edited)
+    story, out = copy_of(finished_render, tmp_path, edited)
     before = files(out)
     line = one_line_error(launch(*command(story, out, tiny_cache, "resume=true"), cwd=tmp_path), "edit=true", "frame 1: prompt")
     assert "digest" not in line
@@ -250,36 +171,36 @@ def test_refusals_are_one_line_and_write_nothing(finished, tmp_path, tiny_cache)
     assert files(out) == before
 
     unfinished = tmp_path / "unfinished"
-    shutil.copytree(finished, unfinished)
+    shutil.copytree(finished_render, unfinished)
     (unfinished / "manifest/iter_01.parquet").unlink()
     one_line_error(launch(*command(story, unfinished, tiny_cache, "edit=true"), cwd=tmp_path), "not finished", "resume=true")
 
 
 @pytest.mark.slow
-def test_an_edit_killed_inside_its_commit_keeps_every_row_true_to_its_file_and_finishes(finished, tmp_path, tiny_cache):
+def test_an_edit_killed_inside_its_commit_keeps_every_row_true_to_its_file_and_finishes(finished_render, tmp_path, tiny_cache):
     """Killed just after the first manifest rewrite (the rows point at the staged frames): every row names a file
     holding that frame, and edit=true again finishes the edit."""
     edited = STORY[:4] + ["[Tom] sleeps in his boat #Tom at work"] + STORY[5:]
-    story, out = copy_of(finished, tmp_path, edited)
+    story, out = copy_of(finished_render, tmp_path, edited)
     kill_driver_at("part:1", command(story, out, tiny_cache, "edit=true"), out.parent, timeout=300)
     staged = manifest.read_records(out, 1)
     assert staged[1].image_path == "edits/rev_01/new/iter_01/frame_0001.png" and staged[1].revision == 1
-    assert (out / "iter_01/frame_0001.png").read_bytes() == (finished / "iter_01/frame_0001.png").read_bytes()
+    assert (out / "iter_01/frame_0001.png").read_bytes() == (finished_render / "iter_01/frame_0001.png").read_bytes()
     proc = launch(*command(story, out, tiny_cache, "edit=true"), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "render actors started" not in proc.stderr  # every frame was journaled: nothing is rendered again
     records = manifest.read_records(out, 1)
     assert [r.image_path for r in records] == frames(out) and [r.revision for r in records] == [0, 1, 0]
-    assert (out / "edits/rev_01/iter_01/frame_0001.png").read_bytes() == (finished / "iter_01/frame_0001.png").read_bytes()
-    assert (out / "iter_01/frame_0001.png").read_bytes() != (finished / "iter_01/frame_0001.png").read_bytes()
+    assert (out / "edits/rev_01/iter_01/frame_0001.png").read_bytes() == (finished_render / "iter_01/frame_0001.png").read_bytes()
+    assert (out / "iter_01/frame_0001.png").read_bytes() != (finished_render / "iter_01/frame_0001.png").read_bytes()
 
 
 @pytest.mark.slow
-def test_an_edited_render_resumes_with_the_edited_story_and_extends_over_the_updated_bank(finished, tmp_path, tiny_cache):
+def test_an_edited_render_resumes_with_the_edited_story_and_extends_over_the_updated_bank(finished_render, tmp_path, tiny_cache):
     """What edit.refine=K would do, by hand: after the edit, resume=true with more iterations refines the whole story
     against the bank that holds the edited frame. The old story file is now the edited one for resume=true."""
     edited = STORY[:4] + ["[Tom] sleeps in his boat #Tom at work"] + STORY[5:]
-    story, out = copy_of(finished, tmp_path, edited)
+    story, out = copy_of(finished_render, tmp_path, edited)
     render(*command(story, out, tiny_cache, "edit=true"))
     old_story = write_story(tmp_path / "old.txt", STORY)
     one_line_error(launch(*command(old_story, out, tiny_cache, "resume=true"), cwd=tmp_path), "frame 1: prompt", "edit=true")

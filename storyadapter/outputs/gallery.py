@@ -72,7 +72,8 @@ def write_contact_sheet(out_dir: Path, max_columns: int = 8) -> Path:
     out_dir = Path(out_dir)
     iterations = manifest.finished_iterations_or_fail(out_dir)
     first = manifest.read_records(out_dir, iterations[0])
-    columns = sample_columns(len(first), max(1, max_columns))
+    # The last iteration's frames: an edit that inserted or removed frames changed only the last iteration's story.
+    columns = sample_columns(len(manifest.read_records(out_dir, iterations[-1])), max(1, max_columns))
     frame_size = load_image(out_dir / first[0].image_path).size
     width, height = contact_sheet_size(len(iterations), len(columns), frame_size)
     th = max(1, round(frame_size[1] * THUMB / frame_size[0]))
@@ -144,11 +145,14 @@ def _figure(out_dir: Path, rec: FrameRecord) -> str:
 
 
 def _earlier_versions(out_dir: Path, rec: FrameRecord) -> str:
-    """An edited frame (edit=true) says so and links the files it replaced, kept under edits/rev_NN/."""
+    """An edited frame (edit=true) says so and links the files it replaced, kept under edits/rev_NN/; a frame an
+    edit inserted has none (its file's name was never used before: edits.py)."""
     if not rec.revision:
         return ""
     rel = Path(rec.image_path)
     kept = sorted(p for p in (Path(out_dir) / "edits").glob(f"rev_*/{rel.as_posix()}") if p.is_file())
+    if not kept:
+        return f'<span class="edited">new in revision {rec.revision}</span>'
     links = ", ".join(f'<a href="{_href(p.relative_to(out_dir))}">before revision {int(p.parts[-3][4:])}</a>' for p in kept)
     return f'<span class="edited">edited (revision {rec.revision}); earlier versions: {links}</span>'
 

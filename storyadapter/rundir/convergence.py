@@ -35,7 +35,14 @@ def embedding_change(previous: np.ndarray, current: np.ndarray) -> float:
 def changes(out_dir: Path, iterations: list[int]) -> dict[int, float]:
     """The change of every finished refinement iteration whose predecessor is finished too (for metrics.json)."""
     banks = {it: manifest.read_bank(out_dir, it) for it in iterations}
-    return {it: embedding_change(banks[it - 1], banks[it]) for it in iterations if it - 1 in banks}
+    return {it: embedding_change(banks[it - 1], banks[it]) for it in iterations
+            if it - 1 in banks and _same_frames(banks[it - 1], banks[it])}
+
+
+def _same_frames(previous: np.ndarray, current: np.ndarray) -> bool:
+    """Whether two banks' rows are the same frames: an edit that inserted or removed frames (edit=true) changed the
+    story between them, and a frame-by-frame change means nothing there."""
+    return previous.shape == current.shape
 
 
 def stop_after(iteration: int, previous: np.ndarray | None, bank: np.ndarray, eps: float | None, last: int,
@@ -64,7 +71,10 @@ def stable_before_resume(out_dir: Path, start: int, eps: float | None) -> bool:
     last = start - 1
     if eps is None or last < 1:
         return False
-    change = embedding_change(manifest.read_bank(out_dir, last - 1), manifest.read_bank(out_dir, last))
+    before, now = manifest.read_bank(out_dir, last - 1), manifest.read_bank(out_dir, last)
+    if not _same_frames(before, now):
+        return False
+    change = embedding_change(before, now)
     if change >= eps:
         return False
     log.info("nothing to resume: iteration %d changed by %.6f, below render.stop_when_stable=%g; outputs use iteration %d",

@@ -170,8 +170,17 @@ def write_config(out_dir: Path, cfg: DictConfig, story: Story, iterations: int, 
                 "schedule": {"iterations": iterations, "ramp_iterations": ramp_iterations}}
     if env:
         document["environment"] = env
+    if revisions := _recorded_revisions(config_path):  # an edited render extended (resume, edit.refine) keeps its history
+        document["revisions"] = revisions
     with replacing(config_path) as tmp:
         tmp.write_text(yaml.safe_dump(document, sort_keys=False, allow_unicode=True), encoding="utf-8")
+
+
+def _recorded_revisions(config_path: Path) -> list | None:
+    try:
+        return (yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}).get("revisions")
+    except (OSError, yaml.YAMLError, UnicodeDecodeError, AttributeError):
+        return None
 
 
 def environment_changed(out_dir: Path, env: dict | None) -> str | None:

@@ -74,6 +74,9 @@ class WorkerSpec:
     # where a warm start (render.refine_strength) reads the previous iteration's frames; None: out_dir (an edit
     # renders into its staging folder but starts from the render's own frames)
     frames_dir: str | None = None
+    # The characters of each row of the bank when its rows are not this story's frames: an edit renders against
+    # the bank of the story as it was rendered (frames since inserted, removed or recast). None: the frames'.
+    bank_rows: tuple[tuple[str, ...], ...] | None = None
 
     def build(self) -> "FrameWorker":
         return FrameWorker(self)
@@ -165,7 +168,7 @@ class FrameWorker:
         Character photos join `bank` as extra rows; in iteration 0 (no bank) they are the whole bank.
         """
         self.renderer.use(self.spec.settings.for_pass(draft), draft=draft)
-        frames = [fp.characters for fp in self.spec.prompts]
+        frames = self.spec.bank_rows if self.spec.bank_rows is not None else [fp.characters for fp in self.spec.prompts]
         bank, self._rows, self._photos_only = references.assemble_bank(
             bank, frames, self._photo_bank, [p.character for p in self.spec.photos])
         self.renderer.set_references(bank, scale)
