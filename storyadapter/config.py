@@ -87,6 +87,7 @@ class RenderConfig:
     height: int = 1024
     width: int = 1024
     guidance_scale: float = 7.5  # at <= 1: one denoiser pass per step, no unconditional branch
+    negative_prompt: Optional[str] = None  # every frame's negative prompt; None: the style's
     scheduler: str = "ddim"  # ddim (as upstream) | euler_trailing (SDXL-Lightning) | lcm | tcd (spec.SCHEDULERS)
     scale_start: float = 0.3
     scale_end: float = 0.5

@@ -17,7 +17,7 @@ STORY = ("[Lisa] a girl with a yellow raincoat\n\n"
          "[NC] an empty street at night. #Night\n"
          "[Lisa] opens a red umbrella. #Umbrella\n")
 SETTINGS = {"model": "tiny", "iterations": 1, "steps": 2, "size": 64, "workers": 1, "seed": 7,
-            "guidance_scale": 5.0, "comic_layout": "four", "title": "Lisa"}
+            "guidance_scale": 5.0, "comic_layout": "four", "title": "Lisa", "negative_prompt": "blurry, dark"}
 
 pytestmark = pytest.mark.slow
 
@@ -58,7 +58,7 @@ def test_a_past_render_gives_back_its_story_settings_and_numbered_frames(rendere
         (0, "iter_01/frame_0000.png", "Rain"), (1, "iter_01/frame_0001.png", "Night"), (2, "iter_01/frame_0002.png", "Umbrella")]
     assert st["can_edit"] and not st["can_resume"] and st["phase"] is None
     config = call(server, "GET", f"/runs/{job_id}/config.yaml")[2].decode()
-    assert "guidance_scale: 5.0" in config and "comic_layout: four" in config  # the form's settings reached the render
+    assert "guidance_scale: 5.0" in config and "comic_layout: four" in config and "negative_prompt: blurry, dark" in config  # the form's settings reached the render
 
 
 def test_the_edit_preview_is_the_backend_s_plan_and_writes_nothing(rendered):
