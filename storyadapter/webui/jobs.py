@@ -289,6 +289,8 @@ class RenderJob:
 
     def phase(self, frames_done: int) -> str | None:
         """What a running job is doing while no frame has arrived: the first seconds start Ray and load the model."""
+        if self.state == "cancelled" and self.process is not None:
+            return "stopping: the workers shut down, finished frames are kept"
         if self.state != "running":
             return None
         if self.action == "edit":
@@ -318,7 +320,8 @@ class RenderJob:
                 "title": self.request.title, "model": self.request.model, "frames": self.frames,
                 "iterations": self.request.iterations, "progress": progress, "latest_frames": latest,
                 "latest": shown, "phase": self.phase(progress["frames_done"]), "last_edit": self.last_edit,
-                "can_resume": self.state in ("cancelled", "interrupted", "failed") and (self.out_dir / "config.yaml").is_file(),
+                "can_resume": self.state in ("cancelled", "interrupted", "failed") and self.process is None
+                              and (self.out_dir / "config.yaml").is_file(),
                 "can_edit": finished and self.state not in ("queued", "running") and self.request.method != "storydiffusion",
                 "outputs": outputs, "comic_pages": [f"comic/{name}" for name in comic],
                 "notice": frames_notice(self.out_dir),  # from the render's config.yaml, once it is written
@@ -327,7 +330,14 @@ class RenderJob:
 
     def _eta_s(self) -> float | None:
         """The driver's whole-render ETA (engine/eta.py), counted down since it was written; None when unknown."""
-        return eta_file.seconds_left(self.out_dir) if self.state == "running" else None
+        if self.state != "running" or self.action == "edit":
+            return None
+        try:  # a file left by an earlier run (cancelled, then resumed) says nothing about this one
+            if (self.out_dir / eta_file.ETA_FILE).stat().st_mtime < (self.started or 0):
+                return None
+        except OSError:
+            return None
+        return eta_file.seconds_left(self.out_dir)
 
 
 def last_error_line(log: Path) -> str:
@@ -407,6 +417,8 @@ class RenderQueue:
         with self._lock:
             if job.state in ("queued", "running", "done"):
                 raise UserError(f"render {job_id}: already {job.state}; nothing to resume")
+            if job.process is not None:
+                raise UserError(f"render {job_id}: still stopping; resume it once it has stopped")
             if not (job.out_dir / "config.yaml").is_file():
                 raise UserError(f"render {job_id}: stopped before it wrote anything; start it again as a new render")
             job.action = "edit" if job.action == "edit" else "resume"
@@ -441,8 +453,8 @@ class RenderQueue:
         if cost is None:
             raise UserError("request: the frame is as it was; nothing to edit")
         with self._lock:
-            if job.state in ("queued", "running"):
-                raise UserError(f"render {job_id}: already {job.state}")
+            if job.state in ("queued", "running") or job.process is not None:
+                raise UserError(f"render {job_id}: still {job.state}; edit it once it has stopped")
             with replacing(job.story_path) as tmp:
                 tmp.write_text(text, encoding="utf-8")
             job.action, job.last_edit = "edit", cost.as_json()
@@ -519,7 +531,7 @@ class RenderQueue:
                     continue
             returncode = self._wait(job)
             with self._lock:
-                job.returncode, job.finished = returncode, time.time()
+                job.returncode, job.finished, job.process = returncode, time.time(), None
                 if job.state != "cancelled":
                     job.state = "done" if returncode == 0 else "failed"
                     if returncode != 0:
