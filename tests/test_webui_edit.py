@@ -51,7 +51,9 @@ def test_a_past_render_gives_back_its_story_settings_and_numbered_frames(rendere
     data = json.loads(body)
     assert status == 200 and data["story"] == STORY
     assert {k: data["request"][k] for k in SETTINGS} == SETTINGS
-    assert data["frames"][2] == {"index": 2, "prompt": "[Lisa] opens a red umbrella.", "caption": "Umbrella", "seed": None}
+    assert data["frames"][2] == {"index": 2, "prompt": "[Lisa] opens a red umbrella.", "caption": "Umbrella", "seed": None,
+                                 "characters": ["Lisa"]}
+    assert data["characters"] == {"Lisa": "a girl with a yellow raincoat"}
     st = json.loads(call(server, "GET", f"/api/renders/{job_id}")[2])
     # Live frames carry their number (from 0, as frame_0002.png) and caption.
     assert [(f["index"], f["file"], f["caption"]) for f in st["latest"]] == [
@@ -71,6 +73,9 @@ def test_the_edit_preview_is_the_backend_s_plan_and_writes_nothing(rendered):
         {"frames": [], "summary": "frame 0: caption", "cost": "no render: caption only", "revision": 1}
     assert preview(server, job_id, frame=2, prompt="[Lisa] opens a red umbrella.", caption="Umbrella", seed=77)[1]["edit"]["cost"] == "1 frame"
     assert preview(server, job_id, frame=2, prompt="[Lisa] opens a red umbrella.", caption="Umbrella") == (200, {"edit": None})
+    assert preview(server, job_id, frame=2, prompt="[Lisa] opens a red umbrella.", caption="Umbrella",
+                   characters={"Lisa": "a girl with a green raincoat"})[1]["edit"] == \
+        {"frames": [0, 2], "summary": "Lisa: description", "cost": "2 frames naming Lisa", "revision": 1}
     for edit, message in ((dict(frame=3, prompt="x"), "request.frame: the story's frames are 0 to 2, got 3"),
                           (dict(frame=0, prompt="[Tom] runs"), "story.txt:3: undefined character [Tom]"),
                           (dict(frame=0, prompt="a # b"), "request.prompt: '#' starts the caption"),
@@ -100,7 +105,8 @@ def test_an_edited_frame_is_rendered_again_beside_its_old_version_and_no_other_f
     assert status == 200 and kind == "image/png" and old == before["frame_0001.png"][0]  # the old one, linked
     assert b"before revision 1" in call(server, "GET", f"/runs/{job_id}/index.html")[2]
     story = json.loads(call(server, "GET", f"/api/renders/{job_id}/story")[2])
-    assert story["frames"][1] == {"index": 1, "prompt": "[NC] a wet street at dawn.", "caption": "Dawn", "seed": None}
+    assert story["frames"][1] == {"index": 1, "prompt": "[NC] a wet street at dawn.", "caption": "Dawn", "seed": None,
+                                  "characters": []}
     assert "edit done: revision 1" in (out.parent / "edit.log").read_text()
 
 

@@ -263,17 +263,21 @@ class RenderJob:
             found.append([f"{d.name}/{f.name}" for f in sorted(d.glob("frame_*.png"))] if d.is_dir() else [])
         return found
 
-    def story_frames(self) -> list:
-        """The story's frames as written (story_text.raw_frames), read again only when the file changed."""
+    def story_as_written(self) -> story_text.RawStory | None:
+        """The story file as written (story_text.raw_story), read again only when it changed; None if unreadable."""
         try:
             stat = self.story_path.stat()
             key = (stat.st_mtime_ns, stat.st_size)
-            if getattr(self, "_frames_key", None) != key:
+            if getattr(self, "_raw_key", None) != key:
                 text = self.story_path.read_text(encoding="utf-8")
-                self._raw_frames, self._frames_key = story_text.raw_frames(text, self.request.story_format), key
-            return self._raw_frames
+                self._raw, self._raw_key = story_text.raw_story(text, self.request.story_format), key
+            return self._raw
         except (OSError, UnicodeDecodeError, StoryError):
-            return []
+            return None
+
+    def story_frames(self) -> list:
+        raw = self.story_as_written()
+        return raw.frames if raw else []
 
     def _edited(self, latest: list[str]) -> dict[str, list[str]]:
         """Frame file -> the earlier versions an edit kept of it (edits/rev_NN/iter_XX/frame_NNNN.png), oldest first."""
@@ -425,11 +429,15 @@ class RenderQueue:
             self._queue(job)
         return job
 
-    def edit_text(self, job_id: str, frame: int, prompt: str, caption: str, seed: int | None) -> tuple[RenderJob, str]:
-        """The job's story with one frame rewritten (story_text.with_frame)."""
+    def edit_text(self, job_id: str, frame: int, prompt: str, caption: str, seed: int | None,
+                  characters: dict[str, str] | None = None) -> tuple[RenderJob, str]:
+        """The job's story with one frame and any character descriptions rewritten (story_text)."""
         job = self._job(job_id)
-        text = job.story_path.read_text(encoding="utf-8")
-        return job, story_text.with_frame(text, job.request.story_format, frame, prompt, caption, seed)
+        fmt = job.request.story_format
+        text = story_text.with_frame(job.story_path.read_text(encoding="utf-8"), fmt, frame, prompt, caption, seed)
+        for name, description in (characters or {}).items():
+            text = story_text.with_character(text, fmt, name, description)
+        return job, text
 
     def plan_edit(self, job: RenderJob, text: str) -> edit_plan.EditCost | None:
         """What the edited story `text` will cost, from the backend's plan; writes nothing the render reads."""
@@ -445,10 +453,11 @@ class RenderQueue:
         finally:
             candidate.unlink(missing_ok=True)
 
-    def edit(self, job_id: str, frame: int, prompt: str, caption: str, seed: int | None) -> tuple[RenderJob, edit_plan.EditCost]:
-        """Queue `edit=true` on a finished render with one frame changed. The story file takes the edit only
-        once the backend has accepted it, so a refused edit leaves the render as it was."""
-        job, text = self.edit_text(job_id, frame, prompt, caption, seed)
+    def edit(self, job_id: str, frame: int, prompt: str, caption: str, seed: int | None,
+             characters: dict[str, str] | None = None) -> tuple[RenderJob, edit_plan.EditCost]:
+        """Queue `edit=true` on a finished render with one frame (and the descriptions of characters) changed. The
+        story file takes the edit only once the backend has accepted it, so a refused edit leaves the render as it was."""
+        job, text = self.edit_text(job_id, frame, prompt, caption, seed, characters)
         cost = self.plan_edit(job, text)
         if cost is None:
             raise UserError("request: the frame is as it was; nothing to edit")

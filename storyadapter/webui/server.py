@@ -33,6 +33,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from ..errors import ArgumentParser, UserError, report
 from ..story.styles import style_names
+from . import story_text
 from .jobs import COMIC_LAYOUTS, MAX_REQUEST_BYTES, MODELS, Limits, RenderQueue, RenderRequest
 
 log = logging.getLogger(__name__)
@@ -251,8 +252,11 @@ class Handler(BaseHTTPRequestHandler):
     def _edit(self, job_id: str) -> tuple[HTTPStatus, dict]:
         """{frame, prompt, caption, seed, preview}: with preview, only what the edit would cost; else it is queued."""
         data = self._read_json()
-        if not isinstance(data, dict) or set(data) - {"frame", "prompt", "caption", "seed", "preview"}:
-            raise UserError("request: expected an object with frame, prompt, caption, seed and preview")
+        if not isinstance(data, dict) or set(data) - {"frame", "prompt", "caption", "seed", "characters", "preview"}:
+            raise UserError("request: expected an object with frame, prompt, caption, seed, characters and preview")
+        characters = data.get("characters") or {}
+        if not isinstance(characters, dict) or not all(isinstance(v, str) for v in characters.values()):
+            raise UserError("request.characters: expected an object of name: description")
         frame, seed = data.get("frame"), data.get("seed")
         prompt, caption = data.get("prompt"), data.get("caption") or ""
         if isinstance(frame, bool) or not isinstance(frame, int):
@@ -263,10 +267,10 @@ class Handler(BaseHTTPRequestHandler):
             raise UserError("request.prompt: expected the frame's prompt and caption as text")
         renders = self.server.renders
         if data.get("preview"):
-            job, text = renders.edit_text(job_id, frame, prompt, caption, seed)
+            job, text = renders.edit_text(job_id, frame, prompt, caption, seed, characters)
             cost = renders.plan_edit(job, text)
             return HTTPStatus.OK, {"edit": cost.as_json() if cost else None}
-        job, cost = renders.edit(job_id, frame, prompt, caption, seed)
+        job, cost = renders.edit(job_id, frame, prompt, caption, seed, characters)
         return HTTPStatus.ACCEPTED, {**job.status(), "edit": cost.as_json()}
 
     def _serve_output(self, job_id: str, rel: list[str]) -> None:
@@ -295,9 +299,11 @@ def story_and_settings(job) -> dict:
         story = job.story_path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError):
         story = job.request.story
-    frames = [{"index": i, "prompt": f.text.strip(), "caption": f.caption.strip(), "seed": f.seed}
-              for i, f in enumerate(job.story_frames())]
-    return {"id": job.id, "request": request, "story": story, "frames": frames}
+    raw = job.story_as_written()
+    frames = [{"index": i, "prompt": f.text.strip(), "caption": f.caption.strip(), "seed": f.seed,
+               "characters": story_text.tagged(f.text)} for i, f in enumerate(raw.frames if raw else [])]
+    characters = {c.name.strip(): c.description.strip() for c in (raw.characters if raw else [])}
+    return {"id": job.id, "request": request, "story": story, "frames": frames, "characters": characters}
 
 
 class WebUIServer(ThreadingHTTPServer):
