@@ -61,19 +61,23 @@ slurm-demo: install
 	@echo "open $(SLURM_DEMO_DIR)/render/index.html (job log: $(SLURM_DEMO_DIR)/slurm-<job id>.out)"
 
 # Throughput benchmark (bench/throughput.py): engine vs upstream-style loop vs plain loop, cost growth with story
-# length, driver overhead. Results in bench/results/<name>.{json,md,png}.
+# length, driver overhead, and the same engine vs in-process ratio on model=flux-tiny (bench/flux.py). Results in
+# bench/results/<name>.{json,md,png}. FLUX.1-dev's GPU memory per model.offload choice, counted on the meta device:
+# bench/results/flux_memory.{json,md}.
 bench: install
 	HF_HUB_OFFLINE=1 $(PY) -m bench.throughput preset=cpu
 	HF_HUB_OFFLINE=1 $(PY) -m bench.early_stop
 	HF_HUB_OFFLINE=1 $(PY) -m bench.methods all
 	HF_HUB_OFFLINE=1 $(PY) -m bench.story_cost
+	HF_HUB_OFFLINE=1 $(PY) -m bench.flux_memory
 
 # Full-size random-weight SDXL on a GPU (bf16, SDPA, 1024², 50 steps); needs a CUDA build of torch.
 # COMPILE=1 adds torch.compile; PEAK_TFLOPS is one GPU's dense bf16 peak (H100 SXM: 989).
-# PARTS picks what runs (growth,sweeps,loops,shared; docs/gpu.md splits them over a GPU lease's calls).
+# PARTS picks what runs (growth,sweeps,loops,shared,flux; docs/gpu.md splits them over a GPU lease's calls); flux:
+# model=flux-random, 1024², 28 steps, s/frame, share of peak and peak memory at N = 25, 100, 400 (bench/flux.py).
 COMPILE ?= 0
 PEAK_TFLOPS ?= 989
-PARTS ?= growth,sweeps,loops,shared
+PARTS ?= growth,sweeps,loops,shared,flux
 bench-gpu: install
 	HF_HUB_OFFLINE=1 $(PY) -m bench.throughput preset=gpu peak_tflops=$(PEAK_TFLOPS) 'parts=[$(PARTS)]' \
 		compile=$(if $(filter 1 true yes,$(COMPILE)),true,false)

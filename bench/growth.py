@@ -20,13 +20,17 @@ from bench.harness import (
 log = logging.getLogger("bench")
 
 
-def growth_child(kind: str, cfg_dict: dict, work: str) -> list[dict]:
+def growth_child(kind: str, cfg_dict: dict, work: str) -> dict:
+    """measure_growth in a clean child process (its environment, library logging and thread count set here)."""
+    return measure_growth(kind, child_config(cfg_dict), work)
+
+
+def measure_growth(kind: str, cfg: BenchConfig, work: str) -> dict:
     """Per-frame time, peak memory and FLOPs of one refinement iteration with a bank of N, for each N.
 
     Each N is measured `growth_reps` times, in order then reversed (25,100,400,400,100,25), so a drift in
     machine load does not masquerade as growth. Within a repetition a time is the median over the sampled frames;
     across repetitions the fastest counts (other load only adds time); memory is the peak over repetitions."""
-    cfg = child_config(cfg_dict)
     source = model_source(cfg)
     work_dir = Path(work) / f"growth-{kind}"
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -112,7 +116,7 @@ def growth_child(kind: str, cfg_dict: dict, work: str) -> list[dict]:
     return {"rows": rows, "story_frame_flops": story_flops}
 
 
-def bench_growth(cfg: BenchConfig, work: Path) -> dict:
+def bench_growth(cfg: BenchConfig, work: Path, kinds: tuple[str, ...] = ("engine", "upstream")) -> dict:
     import concurrent.futures
     import multiprocessing
 
@@ -120,7 +124,7 @@ def bench_growth(cfg: BenchConfig, work: Path) -> dict:
 
     out = {}
     ctx = multiprocessing.get_context("spawn")
-    for kind in ("engine", "upstream"):
+    for kind in kinds:
         with concurrent.futures.ProcessPoolExecutor(1, mp_context=ctx) as pool:
             child = pool.submit(this.growth_child, kind, dataclasses.asdict(cfg), str(work)).result()
         out[kind] = child["rows"]

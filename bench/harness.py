@@ -25,7 +25,8 @@ STORY = REPO / "storyadapter" / "examples" / "explorer_24.txt"
 class BenchConfig:
     preset: str = "cpu"
     name: str = "cpu"  # results file stem: bench/results/<name>.{json,md,png}
-    model: str = "tiny"  # tiny | sdxl-random
+    model: str = "tiny"  # tiny | sdxl-random | flux-random
+    family: str = "sdxl"  # sdxl | flux (model.family): with model=tiny, flux is model=flux-tiny
     device: str = "cpu"
     dtype: str = "float32"
     frames: int = 24  # story length of the throughput runs (also the reference bank size N there)
@@ -33,6 +34,8 @@ class BenchConfig:
     steps: int = 4
     size: int = 64
     guidance_scale: float = 7.5
+    scheduler: str = "ddim"  # render.scheduler (FLUX: flow_euler)
+    distilled_guidance: Optional[float] = None  # render.distilled_guidance (FLUX.1-dev's guidance embedding)
     rounds: int = 3  # measured runs per loop (after one warm-up run); the median is reported
     threads: int = 1  # torch intra-op threads per worker (CPU)
     workers: int = 0  # "all workers" engine run: 0 = one per GPU, or one per core on CPU
@@ -60,8 +63,12 @@ class BenchConfig:
     shared_gpu_actors: int = 0  # > 0: that many engine actors sharing one GPU vs one actor with that batch size
     memory_caps_gb: list[float] = field(default_factory=lambda: [24.0, 80.0])
     # What to run: growth (cost vs N, memory), sweeps (batch sizes, compile, variants), loops (upstream / plain /
-    # engine throughput), shared (actors sharing a GPU). A GPU lease runs them in separate calls under its time limit.
-    parts: list[str] = field(default_factory=lambda: ["growth", "sweeps", "loops", "shared"])
+    # engine throughput), shared (actors sharing a GPU), flux (bench/flux.py: FLUX.1-dev's settings, flux_parts of
+    # loops and growth). A GPU lease runs them in separate calls under its time limit.
+    parts: list[str] = field(default_factory=lambda: ["growth", "sweeps", "loops", "shared", "flux"])
+    # The flux part: flux-tiny on CPU (plain vs engine-1: the engine's cost), flux-random on a GPU (cost vs N).
+    flux_parts: list[str] = field(default_factory=lambda: ["loops"])
+    flux_growth_frames: list[int] = field(default_factory=lambda: [25, 100, 400])
     seed: int = 2024
     seed_policy: str = "shared"
     cache_dir: Optional[str] = None  # where model=tiny is built
@@ -76,7 +83,7 @@ PRESETS = {
                 size=1024, rounds=1, threads=1, growth_frames=[25, 100, 400, 1000], upstream_growth_frames=[25, 100, 400],
                 growth_sample=2, growth_reps=1,
                 upstream_growth_reps=1, peak_tflops=989.0, batch_sizes=[1, 2, 4, 8], sweep_compile=[False, True],
-                sweep_variants=["nondeterministic", "joint_sdpa", "float16"], shared_gpu_actors=2),
+                sweep_variants=["nondeterministic", "joint_sdpa", "float16"], shared_gpu_actors=2, flux_parts=["growth"]),
 }
 def load_config(argv: list[str]) -> BenchConfig:
     from omegaconf import OmegaConf
@@ -87,9 +94,12 @@ def load_config(argv: list[str]) -> BenchConfig:
         raise SystemExit(f"preset={preset}: expected one of {', '.join(PRESETS)}")
     merged = OmegaConf.merge(OmegaConf.structured(BenchConfig), PRESETS[preset], cli)
     cfg = OmegaConf.to_object(merged)
-    unknown = set(cfg.parts) - {"growth", "sweeps", "loops", "shared"}
+    unknown = set(cfg.parts) - {"growth", "sweeps", "loops", "shared", "flux"}
     if unknown:
-        raise SystemExit(f"parts={cfg.parts}: unknown {sorted(unknown)}; expected growth, sweeps, loops, shared")
+        raise SystemExit(f"parts={cfg.parts}: unknown {sorted(unknown)}; expected growth, sweeps, loops, shared, flux")
+    unknown = set(cfg.flux_parts) - {"growth", "loops"}
+    if unknown:
+        raise SystemExit(f"flux_parts={cfg.flux_parts}: unknown {sorted(unknown)}; expected growth, loops")
     return cfg
 
 
@@ -99,7 +109,7 @@ def model_source(cfg: BenchConfig):
     from storyadapter.render_story import resolve_model
     from storyadapter.spec import ModelSpec
 
-    return resolve_model(ModelSpec(kind=cfg.model, cache_dir=cfg.cache_dir))[0]
+    return resolve_model(ModelSpec(kind=cfg.model, family=cfg.family, cache_dir=cfg.cache_dir))[0]
 
 
 def make_story(cfg: BenchConfig, frames: int, work: Path):
@@ -115,7 +125,8 @@ def make_story(cfg: BenchConfig, frames: int, work: Path):
 def settings(cfg: BenchConfig):
     from storyadapter.worker.renderer import RenderSettings
 
-    return RenderSettings(steps=cfg.steps, height=cfg.size, width=cfg.size, guidance_scale=cfg.guidance_scale)
+    return RenderSettings(steps=cfg.steps, height=cfg.size, width=cfg.size, guidance_scale=cfg.guidance_scale,
+                          scheduler=cfg.scheduler, distilled_guidance=cfg.distilled_guidance)
 
 
 def worker_spec(cfg: BenchConfig, story, source, out_dir: Path, compile: bool = False):

@@ -226,6 +226,11 @@ def markdown(result: dict) -> str:
         for n, e in full["engine"].items():
             u = full["upstream"][n]
             lines.append(f"| {n} | {e / 1e12:.1f} | {u / 1e12:.1f} | {u / e:.2f}x |")
+    flux = result.get("flux_flops")
+    if flux:
+        from bench.model_flops import flux_markdown
+
+        lines += flux_markdown(flux, full)
     lines += ["", "Notes:", "",
               "- upstream: bench/upstream_loop.py (one pipeline call per frame; N reference images re-encoded per frame; "
               "to_k_ip/to_v_ip over 4N tokens at every step; text re-encoded every call). SDPA kernels, same model, "

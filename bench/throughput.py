@@ -29,12 +29,13 @@ if __package__ in (None, ""):  # `python bench/throughput.py`
 
 import torch
 
-from bench import report, sweeps
+from bench import flux, report, sweeps
 from bench.growth import bench_growth
 from bench.harness import environment, load_config, make_story, model_source, release
 from bench.loops import run_loops
 
 log = logging.getLogger("bench")
+FLUX_STEPS = 28  # FLUX.1-dev's default (models/flux_config.py)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -69,6 +70,9 @@ def main(argv: list[str] | None = None) -> dict:
 
         if "loops" in cfg.parts or "shared" in cfg.parts:
             run_loops(cfg, result, source, story, work, workers_all)
+        if "flux" in cfg.parts:
+            result["flux"] = flux.run(cfg, work)
+            release()
     finally:
         if not cfg.work_dir:
             shutil.rmtree(work, ignore_errors=True)
@@ -78,13 +82,17 @@ def main(argv: list[str] | None = None) -> dict:
         log.info("full-size model FLOPs per frame at %d px (meta device)", cfg.full_size_px)
         prompt, negative = story.styled(story.frames[0])
         result["full_size_flops"] = full_size_flops(cfg.growth_frames, cfg.full_size_steps, cfg.full_size_px, prompt, negative)
+        from bench.model_flops import flux_flops
+
+        log.info("FLUX.1-dev + XLabs IP-Adapter FLOPs per frame at %d px, %d steps (meta device)", cfg.full_size_px, FLUX_STEPS)
+        result["flux_flops"] = flux_flops(cfg.growth_frames, FLUX_STEPS, cfg.full_size_px)
     result["ratios"], result["ratio_spread"] = report.ratios(result)
     result["flops"] = report.flops_section(cfg, result) if cfg.flops else None
     result["bench_wall_s"] = time.perf_counter() - started
     result["environment"]["loadavg_end"] = os.getloadavg()
 
     out = Path(cfg.out_dir)
-    text = report.write(result, out, cfg.name, sweeps.markdown(result))
+    text = report.write(result, out, cfg.name, sweeps.markdown(result) + flux.markdown(result, cfg.peak_tflops))
     print(text)
     log.info("wrote %s/%s.{json,md,png} in %.0f s", out, cfg.name, result["bench_wall_s"])
     return result

@@ -41,7 +41,8 @@ class SimConfig:
 @dataclass
 class ModelConfig:
     name: str = "realvisxl"
-    kind: str = "hub"  # hub (ids or local folders) | tiny (built offline) | sdxl-random (full size, random) | sim
+    kind: str = "hub"  # hub (ids or local folders) | tiny (built offline) | sdxl-random, flux-random (full size, random) | sim
+    family: str = "sdxl"  # sdxl (SDXL + IP-Adapter) | flux (FLUX + XLabs IP-Adapter): which pipeline and backbone load it
     pretrained: str = "SG161222/RealVisXL_V4.0"  # hub id, diffusers folder, or one SDXL .safetensors checkpoint
     # For a .safetensors `pretrained`: a diffusers SDXL folder whose component configs and tokenizers the file is
     # built into (its weights are not read). Default: SDXL base 1.0's configs, written offline.
@@ -56,6 +57,9 @@ class ModelConfig:
     dtype: str = "auto"  # auto: float16 on GPU, float32 on CPU
     device: str = "auto"
     compile: bool = False  # torch.compile the UNet (GPU)
+    # FLUX: none | model: diffusers' CPU offload of each actor's pipeline on its GPU (enable_model_cpu_offload: whole
+    # components move in when used). sequential (layer by layer) is refused: it fails in this environment (docs/flux.md)
+    offload: str = "none"
     # GPU: true pins cuDNN to deterministic kernels (same pixels on every run and worker); false lets it
     # autotune (cudnn.benchmark), which may be faster and may change the last bits of a frame between runs.
     deterministic: bool = True
@@ -88,7 +92,11 @@ class RenderConfig:
     width: int = 1024
     guidance_scale: float = 7.5  # at <= 1: one denoiser pass per step, no unconditional branch
     negative_prompt: Optional[str] = None  # every frame's negative prompt; None: the style's
-    scheduler: str = "ddim"  # ddim (as upstream) | euler_trailing (SDXL-Lightning) | lcm | tcd (spec.SCHEDULERS)
+    # FLUX.1-dev's guidance embedding (distilled guidance, one pass per step); null: 3.5, diffusers' default.
+    # SDXL has none. On FLUX, guidance_scale > 1 adds true CFG (a second pass with the negative prompt).
+    distilled_guidance: Optional[float] = None
+    # ddim (as upstream) | euler_trailing (SDXL-Lightning) | lcm | tcd | flow_euler (FLUX's flow matching) (spec.SCHEDULERS)
+    scheduler: str = "ddim"
     scale_start: float = 0.3
     scale_end: float = 0.5
     seed: int = 2024

@@ -53,9 +53,18 @@ def resolve_model(m: specs.ModelSpec):
         vae=_absolute(m.vae) if m.vae and _names_local(m.vae) else m.vae,
         loras=tuple(LoraWeights(_absolute(lw.path), float(lw.scale)) for lw in m.loras),
         cache_dir=_absolute(m.cache_dir),
+        family=m.family,
+        offload=m.offload,
     )
     eval_clip = None
-    if m.kind == "tiny":
+    if m.kind == "tiny" and m.family == "flux":
+        from .models import flux_tiny
+
+        root = flux_tiny.build(flux_tiny.flux_tiny_dir(Path(m.cache_dir) if m.cache_dir else None))
+        source = ModelSource(str(root / "flux"), str(root / "ip-adapter"), "", "ip_adapter.safetensors",
+                             str(root / "clip-vision"), **extras)
+        eval_clip = str(root / "eval_clip")
+    elif m.kind == "tiny":
         from .models import tiny
 
         root = tiny.build(tiny.tiny_dir(Path(m.cache_dir) if m.cache_dir else None))
@@ -65,10 +74,18 @@ def resolve_model(m: specs.ModelSpec):
         from .models import sdxl_random
 
         return replace(sdxl_random.source(), **extras), None
+    elif m.kind == "flux-random":
+        from .models import flux_random
+
+        return replace(flux_random.source(), **extras), None
     else:
         pretrained = _absolute(m.pretrained) if _names_local(m.pretrained) else m.pretrained
-        source = ModelSource(pretrained, m.ip_adapter, m.ip_adapter_subfolder, m.ip_adapter_weight,
-                             m.image_encoder_folder, m.variant, **extras)
+        ip_adapter = _absolute(m.ip_adapter) if m.family == "flux" and _names_local(m.ip_adapter) else m.ip_adapter
+        image_encoder = m.image_encoder_folder  # FLUX: a hub id or folder of its own; SDXL: a subfolder name
+        if m.family == "flux" and _names_local(image_encoder):
+            image_encoder = _absolute(image_encoder)
+        source = ModelSource(pretrained, ip_adapter, m.ip_adapter_subfolder, m.ip_adapter_weight,
+                             image_encoder, m.variant, **extras)
     check_available(source)
     return source, eval_clip
 
@@ -162,7 +179,7 @@ def plan_for(run: specs.RunSpec, story: Story, out_dir: Path, ramp_iterations: i
 def needs_gpu(run: specs.RunSpec) -> bool:
     """Real and full-size models run on GPUs; they go to CPU only when the user says model.device=cpu."""
     if run.model.device == "auto":
-        return run.model.kind in ("hub", "sdxl-random")
+        return run.model.kind in ("hub", "sdxl-random", "flux-random")
     return run.model.device.startswith("cuda")
 
 
@@ -171,6 +188,9 @@ def actor_devices(run: specs.RunSpec) -> bool:
     import ray
 
     has_gpus = ray.cluster_resources().get("GPU", 0) > 0
+    if run.model.offload != "none" and not has_gpus and run.cluster.mode == "local":
+        raise UserError(f"model.offload={run.model.offload}: offloading moves weights to a GPU when they are used, and "
+                        "this machine has none; use model.offload=none")
     if run.model.device == "cpu":
         return False
     if needs_gpu(run):

@@ -185,9 +185,13 @@ def unknown_key(key: str) -> str:
 
 # Denoising schedulers a pass may use (backbones/sdxl.py builds them from diffusers): DDIM as upstream, Euler with
 # trailing timesteps (SDXL-Lightning's model card), LCM (LCM-LoRA), TCD (Hyper-SD / TCD-LoRA).
-SCHEDULERS = ("ddim", "euler_trailing", "lcm", "tcd")
+# flow_euler: FLUX's flow-matching Euler, the one scheduler of model.family=flux (backbones/flux.py).
+SCHEDULERS = ("ddim", "euler_trailing", "lcm", "tcd", "flow_euler")
+FLUX_SCHEDULERS = ("flow_euler",)
 CHOICES = {
-    "model.kind": ("hub", "tiny", "sdxl-random", "sim"),
+    "model.kind": ("hub", "tiny", "sdxl-random", "flux-random", "sim"),
+    "model.family": ("sdxl", "flux"),
+    "model.offload": ("none", "model", "sequential"),
     "render.seed_policy": ("shared", "per_frame"),
     "render.reference_weighting": ("uniform", "characters"),
     "render.reference_sdpa": ("split", "joint"),
@@ -213,15 +217,18 @@ PROBABILITIES = ("method.sa32", "method.sa64", "method.early_rate", "method.late
 POSITIVE_OR_NULL = {"render.stop_when_stable": "to run every iteration", "cluster.object_store_gb": "for Ray's default",
                     "cluster.min_workers": "to start with the first worker"}
 
+RANDOM_FAMILY = {"sdxl-random": "sdxl", "flux-random": "flux"}  # full-size random kinds and the family they build
+
 # The model.* keys each model kind reads; any other key set away from its preset's value is refused (it would be
 # ignored without a word). Keys that pick kernels or devices, the VAE, LoRAs and the cache serve every torch kind.
-_TORCH_KEYS = ("name", "kind", "dtype", "device", "compile", "deterministic", "cache_dir", "vae", "loras",
-               "single_file_config")
+_TORCH_KEYS = ("name", "kind", "family", "dtype", "device", "compile", "deterministic", "cache_dir", "vae", "loras",
+               "single_file_config", "offload")
 MODEL_KEYS_READ = {
     "hub": _TORCH_KEYS + ("pretrained", "ip_adapter", "ip_adapter_subfolder", "ip_adapter_weight",
                           "image_encoder_folder", "variant"),
     "tiny": _TORCH_KEYS,  # built offline: its own weights and IP-Adapter
     "sdxl-random": _TORCH_KEYS,  # random full-size weights, built in the worker
+    "flux-random": _TORCH_KEYS,
     "sim": ("name", "kind", "device", "sim"),  # no model at all
 }
 
@@ -268,6 +275,62 @@ def check(run: "RunSpec") -> None:
     for index, lora in enumerate(run.model.loras):
         if not lora.path or lora.path == "???":  # OmegaConf's MISSING
             raise UserError(f"model.loras[{index}].path: missing; give each LoRA as {{path: FILE.safetensors, scale: 0.8}}")
+    family = RANDOM_FAMILY.get(run.model.kind)
+    if family and run.model.family != family:
+        raise ConfigError("model.family", run.model.family, f"model.kind={run.model.kind} builds {family.upper()}'s "
+                          f"shapes; use model.family={family} (or model={family}-random as it is)")
+    if run.model.kind != "sim":
+        (_check_flux if run.model.family == "flux" else _check_sdxl)(run)
+
+
+def _check_flux(run) -> None:
+    """What model.family=flux cannot do, refused before any worker starts (README, "FLUX")."""
+    r, m = run.render, run.model
+    if run.method.name != "story_adapter":
+        raise ConfigError("method.name", run.method.name, "not on FLUX: consistent self-attention is written for a "
+                          "UNet's self-attention layers, and FLUX's blocks attend jointly over text and image tokens; "
+                          "use method=story_adapter")
+    if run.method.freeu.enabled:
+        raise ConfigError("method.freeu.enabled", True, "FreeU rescales a UNet's decoder features; FLUX has no UNet")
+    for key, value in (("render.scheduler", r.scheduler), ("render.draft.scheduler", r.draft.scheduler)):
+        if value is not None and value not in FLUX_SCHEDULERS:
+            raise ConfigError(key, value, f"FLUX denoises with flow-matching Euler only ({', '.join(FLUX_SCHEDULERS)}); "
+                              "pass render=flux, or render.scheduler=flow_euler")
+    for key in ("height", "width"):
+        for prefix, value in (("render", getattr(r, key)), ("render.draft", getattr(r.draft, key))):
+            if value is not None and value % 16:
+                raise ConfigError(f"{prefix}.{key}", value, "must be a multiple of 16 on FLUX (the VAE downsamples by "
+                                  "8 and the transformer packs 2x2 latent patches)")
+    if r.draft.lora:
+        raise ConfigError("render.draft.lora", r.draft.lora, "draft LoRAs are SDXL's (switchable UNet adapters); "
+                          "not on FLUX")
+    for key, value in (("model.vae", m.vae), ("model.single_file_config", m.single_file_config)):
+        if value:
+            raise ConfigError(key, value, "SDXL only; a FLUX model loads from a diffusers folder or hub id")
+    if m.offload == "sequential":
+        # accelerate 1.16's per-layer offload fails on transformers 5's text encoders (new() got requires_grad),
+        # with a stock FluxPipeline too (docs/flux.md, "Memory")
+        raise ConfigError("model.offload", m.offload, "diffusers' sequential offload fails with this environment's "
+                          "transformers and accelerate (stock FluxPipeline too); use model.offload=model")
+    if m.offload != "none" and m.device == "cpu":
+        raise ConfigError("model.offload", m.offload, "offloading keeps weights on the CPU between uses on a GPU; "
+                          "with model.device=cpu there is no GPU: use model.offload=none")
+    if m.pretrained.lower().endswith(".safetensors"):
+        raise ConfigError("model.pretrained", m.pretrained, "a single-file checkpoint is SDXL only; give FLUX as a "
+                          "diffusers folder or hub id")
+
+
+def _check_sdxl(run) -> None:
+    """FLUX's keys on an SDXL model."""
+    r = run.render
+    if run.model.offload != "none":
+        raise ConfigError("model.offload", run.model.offload, "FLUX only (SDXL fits a 24 GB GPU without offloading)")
+    for key, value in (("render.scheduler", r.scheduler), ("render.draft.scheduler", r.draft.scheduler)):
+        if value in FLUX_SCHEDULERS:
+            raise ConfigError(key, value, "FLUX's scheduler; SDXL takes ddim, euler_trailing, lcm or tcd")
+    if r.distilled_guidance is not None:
+        raise ConfigError("render.distilled_guidance", r.distilled_guidance, "SDXL has no guidance embedding (FLUX.1-dev "
+                          "does); use render.guidance_scale")
 
 
 def _check_draft(draft) -> None:

@@ -48,6 +48,26 @@ def tiny_source(tiny_cache):
     return ModelSource(str(d / "sdxl"), str(d / "ip-adapter"))
 
 
+@pytest.fixture(scope="session")
+def flux_tiny_cache(tmp_path_factory) -> Path:
+    """Cache root holding model=flux-tiny (pass as model.cache_dir)."""
+    from storyadapter.models import flux_tiny
+
+    root = tmp_path_factory.mktemp("flux-tiny-cache")
+    flux_tiny.build(flux_tiny.flux_tiny_dir(root))
+    return root
+
+
+@pytest.fixture(scope="session")
+def flux_tiny_source(flux_tiny_cache):
+    from storyadapter.models import flux_tiny
+    from storyadapter.models.source import ModelSource
+
+    d = flux_tiny.flux_tiny_dir(flux_tiny_cache)
+    return ModelSource(str(d / "flux"), str(d / "ip-adapter"), "", "ip_adapter.safetensors", str(d / "clip-vision"),
+                       family="flux")
+
+
 @pytest.fixture(scope="module")
 def story_file(request, tmp_path_factory) -> Path:
     """The test module's STORY (its lines) written once as STORY_NAME (default story.txt), with STORY_FILES

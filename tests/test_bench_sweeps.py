@@ -14,7 +14,7 @@ def test_gpu_preset_asks_the_issue_questions():
     cfg = load_config(["preset=gpu"])
     assert cfg.batch_sizes == [1, 2, 4, 8] and cfg.sweep_compile == [False, True]
     assert cfg.growth_frames == [25, 100, 400, 1000] and cfg.memory_caps_gb == [24.0, 80.0]
-    assert cfg.shared_gpu_actors == 2 and set(cfg.parts) == {"growth", "sweeps", "loops", "shared"}
+    assert cfg.shared_gpu_actors == 2 and set(cfg.parts) == {"growth", "sweeps", "loops", "shared", "flux"}
     points = sweeps.sweep_points(cfg)
     assert {(p["batch"], p["compile"]) for p in points if p["variant"] == "default"} == {
         (b, c) for b in (1, 2, 4, 8) for c in (False, True)}

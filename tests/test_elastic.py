@@ -125,8 +125,9 @@ def test_a_node_added_during_iteration_1_gets_batches_in_that_iteration_or_the_n
     pids: dict[int, set[int]] = {}
     newcomers: list[int] = []
 
-    def add_a_node(executor, iteration):
-        if iteration == 1:
+    def record_then_add_a_node(executor, iteration, finished):
+        pids.setdefault(iteration, set()).update(b.worker_pid for b in finished)
+        if iteration == 1 and not newcomers:  # iteration 1's first batches are done: it is under way
             nodes.append(c.add_node(num_cpus=1, num_gpus=1))
             waiting = [a for a in executor.actors if a.state == "starting"]
             assert waiting, "the fifth actor has no node until now"
@@ -136,10 +137,7 @@ def test_a_node_added_during_iteration_1_gets_batches_in_that_iteration_or_the_n
 
             newcomers.extend(ray.get([a.probe for a in waiting], timeout=180))
 
-    def record(executor, iteration, finished):
-        pids.setdefault(iteration, set()).update(b.worker_pid for b in finished)
-
-    watch_executor(monkeypatch, on_iteration=add_a_node, on_batches=record)
+    watch_executor(monkeypatch, on_batches=record_then_add_a_node)
     try:
         out = render(story_file, tmp_path / "out", c.address, NODES + 1)
     finally:
@@ -147,6 +145,49 @@ def test_a_node_added_during_iteration_1_gets_batches_in_that_iteration_or_the_n
         c.remove_node(nodes.pop())
     assert newcomers and not set(newcomers) & pids[0], (newcomers, pids)
     assert set(newcomers) <= pids[1] | pids.get(2, set()), (newcomers, pids)
+    assert_same_render(reference, out, ITERATIONS, N_FRAMES)
+
+
+def answering_pids(executor, timeout: float = 180) -> set[int]:
+    """The pids of every actor slot once each answers (an actor Ray is restarting answers once it is up again)."""
+    import ray
+
+    deadline, pids = time.monotonic() + timeout, set()
+    for a in executor.actors:
+        while True:
+            try:
+                pids.add(ray.get(a.handle.ready.remote(), timeout=max(1.0, deadline - time.monotonic())))
+                break
+            except ray.exceptions.ActorUnavailableError:  # restarting, its new node not reached yet
+                assert time.monotonic() < deadline, f"render actor {a.index} did not come back"
+                time.sleep(0.5)
+    return pids
+
+
+def test_a_cluster_that_loses_a_node_and_gets_one_back_uses_it(cluster, story_file, reference, tmp_path, monkeypatch):
+    """4 workers on 4 nodes; mid-iteration 1 a node is lost and another added: the lost actor's reservation is placed
+    on the new node, the actor comes up there and renders batches again, in that iteration or the next."""
+    c, nodes = cluster
+    pids: dict[int, set[int]] = {}
+    back: set[int] = set()
+
+    def lose_one_then_add_one(executor, iteration, finished):
+        pids.setdefault(iteration, set()).update(b.worker_pid for b in finished)
+        if iteration == 1 and not back:  # iteration 1 is under way
+            c.remove_node(nodes.pop())
+            nodes.append(c.add_node(num_cpus=1, num_gpus=1))
+            # As in the test above: waiting here pins down when the actor is back, not whether the engine uses it.
+            back.update(answering_pids(executor))
+
+    watch_executor(monkeypatch, on_batches=lose_one_then_add_one)
+    try:
+        out = render(story_file, tmp_path / "out", c.address, NODES)
+    finally:
+        monkeypatch.undo()
+        restore(c, nodes)
+    new = back - pids[0]
+    assert len(new) == 1, (back, pids)  # the lost node's actor, in a new process on the new node
+    assert new <= pids[1] | pids.get(2, set()), (new, pids)
     assert_same_render(reference, out, ITERATIONS, N_FRAMES)
 
 
@@ -190,6 +231,9 @@ def test_min_workers_above_what_ever_comes_up_stops_at_ready_timeout_with_one_li
     assert re.match(rf"error: cluster: [0-4] of cluster.min_workers=5 render actors came up within "
                     rf"cluster.ready_timeout_s={timeout_s} s", lines[0]), lines[0]
     assert "every finished frame is kept" in lines[0] and "resume=true" in lines[0]
+    # While it waited, the log said what for: live, wanted, and the start's condition.
+    assert re.search(r"cluster: [0-4] of 5 render actors live, [1-5] waiting for room on the cluster or loading .*; "
+                     r"waiting for cluster.min_workers=5 before the first batch", proc.stderr), proc.stderr[-3000:]
     assert took < timeout_s + 120, f"took {took:.0f} s"  # the timeout, plus starting Python, Ray and 4 actors
     assert {p: p.read_bytes() for p in before} == before
     assert manifest.finished_iterations(out) == [0]

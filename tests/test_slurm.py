@@ -22,13 +22,17 @@ import pytest
 import yaml
 from PIL import Image
 
+from storyadapter.rundir import journal
+
 from .helpers import REPO
+from .helpers.renders import assert_same_render
 from .helpers.stories import write_story
 
 pytestmark = pytest.mark.slow
 
 SBATCH_SCRIPT = REPO / "jobs" / "storyadapter.sbatch"
 SLURM_UP = REPO / "scripts" / "slurm-up.sh"
+DRIVER_AT = REPO / "tests" / "helpers" / "driver_at.py"
 FRAMES = 3
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL",
             "DEADLINE", "PREEMPTED"}
@@ -87,9 +91,10 @@ def wait_for_job(job: str, log: Path, timeout: float, restarts: int = 0) -> tupl
     pytest.fail(f"job {job} still {info} after {timeout:.0f} s; cancelled. Log tail:\n{tail}")
 
 
-def requeue_when(job: str, ready, timeout: float = 120) -> None:
+def requeue_when(job: str, ready, timeout: float = 120, update: tuple[str, ...] = ()) -> None:
     """`scontrol requeue` the job once `ready()` (as a node failure or preemption would), then release it:
-    Slurm holds a requeued job back for a while before it may start again."""
+    Slurm holds a requeued job back for a while before it may start again. `update`: `scontrol update` fields
+    for the held job first (its next allocation), e.g. ("CPUsPerTask=1",)."""
     deadline = time.monotonic() + timeout
     while not ready() and job_info(job).get("JobState") not in TERMINAL:
         assert time.monotonic() < deadline, f"job {job}: not ready to requeue after {timeout:.0f} s"
@@ -98,6 +103,10 @@ def requeue_when(job: str, ready, timeout: float = 120) -> None:
     assert proc.returncode == 0, proc.stderr
     while time.monotonic() < deadline:
         if job_info(job).get("JobState") == "PENDING":
+            if update:
+                proc = subprocess.run(["scontrol", "update", f"JobId={job}", *update], capture_output=True, text=True,
+                                      timeout=30)
+                assert proc.returncode == 0, proc.stderr
             subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], capture_output=True, timeout=30)
             return
         time.sleep(0.5)
@@ -132,45 +141,87 @@ def workdir(tmp_path_factory) -> Path:
     return d
 
 
+HELD = "at journal:0:1"  # what tests/helpers/driver_at.py prints once iteration 0's first frames are journaled
+
+
+def held_once_python(workdir: Path) -> Path:
+    """A PYTHON for the job: the first attempt's driver runs through tests/helpers/driver_at.py and holds once
+    iteration 0's first frames are journaled, so that a requeue lands mid-iteration, deterministically; every other
+    call (ray start, the requeued attempt's driver) is plain python."""
+    wrapper = workdir / "python-held-once"
+    wrapper.write_text(f"""#!/bin/sh
+if [ "$1" = -m ] && [ "$2" = storyadapter.launch ] && [ "${{SLURM_RESTART_COUNT:-0}}" = 0 ]; then
+    shift 2
+    exec {sys.executable} {DRIVER_AT} journal:0:1 pause "$@"
+fi
+exec {sys.executable} "$@"
+""")
+    wrapper.chmod(0o755)
+    return wrapper
+
+
 @pytest.fixture(scope="module")
 def sbatch_run(slurm, workdir, tiny_cache):
-    """`sbatch jobs/storyadapter.sbatch ...` with the tiny model, requeued once after its first iteration;
-    returns (job id, log, output dir, state, exit code)."""
+    """`WORKERS=2 sbatch --cpus-per-task=2 jobs/storyadapter.sbatch ...` with the tiny model, requeued mid-iteration 0
+    onto an allocation of 1 CPU; returns (job id, log, output dir, state, exit code, {frame file: mtime} of the
+    frames journaled before the requeue)."""
     out = workdir / "sbatch-out"
     started = time.monotonic()
-    proc = subprocess.run(["sbatch", "--parsable", f"--output={workdir}/sbatch-%j.out", f"--chdir={workdir}",
-                           str(SBATCH_SCRIPT), *render_args(workdir / "story.txt", out, tiny_cache)],
-                          env=job_env(), capture_output=True, text=True, timeout=60)
+    env = job_env(WORKERS="2")
+    env["PYTHON"] = str(held_once_python(workdir))
+    proc = subprocess.run(["sbatch", "--parsable", "--cpus-per-task=2", f"--output={workdir}/sbatch-%j.out",
+                           f"--chdir={workdir}", str(SBATCH_SCRIPT), *render_args(workdir / "story.txt", out, tiny_cache)],
+                          env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     job = proc.stdout.strip().split(";")[0]
     log = workdir / f"sbatch-{job}.out"
-    try:
-        requeue_when(job, lambda: (out / "manifest" / "iter_00.parquet").exists())
+    kept: dict[Path, int] = {}
+
+    def held() -> bool:
+        if not (log.exists() and HELD in log.read_text(errors="replace")):
+            return False
+        kept.update({out / r.image_path: (out / r.image_path).stat().st_mtime_ns for r in journal.read(out, 0).values()})
+        return True
+
+    try:  # the next allocation has 1 CPU instead of 2: the job's Ray head gets --num-cpus=1
+        requeue_when(job, held, timeout=JOB_TIMEOUT_S, update=("NumCPUs=1", "CPUsPerTask=1"))
     except BaseException:
         subprocess.run(["scancel", job], timeout=30)
         raise
     state, code = wait_for_job(job, log, JOB_TIMEOUT_S, restarts=1)
     print(f"sbatch job {job}: {state} {code} in {time.monotonic() - started:.0f} s")
-    return job, log, out, state, code
+    return job, log, out, state, code, kept
 
 
-def test_sbatch_job_renders_through_a_ray_cluster_and_survives_requeue(sbatch_run):
-    job, log, out, state, code = sbatch_run
+def test_sbatch_job_renders_through_a_ray_cluster_and_survives_requeue_onto_fewer_cpus(sbatch_run):
+    """A job asking for 2 workers, requeued mid-iteration 0 onto an allocation of 1 CPU instead of 2, finishes.
+
+    One Slurm node cannot lose nodes, so the allocation shrinks in CPUs: the script starts its Ray nodes with the
+    allocation's CPUs (--num-cpus=$SLURM_CPUS_PER_TASK, changed for the requeued job by `scontrol update`), and a CPU
+    actor needs one, so the requeued job's Ray has room for 1 of its 2 workers, as a GPU job requeued onto half its
+    nodes has room for half of WORKERS. The second attempt warns once, renders on 1 worker and keeps the journaled
+    frames untouched; test_submitit_sweep_runs_one_slurm_job_per_point compares its bytes with an uninterrupted
+    render of the same story."""
+    job, log, out, state, code, kept = sbatch_run
     text = log.read_text(errors="replace")
     assert (state, code) == ("COMPLETED", "0:0"), text[-3000:]
     assert "Traceback" not in text, text[-3000:]
     assert "storyadapter.launch exited with 0" in text
     assert "(auth token)" in text  # a per-job Ray token was generated and exported to the steps
-    # Requeued after iteration 0 was written: the second attempt continued from the manifest, inside the render,
-    # or, when the tiny render had already finished by the time Slurm acted on the requeue, writing outputs only.
-    # Either way it rendered no finished frame again.
     assert "(restart 0)" in text and "(restart 1)" in text
-    second = text.split("(restart 1)", 1)[1]
-    assert re.search(r"resuming after finished iteration [01]|all 2 iterations of \S+ are finished; writing the outputs only",
-                     second), text[-3000:]
+    first, second = text.split("(restart 1)", 1)
+    assert "2 CPUs and 0 GPUs per node, 2 worker(s)" in first and "'CPU': 2.0" in first, first[-3000:]
+    assert "asks for" not in first and HELD in first  # both workers fitted; requeued mid-iteration 0
+    assert "1 CPUs and 0 GPUs per node, 2 worker(s)" in second and "'CPU': 1.0" in second, second[-3000:]
+    warnings = [line for line in second.splitlines() if "asks for" in line]
+    assert len(warnings) == 1 and "cluster.workers=2" in warnings[0] and "room for 1 now" in warnings[0], warnings
+    assert "cluster: 1 of 2 render actors live" in second and "2 of 2 render actors live" not in second
+    # The second attempt resumed from iteration 0's journal (the resume=true the script always passes).
+    assert kept and re.search(rf"iteration 0: {len(kept)} of {FRAMES} frames finished before the restart", second), second
+    assert {p: p.stat().st_mtime_ns for p in kept} == kept  # the first attempt's frames, not rendered again
     assert_render_layout(out)
     saved = yaml.safe_load((out / "config.yaml").read_text())
-    assert saved["cluster"]["mode"] == "ray" and saved["cluster"]["address"] and saved["cluster"]["workers"] == 1
+    assert saved["cluster"]["mode"] == "ray" and saved["cluster"]["address"] and saved["cluster"]["workers"] == 2
     assert saved["resume"] is True  # always passed, so a requeued job continues where it stopped
 
 
@@ -221,10 +272,8 @@ def test_submitit_sweep_runs_one_slurm_job_per_point(slurm, workdir, tiny_cache,
         assert_render_layout(out / point)
     seeds = [yaml.safe_load((out / p / "config.yaml").read_text())["render"]["seed"] for p in ("0", "1")]
     assert seeds == [2024, 7]
-    # Same story and settings as the sbatch run (seed 2024), rendered by a Ray started inside the job
-    # instead of a cluster spread over srun steps: the same pixels.
-    sbatch_out = sbatch_run[2]
-    for i in range(FRAMES):
-        frame = f"iter_01/frame_{i:04d}.png"
-        assert np.array_equal(pixels(out / "0" / frame), pixels(sbatch_out / frame)), frame
-    assert not np.array_equal(pixels(out / "1" / "iter_01/frame_0000.png"), pixels(sbatch_out / "iter_01/frame_0000.png"))
+    # Same story and settings as the sbatch run (seed 2024), rendered without interruption by a Ray started inside
+    # the job, against the sbatch run's requeue mid-iteration onto 1 worker of 2: the same bytes.
+    assert_same_render(out / "0", sbatch_run[2], 1, FRAMES)
+    assert not np.array_equal(pixels(out / "1" / "iter_01/frame_0000.png"),
+                              pixels(sbatch_run[2] / "iter_01/frame_0000.png"))

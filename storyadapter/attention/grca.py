@@ -106,7 +106,8 @@ def install(backbone, joint: bool = False) -> dict[str, GlobalReferenceAttnProce
 
     `joint`: the reference term as one SDPA call for both guidance halves (render.reference_sdpa=joint).
     """
-    processors = {name: GlobalReferenceAttnProcessor(layer.to_k, layer.to_v, layer.heads, joint)
+    processor = backbone.reference_processor_class() or GlobalReferenceAttnProcessor  # FLUX: grca_flux.py's
+    processors = {name: processor(layer.to_k, layer.to_v, layer.heads, joint)
                   for name, layer in backbone.reference_layers().items()}
     backbone.set_attention_processors(processors)
     return processors

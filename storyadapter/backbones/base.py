@@ -84,6 +84,15 @@ class Backbone(ABC):
     def encode_text(self, prompt: str, negative: str, windows: int) -> TextEmbedding:
         """A frame's prompt and negative prompt, encoded once for the whole run."""
 
+    @property
+    def releases_text_encoders(self) -> bool:
+        """Whether the worker should encode every frame's prompt up front and then call `release_text_encoders`
+        (FLUX on a GPU: T5 alone is 9.5 GB in bf16). False: prompts are encoded as frames first need them."""
+        return False
+
+    def release_text_encoders(self) -> None:
+        """Every prompt of the run is encoded: the text encoders may leave the accelerator."""
+
     # denoising ----------------------------------------------------------------------------------
     @abstractmethod
     def timesteps(self, steps: int, height: int, width: int) -> torch.Tensor:
@@ -119,6 +128,12 @@ class Backbone(ABC):
 
     def use_draft_lora(self, on: bool) -> None:
         """Switch the draft LoRA on (a draft iteration) or off (the last pass); a no-op without one."""
+
+    def set_distilled_guidance(self, scale: float | None) -> None:
+        """The guidance embedding's scale for the following calls (render.distilled_guidance), for a
+        guidance-distilled denoiser (FLUX.1-dev); None: the family's default. A family without one refuses a value."""
+        if scale is not None:
+            raise NotImplementedError(f"{type(self).__name__} has no guidance embedding (render.distilled_guidance)")
 
     def set_scheduler(self, name: str) -> None:
         """Denoise with scheduler `name` (spec.SCHEDULERS) from the next `timesteps` call on."""
@@ -156,3 +171,9 @@ class Backbone(ABC):
     @abstractmethod
     def set_attention_processors(self, processors: Mapping[str, nn.Module]) -> None:
         """Install `processors` on the layers they are keyed by; every other layer keeps its processor."""
+
+    def reference_processor_class(self) -> type | None:
+        """GRCA's processor class for this family's reference layers, built as cls(to_k, to_v, heads, joint); None:
+        attention/grca.py's, for diffusers' `Attention` (SDXL). A family whose attention has another call shape
+        (FLUX: attention/grca_flux.py) returns its own, with the same members."""
+        return None

@@ -44,6 +44,13 @@ def check_available(source: ModelSource, key: str = "model.pretrained") -> None:
     """Fail fast, before any worker starts, with one line saying how to get missing or unusable weights."""
     from . import lora, single_file, vae
 
+    if source.family == "flux":
+        from . import flux_loading
+
+        flux_loading.check_available(source)
+        for index, weights in enumerate(source.loras):
+            lora.check(weights.path, index, family="flux")
+        return
     refs = [(source.ip_adapter, f"{source.ip_adapter_subfolder}/{source.ip_adapter_weight}", "model.ip_adapter")]
     if single_file.is_single_file(source.pretrained):
         components = source.components_dir()
@@ -55,7 +62,7 @@ def check_available(source: ModelSource, key: str = "model.pretrained") -> None:
     if source.vae:
         vae.check(source.vae)
     for index, weights in enumerate(source.loras):
-        lora.check(weights.path, index)
+        lora.check(weights.path, index, family="sdxl")
     for ref, marker, name in refs:
         if is_local(ref):
             if not (Path(ref).expanduser() / marker).is_file():
@@ -107,7 +114,16 @@ def load_pipeline(source: ModelSource, device: torch.device, dtype: torch.dtype)
 
 
 def load_backbone(source: ModelSource, device: torch.device, dtype: torch.dtype):
-    """The renderer's view of the model (backbones/base.py): today always SDXL + IP-Adapter."""
+    """The renderer's view of the model (backbones/base.py), by model family: SDXL or FLUX, each with its
+    IP-Adapter."""
+    if source.family == "flux":
+        from ..backbones.flux import FluxBackbone
+        from . import flux_loading
+
+        backbone = FluxBackbone(flux_loading.load_pipeline(source, device, dtype))
+        if source.offload != "none":
+            backbone.offload(source.offload, device)
+        return backbone
     from ..backbones.sdxl import SDXLBackbone
 
     return SDXLBackbone(load_pipeline(source, device, dtype))

@@ -29,14 +29,38 @@ def _key(index: int) -> str:
     return f"model.loras[{index}].path"
 
 
-def check(path: str, index: int, key: str | None = None) -> None:
-    """Before any worker starts: the file is there, is safetensors and holds LoRA weights."""
+# Layer names that only one family's denoiser has, in every LoRA layout (diffusers/peft, Kohya, XLabs, BFL):
+# a UNet's blocks for SDXL; the double- and single-stream blocks for FLUX. (`transformer_blocks` alone is in both.)
+_FAMILY_MARKERS = {
+    "sdxl": ("down_blocks", "up_blocks", "mid_block", "input_blocks", "output_blocks", "middle_block"),
+    "flux": ("double_blocks", "single_blocks", "single_transformer_blocks"),
+}
+FAMILY_NAMES = {"sdxl": "an SDXL", "flux": "a FLUX"}
+
+
+def family_of(keys) -> str | None:
+    """The model family a LoRA's tensor names were trained on (sdxl | flux), or None when they do not say (a LoRA
+    of the text encoders only, say)."""
+    found = [family for family, markers in _FAMILY_MARKERS.items()
+             if any(marker in k for k in keys for marker in markers)]
+    if not found and any(k.startswith(("transformer.", "lora_transformer_")) for k in keys):
+        found = ["flux"]  # diffusers' FLUX LoRAs name the denoiser `transformer`, SDXL's `unet`
+    return found[0] if len(found) == 1 else None
+
+
+def check(path: str, index: int, key: str | None = None, family: str | None = None) -> None:
+    """Before any worker starts: the file is there, is safetensors and holds LoRA weights (of `family`'s layers,
+    when given: an SDXL LoRA on FLUX, or the reverse, would match no layer)."""
     from .safetensors_header import tensor_shapes
 
     key = key or _key(index)
     keys = tensor_shapes(path, f"{key}={path}")
     if not any("lora" in k.lower() for k in keys):
         raise UserError(f"{key}={path}: holds no LoRA weights (no lora_A/lora_B/lora_up/lora_down tensors)")
+    trained_on = family_of(keys)
+    if family is not None and trained_on is not None and trained_on != family:
+        raise UserError(f"{key}={path}: is {FAMILY_NAMES[trained_on]} LoRA (its layer names), and this model is "
+                        f"{FAMILY_NAMES[family]} model (model.family={family})")
 
 
 DRAFT_ADAPTER = "draft"

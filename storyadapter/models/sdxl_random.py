@@ -32,7 +32,7 @@ def source() -> ModelSource:
 
 
 @contextlib.contextmanager
-def _building_on(device: torch.device | str, dtype: torch.dtype):
+def building_on(device: torch.device | str, dtype: torch.dtype):
     """Create parameters directly on `device` in `dtype` (floating point only; integer buffers keep theirs)."""
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
@@ -49,7 +49,7 @@ def build_components(device: torch.device | str = "meta", dtype: torch.dtype = t
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPVisionConfig
     from transformers import CLIPVisionModelWithProjection
 
-    with _building_on(device, dtype), torch.no_grad():
+    with building_on(device, dtype), torch.no_grad():
         parts = dict(
             unet=UNet2DConditionModel(**UNET_CONFIG),
             vae=AutoencoderKL(**VAE_CONFIG),

@@ -23,12 +23,16 @@ class ModelSource:
     ip_adapter: str
     ip_adapter_subfolder: str = "sdxl_models"
     ip_adapter_weight: str = "ip-adapter_sdxl.safetensors"
+    # SDXL: the image encoder's subfolder of `ip_adapter`; FLUX: its own hub id or folder (XLabs' adapter uses
+    # openai/clip-vit-large-patch14, which lives in a repo of its own)
     image_encoder_folder: str = "image_encoder"
     variant: str | None = None
     single_file_config: str | None = None  # component configs for a .safetensors `pretrained`; None: SDXL base's
     vae: str | None = None  # replaces the checkpoint's VAE: hub id, folder, or .safetensors file
     loras: tuple[LoraWeights, ...] = ()
     cache_dir: str | None = None  # where SDXL base's configs are written when single_file_config is None
+    family: str = "sdxl"  # sdxl | flux: which pipeline and backbone load these weights (model.family)
+    offload: str = "none"  # none | model | sequential: diffusers' CPU offload of the pipeline (model.offload)
 
     def components_dir(self) -> Path:
         """The folder of component configs a single-file checkpoint (or VAE) is built around."""

@@ -18,7 +18,7 @@ from ..rundir.guard import CONFIG_FILE
 RANDOM_WEIGHTS = "random weights: these frames are noise; see README 'Real weights'"
 # model=sim has no weights at all, so "random weights" would be wrong; what its frames are matters just as much.
 SIMULATED = "simulated frames (model=sim): placeholders, not pictures; see README 'Real weights'"
-_BY_KIND = {"tiny": RANDOM_WEIGHTS, "sdxl-random": RANDOM_WEIGHTS, "sim": SIMULATED}
+_BY_KIND = {"tiny": RANDOM_WEIGHTS, "sdxl-random": RANDOM_WEIGHTS, "flux-random": RANDOM_WEIGHTS, "sim": SIMULATED}
 
 
 def recorded(out_dir: Path, *keys: str):

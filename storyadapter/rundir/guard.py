@@ -24,14 +24,17 @@ CONFIG_FILE = "config.yaml"
 _PIXEL_KEYS = ("model", "render")
 # compile and deterministic pick kernels, not arithmetic: at most the last bits of a frame differ, so a render
 # may resume with them flipped (docs/determinism.md).
-_IGNORED_MODEL_KEYS = ("device", "compile", "deterministic", "cache_dir", "sim")
+# offload moves weights between host and GPU, not arithmetic: a render may resume with another choice.
+_IGNORED_MODEL_KEYS = ("device", "compile", "deterministic", "cache_dir", "sim", "offload")
 _SIM_PIXEL_KEYS = ("embedding_dim", "image_size")  # model=sim: timings may differ on resume, outputs may not
 # How many iterations to render is checked on its own: a finished render may be extended.
 # stop_when_stable too: a render that stopped early may be resumed with another EPS (or none) to refine further.
 _IGNORED_RENDER_KEYS = ("iterations", "stop_when_stable")
 # Render keys added after renders existed: at these values they are left out, so older renders still resume.
 _LATER_RENDER_DEFAULTS = {"reference_weighting": "uniform", "character_weight": 4.0, "scheduler": "ddim", "negative_prompt": None,
-                          "draft": dataclasses.asdict(DraftConfig())}
+                          "draft": dataclasses.asdict(DraftConfig()), "distilled_guidance": None}
+# Model keys added after renders existed, left out at these values likewise.
+_LATER_MODEL_DEFAULTS = {"family": "sdxl"}
 # method=storydiffusion|hybrid under render.seed_policy=shared: how identity frames get their noise. A render made
 # before (every identity frame from the same noise) lacks it, so it is refused on resume rather than mixed.
 IDENTITY_NOISE = "one draw per identity batch, as upstream"
@@ -48,7 +51,8 @@ class RunDir:
 def fingerprint(cfg: DictConfig, story: Story) -> dict:
     resolved = OmegaConf.to_container(cfg, resolve=True)
     fp = {k: resolved[k] for k in _PIXEL_KEYS}
-    fp["model"] = {k: v for k, v in fp["model"].items() if k not in _IGNORED_MODEL_KEYS}
+    fp["model"] = {k: v for k, v in fp["model"].items()
+                   if k not in _IGNORED_MODEL_KEYS and not (k in _LATER_MODEL_DEFAULTS and _LATER_MODEL_DEFAULTS[k] == v)}
     fp["render"] = {k: v for k, v in fp["render"].items()
                     if k not in _IGNORED_RENDER_KEYS and not (k in _LATER_RENDER_DEFAULTS and _LATER_RENDER_DEFAULTS[k] == v)}
     if not fp["model"].get("loras"):

@@ -43,7 +43,9 @@ MAX_PHOTOS = 8  # one per character, attached to the request by file name
 MAX_PHOTO_UPLOAD_BYTES = 4 * 1024 * 1024
 MAX_REQUEST_BYTES = 2 * MAX_STORY_BYTES + MAX_PHOTOS * (MAX_PHOTO_UPLOAD_BYTES * 4 // 3 + 256)  # base64 is 4/3
 _PHOTO_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\.(png|jpe?g|webp)$", re.IGNORECASE)
-MODELS = ("tiny", "sdxl-random", "realvisxl", "sdxl")
+MODELS = ("tiny", "sdxl-random", "realvisxl", "sdxl", "flux-tiny", "flux-random", "flux")
+# FLUX models render with their own preset (flow-matching Euler, distilled guidance); the request's numbers go on top.
+FLUX_RENDER = {"flux-tiny": "flux-tiny", "flux-random": "flux", "flux": "flux"}
 STORY_FORMATS = {"txt": ".txt", "yaml": ".yaml", "json": ".json"}
 JOB_FILE = "job.json"
 CANCEL_GRACE_S = 30.0  # after SIGINT, how long the launcher gets to stop Ray before its process group is killed
@@ -141,13 +143,14 @@ class RenderRequest:
             if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
                 raise UserError(f"request.{name}: expected a whole number from {low} to {high}, got {value!r}")
             numbers[name] = value
-        _check_as_config(method, numbers)
+        _check_as_config(method, numbers, model)
         return cls(story=story, story_format=fmt, title=title and title.strip(), style=style, model=model, method=method,
                    photos=_photos(data.get("photos")), negative_prompt=negative and negative.strip(),
                    guidance_scale=float(guidance), comic_layout=layout, **numbers)
 
     def overrides(self, story_file: str, out_dir: str) -> list[str]:
-        out = [f"story.path={hydra_quote(story_file)}", f"model={self.model}", f"render.iterations={self.iterations}",
+        preset = [f"render={FLUX_RENDER[self.model]}"] if self.model in FLUX_RENDER else []
+        out = [f"story.path={hydra_quote(story_file)}", f"model={self.model}", *preset, f"render.iterations={self.iterations}",
                f"render.steps={self.steps}", f"render.height={self.size}", f"render.width={self.size}",
                f"render.seed={self.seed}", f"cluster.workers={self.workers}", f"output_dir={hydra_quote(out_dir)}"]
         if self.method != "story_adapter":
@@ -171,14 +174,16 @@ _FIELD_OF_KEY = {"render.iterations": "iterations", "render.steps": "steps", "re
                  "render.width": "size", "render.seed": "seed", "cluster.workers": "workers", "method.name": "method"}
 
 
-def _check_as_config(method: str, numbers: dict) -> None:
+def _check_as_config(method: str, numbers: dict, model: str = "tiny") -> None:
     """The request's settings through the launcher's own checks (spec.check): a rule such as "a multiple of 8"
     is written once, and a request the render would refuse is refused before it is queued."""
     from .. import spec
 
+    flux = dict(scheduler="flow_euler", guidance_scale=1.0) if model in FLUX_RENDER else {}
     run = spec.RunSpec(
+        model=spec.ModelSpec(family="flux" if flux else "sdxl"),
         render=spec.RenderSpec(iterations=numbers["iterations"], steps=numbers["steps"], height=numbers["size"],
-                               width=numbers["size"], seed=numbers["seed"]),
+                               width=numbers["size"], seed=numbers["seed"], **flux),
         method=spec.MethodSpec(name=method), cluster=spec.ClusterSpec(workers=numbers["workers"]))
     try:
         spec.check(run)

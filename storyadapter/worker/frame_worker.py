@@ -119,6 +119,10 @@ class FrameWorker:
         self._rows: list[tuple[str, ...]] = []  # characters of each row of the loaded bank
         self._photos_only = False
         self._device = device
+        if backbone.releases_text_encoders:  # every frame's prompt now, then the text encoders leave the GPU
+            for frame in range(len(spec.prompts)):
+                self._text_for(frame)
+            backbone.release_text_encoders()
 
     def environment(self) -> dict:
         """The library versions and the device this worker renders with (config.yaml records them)."""

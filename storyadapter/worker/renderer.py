@@ -62,6 +62,7 @@ class StoryRenderer:
         draft LoRA on or off. Called at iteration boundaries, before the iteration's references and batches."""
         self.settings = settings
         self.backbone.set_scheduler(settings.scheduler)
+        self.backbone.set_distilled_guidance(settings.distilled_guidance)
         self.backbone.use_draft_lora(draft_lora)
         branches = 2 if self.guided else 1  # the attention processors' batch: [unconditional; conditional] or [conditional]
         for proc in self.grca.values():
