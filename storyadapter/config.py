@@ -94,6 +94,7 @@ class RenderConfig:
     height: int = 1024
     width: int = 1024
     guidance_scale: float = 7.5  # at <= 1: one denoiser pass per step, no unconditional branch
+    negative_prompt: Optional[str] = None  # every frame's negative prompt; None: the style's
     # FLUX.1-dev's guidance embedding (distilled guidance, one pass per step); null: 3.5, diffusers' default.
     # SDXL has none. On FLUX, guidance_scale > 1 adds true CFG (a second pass with the negative prompt).
     distilled_guidance: Optional[float] = None

@@ -125,6 +125,12 @@ def check_draft_lora(run: specs.RunSpec) -> None:
         vae.check_tiny(run.render.draft.vae)
 
 
+def styled(story: Story, frame, negative_prompt: str | None) -> tuple[str, str]:
+    """A frame's (prompt, negative prompt) after the story's style; render.negative_prompt, when set, replaces the style's."""
+    prompt, negative = story.styled(frame)
+    return prompt, negative if negative_prompt is None else negative_prompt
+
+
 def worker_spec(run: specs.RunSpec, story: Story, source, out_dir: Path, frames_dir: Path | None = None, bank_rows=None):
     """What each render actor builds its worker from: the model=sim worker, or the frame worker. `frames_dir`:
     where warm starts read earlier iterations' frames, when not `out_dir` (an edit's staging folder). `bank_rows`: the
@@ -139,7 +145,8 @@ def worker_spec(run: specs.RunSpec, story: Story, source, out_dir: Path, frames_
     return WorkerSpec(
         source=source,
         settings=_with_absolute_draft_lora(run.render),
-        prompts=tuple(FramePrompt(*story.styled(f), characters=f.characters, seed=f.seed) for f in story.frames),
+        prompts=tuple(FramePrompt(*styled(story, f, run.render.negative_prompt), characters=f.characters, seed=f.seed)
+                      for f in story.frames),
         out_dir=out,
         threads=run.cluster.threads_per_worker,
         consistent=consistent_pass(run, story),

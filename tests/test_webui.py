@@ -19,25 +19,12 @@ from pathlib import Path
 import pytest
 
 from storyadapter.outputs.notice import RANDOM_WEIGHTS
-from storyadapter.webui.server import WebUIServer
-from storyadapter.webui.jobs import JOB_FILE, Limits, RenderJob, RenderQueue, RenderRequest
+from storyadapter.webui.jobs import JOB_FILE, RenderJob, RenderQueue, RenderRequest, Limits
+
+from .helpers.webui import call, start, stop, wait
 
 STORY = "[Mia] a young explorer with a red scarf\n\n[Mia] reads a map. #The map\n[NC] a frozen river at dawn. #The river\n"
 NASTY = "( [ { = ' # , ${HOME}"  # Hydra's grammar characters and an interpolation
-
-
-def start(root: Path, cache: Path | None = None, **kwargs) -> WebUIServer:
-    extra = (f"model.cache_dir={cache}",) if cache else ()
-    queue = RenderQueue(root, extra, kwargs.pop("limits", Limits()))
-    server = WebUIServer(("127.0.0.1", 0), queue, **kwargs)
-    # shutdown() returns once the loop wakes from its poll: 0.5 s by default, waited out at every test's end.
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True).start()
-    return server
-
-
-def stop(server: WebUIServer) -> None:
-    server.shutdown()
-    server.server_close()
 
 
 @pytest.fixture()
@@ -47,34 +34,11 @@ def ui(tmp_path, tiny_cache):
     stop(server)
 
 
-def call(server, method: str, path: str, body: object | None = None, headers: dict | None = None,
-         content_type: str | None = "application/json") -> tuple[int, str, bytes]:
-    conn = http.client.HTTPConnection(*server.server_address[:2], timeout=30)
-    data = body if isinstance(body, (bytes, type(None))) else json.dumps(body).encode()
-    sent = {"Content-Type": content_type} if method == "POST" and content_type else {}
-    conn.request(method, path, body=data if data is not None else (b"" if method == "POST" else None),
-                 headers={**sent, **(headers or {})})
-    res = conn.getresponse()
-    out = res.status, res.getheader("Content-Type"), res.read()
-    conn.close()
-    return out
-
-
 def submit(server, **request) -> dict:
     status, _, body = call(server, "POST", "/api/renders", {"story": STORY, "model": "tiny", "iterations": 1,
                                                            "steps": 2, "size": 64, "workers": 1, **request})
     assert status == 202, body
     return json.loads(body)
-
-
-def wait(server, job_id: str, timeout: float = 240, until=("queued", "running")) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        st = json.loads(call(server, "GET", f"/api/renders/{job_id}")[2])
-        if st["state"] not in until:
-            return st
-        time.sleep(0.3)
-    raise AssertionError(f"render {job_id} still {st['state']} after {timeout} s")
 
 
 def nothing_written(root: Path) -> bool:

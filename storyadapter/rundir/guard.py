@@ -31,7 +31,7 @@ _SIM_PIXEL_KEYS = ("embedding_dim", "image_size")  # model=sim: timings may diff
 # stop_when_stable too: a render that stopped early may be resumed with another EPS (or none) to refine further.
 _IGNORED_RENDER_KEYS = ("iterations", "stop_when_stable")
 # Render keys added after renders existed: at these values they are left out, so older renders still resume.
-_LATER_RENDER_DEFAULTS = {"reference_weighting": "uniform", "character_weight": 4.0, "scheduler": "ddim",
+_LATER_RENDER_DEFAULTS = {"reference_weighting": "uniform", "character_weight": 4.0, "scheduler": "ddim", "negative_prompt": None,
                           "draft": dataclasses.asdict(DraftConfig()), "distilled_guidance": None,
                           "refine_strength": None}
 # Model keys added after renders existed, left out at these values likewise.

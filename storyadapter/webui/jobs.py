@@ -5,7 +5,9 @@ a Ray runtime, a crash in a render cannot take the server down, and every render
 output folder, log and `config.yaml` as one started from a shell. The story is checked before the job
 is queued, so a bad story is answered at once with the one-line `file:line` error.
 
-Each job's state lives in its folder (`job.json`), so a restarted server lists the renders it had.
+Each job's state lives in its folder (`job.json`), so a restarted server lists the renders it had. A job's
+later runs are the same command in the same folder: `resume=true` continues a cancelled or interrupted render,
+`edit=true` applies an edited story to a finished one (its cost asked of the backend first: edit_plan.py).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from ..methods import METHODS, refinements
 from ..outputs.notice import frames_notice
 from ..story.parse import StoryError, load_story
 from ..story.styles import style_names
+from . import edit_plan, story_text
 
 MAX_STORY_BYTES = 256 * 1024
 MAX_TITLE_CHARS = 120
@@ -48,6 +51,9 @@ JOB_FILE = "job.json"
 CANCEL_GRACE_S = 30.0  # after SIGINT, how long the launcher gets to stop Ray before its process group is killed
 _JOB_ID = re.compile(r"^[0-9]{8}-[0-9]{6}-[0-9a-f]{6}$")
 _HYDRA_HINT = "Set the environment variable HYDRA_FULL_ERROR=1"
+ACTIONS = {"render": [], "resume": ["resume=true"], "edit": ["edit=true"]}  # what a run of a job adds to its command
+COMIC_LAYOUTS = ("classic", "four", "single")
+MAX_NEGATIVE_CHARS = 1000
 
 
 @dataclass(frozen=True)
@@ -82,6 +88,9 @@ class RenderRequest:
     seed: int = 2024
     method: str = "story_adapter"
     photos: tuple[tuple[str, bytes], ...] = ()  # (file name the story uses, bytes): saved beside the story
+    negative_prompt: str | None = None  # None: the style's
+    guidance_scale: float = 7.5
+    comic_layout: str = "classic"
 
     @property
     def iterations_run(self) -> int:
@@ -117,6 +126,16 @@ class RenderRequest:
         method = data.get("method", "story_adapter")
         if method not in METHODS:
             raise UserError(f"request.method: {method!r} is not one of {', '.join(METHODS)}")
+        layout = data.get("comic_layout", "classic")
+        if layout not in COMIC_LAYOUTS:
+            raise UserError(f"request.comic_layout: {layout!r} is not one of {', '.join(COMIC_LAYOUTS)}")
+        negative = data.get("negative_prompt") or None
+        if negative is not None and (not isinstance(negative, str) or len(negative) > MAX_NEGATIVE_CHARS
+                                     or not negative.isprintable()):
+            raise UserError(f"request.negative_prompt: expected one line of at most {MAX_NEGATIVE_CHARS} characters")
+        guidance = data.get("guidance_scale", 7.5)
+        if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not 1 <= guidance <= 30:
+            raise UserError(f"request.guidance_scale: expected a number from 1 to 30, got {guidance!r}")
         numbers = {}
         for name, low, high in (("iterations", 0, 50), ("steps", 1, limits.steps), ("size", 64, limits.size),
                                 ("workers", 1, limits.workers), ("seed", 0, 2**31 - 1)):
@@ -126,7 +145,8 @@ class RenderRequest:
             numbers[name] = value
         _check_as_config(method, numbers, model)
         return cls(story=story, story_format=fmt, title=title and title.strip(), style=style, model=model, method=method,
-                   photos=_photos(data.get("photos")), **numbers)
+                   photos=_photos(data.get("photos")), negative_prompt=negative and negative.strip(),
+                   guidance_scale=float(guidance), comic_layout=layout, **numbers)
 
     def overrides(self, story_file: str, out_dir: str) -> list[str]:
         preset = [f"render={FLUX_RENDER[self.model]}"] if self.model in FLUX_RENDER else []
@@ -139,6 +159,13 @@ class RenderRequest:
             out.append(f"story.style={hydra_quote(self.style)}")
         if self.title:
             out.append(f"story.title={hydra_quote(self.title)}")
+        # Only when set: a render from before these fields runs (and resumes, and edits) with the same command.
+        if self.negative_prompt:
+            out.append(f"render.negative_prompt={hydra_quote(self.negative_prompt)}")
+        if self.guidance_scale != 7.5:
+            out.append(f"render.guidance_scale={self.guidance_scale!r}")
+        if self.comic_layout != "classic":
+            out.append(f"outputs.comic_layout={self.comic_layout}")
         return out
 
 
@@ -192,11 +219,14 @@ class RenderJob:
     request: RenderRequest
     frames: int  # per iteration, from the story
     state: str = "queued"  # queued | running | done | failed | cancelled | interrupted (the server stopped)
+    action: str = "render"  # what the current or last run does: render | resume | edit (ACTIONS)
+    last_edit: dict | None = None  # the cost preview of the last edit queued (edit_plan.EditCost.as_json)
     error: str | None = None
     returncode: int | None = None
     started: float | None = None
     finished: float | None = None
     process: subprocess.Popen | None = field(default=None, repr=False)
+    done_at_start: int = field(default=0, repr=False)  # frames on disk when the current run started
 
     @property
     def out_dir(self) -> Path:
@@ -204,7 +234,8 @@ class RenderJob:
 
     @property
     def log_path(self) -> Path:
-        return self.folder / "render.log"
+        """render.log for the render and its resumes, edit.log for its edits (each run appends after the first)."""
+        return self.folder / ("edit.log" if self.action == "edit" else "render.log")
 
     @property
     def story_path(self) -> Path:
@@ -214,7 +245,8 @@ class RenderJob:
         """The job's state into its folder, so a restarted server lists it again."""
         # Photo bytes stay out of the record: the files already sit beside the story in this folder.
         record = {"id": self.id, "request": {**asdict(self.request), "photos": ()}, "frames": self.frames, "state": self.state,
-                  "error": self.error, "returncode": self.returncode, "started": self.started, "finished": self.finished}
+                  "error": self.error, "returncode": self.returncode, "started": self.started, "finished": self.finished,
+                  "action": self.action, "last_edit": self.last_edit}
         with replacing(self.folder / JOB_FILE) as tmp:
             tmp.write_text(json.dumps(record, indent=1), encoding="utf-8")
 
@@ -224,6 +256,7 @@ class RenderJob:
         job = cls(folder.name, folder, RenderRequest(**record["request"]), int(record["frames"]))
         job.state, job.error, job.returncode = record["state"], record["error"], record["returncode"]
         job.started, job.finished = record["started"], record["finished"]
+        job.action, job.last_edit = record.get("action", "render"), record.get("last_edit")
         return job
 
     def _frames_on_disk(self) -> list[list[str]]:
@@ -235,6 +268,46 @@ class RenderJob:
             found.append([f"{d.name}/{f.name}" for f in sorted(d.glob("frame_*.png"))] if d.is_dir() else [])
         return found
 
+    def story_as_written(self) -> story_text.RawStory | None:
+        """The story file as written (story_text.raw_story), read again only when it changed; None if unreadable."""
+        try:
+            stat = self.story_path.stat()
+            key = (stat.st_mtime_ns, stat.st_size)
+            if getattr(self, "_raw_key", None) != key:
+                text = self.story_path.read_text(encoding="utf-8")
+                self._raw, self._raw_key = story_text.raw_story(text, self.request.story_format), key
+            return self._raw
+        except (OSError, UnicodeDecodeError, StoryError):
+            return None
+
+    def story_frames(self) -> list:
+        raw = self.story_as_written()
+        return raw.frames if raw else []
+
+    def _edited(self, latest: list[str]) -> dict[str, list[str]]:
+        """Frame file -> the earlier versions an edit kept of it (edits/rev_NN/iter_XX/frame_NNNN.png), oldest first."""
+        edits_dir = self.out_dir / "edits"
+        if not edits_dir.is_dir():
+            return {}
+        kept = {}
+        for rel in latest:
+            versions = sorted(edits_dir.glob(f"rev_*/{rel}"))
+            if versions:
+                kept[rel] = [p.relative_to(self.out_dir).as_posix() for p in versions]
+        return kept
+
+    def phase(self, frames_done: int) -> str | None:
+        """What a running job is doing while no frame has arrived: the first seconds start Ray and load the model."""
+        if self.state == "cancelled" and self.process is not None:
+            return "stopping: the workers shut down, finished frames are kept"
+        if self.state != "running":
+            return None
+        if self.action == "edit":
+            n = len((self.last_edit or {}).get("frames", []))
+            return f"editing: {n} frame{'' if n == 1 else 's'} to render again (starting workers, loading the model)" \
+                if n else "editing: redrawing the comic, GIF and gallery"
+        return "starting workers, loading the model" if frames_done <= self.done_at_start else None
+
     def status(self) -> dict:
         outputs = {name: (self.out_dir / name).is_file() for name in ("index.html", "story.gif", "iterations.png", "metrics.json")}
         comic = sorted(p.name for p in (self.out_dir / "comic").glob("page_*.png")) if (self.out_dir / "comic").is_dir() else []
@@ -243,9 +316,22 @@ class RenderJob:
         progress = {"frames_done": sum(per_iteration), "frames_total": self.frames * (self.request.iterations_run + 1),
                     "per_iteration": per_iteration}
         latest = next((f for f in reversed(frames) if f), [])  # the newest iteration that has frames
-        return {"id": self.id, "state": self.state, "error": self.error, "returncode": self.returncode,
+        raw = self.story_frames()
+        edited = self._edited(latest)
+        shown = []
+        for rel in latest:  # frame_0003.png is frame 3: numbered from 0 everywhere
+            index = int(rel.rsplit("_", 1)[1].split(".")[0])
+            path = self.out_dir / rel
+            shown.append({"index": index, "file": rel, "caption": raw[index].caption.strip() if index < len(raw) else "",
+                          "version": path.stat().st_mtime_ns if path.is_file() else 0, "earlier": edited.get(rel, [])})
+        finished = self.state == "done" or self.action == "edit"  # a failed or stopped edit is a finished render
+        return {"id": self.id, "state": self.state, "action": self.action, "error": self.error, "returncode": self.returncode,
                 "title": self.request.title, "model": self.request.model, "frames": self.frames,
                 "iterations": self.request.iterations, "progress": progress, "latest_frames": latest,
+                "latest": shown, "phase": self.phase(progress["frames_done"]), "last_edit": self.last_edit,
+                "can_resume": self.state in ("cancelled", "interrupted", "failed") and self.process is None
+                              and (self.out_dir / "config.yaml").is_file(),
+                "can_edit": finished and self.state not in ("queued", "running") and self.request.method != "storydiffusion",
                 "outputs": outputs, "comic_pages": [f"comic/{name}" for name in comic],
                 "notice": frames_notice(self.out_dir),  # from the render's config.yaml, once it is written
                 "elapsed_s": round((self.finished or time.time()) - self.started, 1) if self.started else None,
@@ -253,7 +339,14 @@ class RenderJob:
 
     def _eta_s(self) -> float | None:
         """The driver's whole-render ETA (engine/eta.py), counted down since it was written; None when unknown."""
-        return eta_file.seconds_left(self.out_dir) if self.state == "running" else None
+        if self.state != "running" or self.action == "edit":
+            return None
+        try:  # a file left by an earlier run (cancelled, then resumed) says nothing about this one
+            if (self.out_dir / eta_file.ETA_FILE).stat().st_mtime < (self.started or 0):
+                return None
+        except OSError:
+            return None
+        return eta_file.seconds_left(self.out_dir)
 
 
 def last_error_line(log: Path) -> str:
@@ -327,6 +420,73 @@ class RenderQueue:
         self._pending.put(job_id)
         return job
 
+    def resume(self, job_id: str) -> RenderJob:
+        """Run a cancelled, interrupted or failed job again with resume=true (edit=true if it was an edit)."""
+        job = self._job(job_id)
+        with self._lock:
+            if job.state in ("queued", "running", "done"):
+                raise UserError(f"render {job_id}: already {job.state}; nothing to resume")
+            if job.process is not None:
+                raise UserError(f"render {job_id}: still stopping; resume it once it has stopped")
+            if not (job.out_dir / "config.yaml").is_file():
+                raise UserError(f"render {job_id}: stopped before it wrote anything; start it again as a new render")
+            job.action = "edit" if job.action == "edit" else "resume"
+            self._queue(job)
+        return job
+
+    def edit_text(self, job_id: str, frame: int, prompt: str, caption: str, seed: int | None,
+                  characters: dict[str, str] | None = None) -> tuple[RenderJob, str]:
+        """The job's story with one frame and any character descriptions rewritten (story_text)."""
+        job = self._job(job_id)
+        fmt = job.request.story_format
+        text = story_text.with_frame(job.story_path.read_text(encoding="utf-8"), fmt, frame, prompt, caption, seed)
+        for name, description in (characters or {}).items():
+            text = story_text.with_character(text, fmt, name, description)
+        return job, text
+
+    def plan_edit(self, job: RenderJob, text: str) -> edit_plan.EditCost | None:
+        """What the edited story `text` will cost, from the backend's plan; writes nothing the render reads."""
+        if job.state in ("queued", "running"):
+            raise UserError(f"render {job.id}: still {job.state}; edit it once it has finished")
+        candidate = job.folder / f"edit-preview{job.story_path.suffix}"  # beside the story: its photo names resolve
+        try:
+            with replacing(candidate) as tmp:
+                tmp.write_text(text, encoding="utf-8")
+            return edit_plan.plan(job.out_dir.resolve(), candidate, self._command(job, "edit")[3:])
+        except UserError as exc:
+            raise UserError(edit_plan.refusal(exc, candidate).replace(candidate.name, job.story_path.name)) from None
+        finally:
+            candidate.unlink(missing_ok=True)
+
+    def edit(self, job_id: str, frame: int, prompt: str, caption: str, seed: int | None,
+             characters: dict[str, str] | None = None) -> tuple[RenderJob, edit_plan.EditCost]:
+        """Queue `edit=true` on a finished render with one frame (and the descriptions of characters) changed. The
+        story file takes the edit only once the backend has accepted it, so a refused edit leaves the render as it was."""
+        job, text = self.edit_text(job_id, frame, prompt, caption, seed, characters)
+        cost = self.plan_edit(job, text)
+        if cost is None:
+            raise UserError("request: the frame is as it was; nothing to edit")
+        with self._lock:
+            if job.state in ("queued", "running") or job.process is not None:
+                raise UserError(f"render {job_id}: still {job.state}; edit it once it has stopped")
+            with replacing(job.story_path) as tmp:
+                tmp.write_text(text, encoding="utf-8")
+            job.action, job.last_edit = "edit", cost.as_json()
+            self._queue(job)
+        return job, cost
+
+    def _job(self, job_id: str) -> RenderJob:
+        job = self.get(job_id)
+        if job is None:
+            raise LookupError(job_id)
+        return job
+
+    def _queue(self, job: RenderJob) -> None:
+        """Queue another run of a job (under the lock)."""
+        job.state, job.error, job.returncode, job.started, job.finished = "queued", None, None, None, None
+        job.save()
+        self._pending.put(job.id)
+
     def get(self, job_id: str) -> RenderJob | None:
         if not _JOB_ID.match(job_id):
             return None
@@ -375,6 +535,7 @@ class RenderQueue:
                 if job.state != "queued":
                     continue
                 job.state, job.started = "running", time.time()
+                job.done_at_start = sum(len(f) for f in job._frames_on_disk())
                 try:
                     job.process = self._start(job)
                 except OSError as exc:
@@ -384,7 +545,7 @@ class RenderQueue:
                     continue
             returncode = self._wait(job)
             with self._lock:
-                job.returncode, job.finished = returncode, time.time()
+                job.returncode, job.finished, job.process = returncode, time.time(), None
                 if job.state != "cancelled":
                     job.state = "done" if returncode == 0 else "failed"
                     if returncode != 0:
@@ -407,11 +568,15 @@ class RenderQueue:
         _kill_group(proc.pid)
         return returncode
 
-    def _start(self, job: RenderJob) -> subprocess.Popen:
+    def _command(self, job: RenderJob, action: str) -> list[str]:
         # Paths relative to the job folder (the child's cwd): the runs folder's name never reaches Hydra's parser.
-        cmd = [sys.executable, "-m", "storyadapter.launch", *job.request.overrides(job.story_path.name, job.out_dir.name),
-               *self.extra_overrides]
-        with open(job.log_path, "wb") as log:  # the child keeps its own descriptor
+        return [sys.executable, "-m", "storyadapter.launch", *job.request.overrides(job.story_path.name, job.out_dir.name),
+                *self.extra_overrides, *ACTIONS[action]]
+
+    def _start(self, job: RenderJob) -> subprocess.Popen:
+        cmd = self._command(job, job.action)
+        mode = "wb" if job.action == "render" else "ab"  # a resume or edit adds to the log of the runs before it
+        with open(job.log_path, mode) as log:  # the child keeps its own descriptor
             # A session of its own, so the Ray processes it starts can be found (and stopped) by process group.
             return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=job.folder, start_new_session=True)
 

@@ -7,7 +7,9 @@ needs the token printed at start. Trailing KEY=VALUE arguments are added to ever
 `model.cache_dir=...` or `cluster=ray`), the same overrides `python -m storyadapter.launch` takes.
 
 Routes: GET / (the page), GET /api/styles, POST /api/renders (JSON RenderRequest), GET /api/renders,
-GET /api/renders/<id>, GET /api/renders/<id>/log, POST /api/renders/<id>/cancel, GET /runs/<id>/<path> (files of a render's output).
+GET /api/renders/<id>, GET /api/renders/<id>/log, GET /api/renders/<id>/story (its story and settings),
+POST /api/renders/<id>/cancel, POST /api/renders/<id>/resume, POST /api/renders/<id>/edit (JSON: frame, prompt,
+caption, seed, preview), GET /runs/<id>/<path> (files of a render's output).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import secrets
 import signal
 import socket
 import sys
+from dataclasses import asdict
 from http import HTTPStatus
 from http.cookies import CookieError, SimpleCookie
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -30,7 +33,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from ..errors import ArgumentParser, UserError, report
 from ..story.styles import style_names
-from .jobs import MAX_REQUEST_BYTES, MODELS, Limits, RenderQueue, RenderRequest
+from . import story_text
+from .jobs import COMIC_LAYOUTS, MAX_REQUEST_BYTES, MODELS, Limits, RenderQueue, RenderRequest
 
 log = logging.getLogger(__name__)
 SERVED_SUFFIXES = {".png", ".gif", ".html", ".json", ".yaml", ".parquet", ".log", ".txt"}
@@ -181,15 +185,17 @@ class Handler(BaseHTTPRequestHandler):
             self._send(HTTPStatus.OK, FAVICON, "image/svg+xml")
         elif parts == ["api", "styles"]:
             limits = self.server.renders.limits
-            self._json(HTTPStatus.OK, {"styles": style_names(), "models": list(MODELS),
+            self._json(HTTPStatus.OK, {"styles": style_names(), "models": list(MODELS), "comic_layouts": list(COMIC_LAYOUTS),
                                        "limits": {"frame_renders": limits.frame_renders, "size": limits.size,
                                                   "steps": limits.steps, "workers": limits.workers}})
         elif parts == ["api", "renders"]:
             self._json(HTTPStatus.OK, {"renders": [j.status() for j in self.server.renders.list()]})
-        elif len(parts) in (3, 4) and parts[:2] == ["api", "renders"] and parts[3:] in ([], ["log"]):
+        elif len(parts) in (3, 4) and parts[:2] == ["api", "renders"] and parts[3:] in ([], ["log"], ["story"]):
             job = self.server.renders.get(parts[2])
             if job is None:
                 self._error(HTTPStatus.NOT_FOUND, f"no render {parts[2]!r}")
+            elif parts[3:] == ["story"]:
+                self._json(HTTPStatus.OK, story_and_settings(job))
             elif parts[3:] == ["log"]:
                 log = job.log_path.read_bytes() if job.log_path.is_file() else b""
                 self._send(HTTPStatus.OK, log, "text/plain; charset=utf-8")
@@ -204,37 +210,68 @@ class Handler(BaseHTTPRequestHandler):
         parts = [p for p in unquote(urlsplit(self.path).path).split("/") if p]
         if parts == ["api", "renders"]:
             self._submit()
-        elif len(parts) == 4 and parts[:2] == ["api", "renders"] and parts[3] == "cancel":
-            job = self.server.renders.cancel(parts[2])
-            if job is None:
+        elif len(parts) == 4 and parts[:2] == ["api", "renders"] and parts[3] in ("cancel", "resume", "edit"):
+            if self.server.renders.get(parts[2]) is None:
                 self._error(HTTPStatus.NOT_FOUND, f"no render {parts[2]!r}")
+            elif parts[3] == "cancel":
+                self._json(HTTPStatus.OK, self.server.renders.cancel(parts[2]).status())
+            elif parts[3] == "resume":
+                self._answer(lambda: (HTTPStatus.ACCEPTED, self.server.renders.resume(parts[2]).status()))
             else:
-                self._json(HTTPStatus.OK, job.status())
+                self._answer(lambda: self._edit(parts[2]))
         else:
             self._error(HTTPStatus.NOT_FOUND, "no such endpoint")
 
-    def _submit(self) -> None:
+    def _answer(self, act) -> None:
+        """`act()` -> (status, payload); its UserError is a 400 with the one line."""
+        try:
+            status, payload = act()
+        except UserError as exc:
+            self._error(HTTPStatus.BAD_REQUEST, str(exc))
+            return
+        self._json(status, payload)
+
+    def _read_json(self) -> object:
         try:
             length = int(self.headers.get("Content-Length") or 0)
         except ValueError:
             length = -1
         if not 0 < length <= MAX_REQUEST_BYTES:
-            self._error(HTTPStatus.BAD_REQUEST, "request: missing or oversized body")
-            return
+            raise UserError("request: missing or oversized body")
         try:
-            data = json.loads(self.rfile.read(length), parse_int=_small_int)
+            return json.loads(self.rfile.read(length), parse_int=_small_int)
         except RecursionError:
-            self._error(HTTPStatus.BAD_REQUEST, "request: not JSON (nested too deeply)")
-            return
+            raise UserError("request: not JSON (nested too deeply)") from None
         except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, or a number too long
-            self._error(HTTPStatus.BAD_REQUEST, f"request: not JSON ({' '.join(str(exc).split())[:200]})")
-            return
-        try:
-            job = self.server.renders.submit(RenderRequest.from_json(data, self.server.renders.limits))
-        except UserError as exc:
-            self._error(HTTPStatus.BAD_REQUEST, str(exc))
-            return
-        self._json(HTTPStatus.ACCEPTED, job.status())
+            raise UserError(f"request: not JSON ({' '.join(str(exc).split())[:200]})") from None
+
+    def _submit(self) -> None:
+        self._answer(lambda: (HTTPStatus.ACCEPTED, self.server.renders.submit(
+            RenderRequest.from_json(self._read_json(), self.server.renders.limits)).status()))
+
+    def _edit(self, job_id: str) -> tuple[HTTPStatus, dict]:
+        """{frame, prompt, caption, seed, preview}: with preview, only what the edit would cost; else it is queued."""
+        data = self._read_json()
+        if not isinstance(data, dict) or set(data) - {"frame", "prompt", "caption", "seed", "characters", "preview"}:
+            raise UserError("request: expected an object with frame, prompt, caption, seed, characters and preview")
+        characters = data.get("characters") or {}
+        if not isinstance(characters, dict) or not all(isinstance(v, str) for v in characters.values()):
+            raise UserError("request.characters: expected an object of name: description")
+        frame, seed = data.get("frame"), data.get("seed")
+        prompt, caption = data.get("prompt"), data.get("caption") or ""
+        if isinstance(frame, bool) or not isinstance(frame, int):
+            raise UserError(f"request.frame: expected a frame number (from 0), got {frame!r}")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= 2**63 - 1):
+            raise UserError(f"request.seed: expected a whole number from 0, or null for the render's seed, got {seed!r}")
+        if not isinstance(prompt, str) or not isinstance(caption, str):
+            raise UserError("request.prompt: expected the frame's prompt and caption as text")
+        renders = self.server.renders
+        if data.get("preview"):
+            job, text = renders.edit_text(job_id, frame, prompt, caption, seed, characters)
+            cost = renders.plan_edit(job, text)
+            return HTTPStatus.OK, {"edit": cost.as_json() if cost else None}
+        job, cost = renders.edit(job_id, frame, prompt, caption, seed, characters)
+        return HTTPStatus.ACCEPTED, {**job.status(), "edit": cost.as_json()}
 
     def _serve_output(self, job_id: str, rel: list[str]) -> None:
         job = self.server.renders.get(job_id)
@@ -252,6 +289,21 @@ class Handler(BaseHTTPRequestHandler):
         if kind.startswith("text/"):
             kind += "; charset=utf-8"
         self._send(HTTPStatus.OK, target.read_bytes(), kind)
+
+
+def story_and_settings(job) -> dict:
+    """What the form needs to show a past render again: its settings, its story as it is now (after any edits),
+    and its frames as written, numbered from 0."""
+    request = {k: v for k, v in asdict(job.request).items() if k not in ("photos", "story")}
+    try:
+        story = job.story_path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        story = job.request.story
+    raw = job.story_as_written()
+    frames = [{"index": i, "prompt": f.text.strip(), "caption": f.caption.strip(), "seed": f.seed,
+               "characters": story_text.tagged(f.text)} for i, f in enumerate(raw.frames if raw else [])]
+    characters = {c.name.strip(): c.description.strip() for c in (raw.characters if raw else [])}
+    return {"id": job.id, "request": request, "story": story, "frames": frames, "characters": characters}
 
 
 class WebUIServer(ThreadingHTTPServer):
