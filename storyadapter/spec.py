@@ -191,7 +191,7 @@ FLUX_SCHEDULERS = ("flow_euler",)
 CHOICES = {
     "model.kind": ("hub", "tiny", "sdxl-random", "flux-random", "sim"),
     "model.family": ("sdxl", "flux"),
-    "model.offload": ("none", "model", "sequential"),
+    "model.offload": ("none", "model", "blocks", "sequential"),
     "render.seed_policy": ("shared", "per_frame"),
     "render.reference_weighting": ("uniform", "characters"),
     "render.reference_sdpa": ("split", "joint"),
@@ -311,7 +311,8 @@ def _check_flux(run) -> None:
         # accelerate 1.16's per-layer offload fails on transformers 5's text encoders (new() got requires_grad),
         # with a stock FluxPipeline too (docs/flux.md, "Memory")
         raise ConfigError("model.offload", m.offload, "diffusers' sequential offload fails with this environment's "
-                          "transformers and accelerate (stock FluxPipeline too); use model.offload=model")
+                          "transformers and accelerate (stock FluxPipeline too); use model.offload=blocks (the "
+                          "transformer's blocks stream in one at a time: fits a 24 GB GPU)")
     if m.offload != "none" and m.device == "cpu":
         raise ConfigError("model.offload", m.offload, "offloading keeps weights on the CPU between uses on a GPU; "
                           "with model.device=cpu there is no GPU: use model.offload=none")
