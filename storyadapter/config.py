@@ -57,8 +57,9 @@ class ModelConfig:
     dtype: str = "auto"  # auto: float16 on GPU, float32 on CPU
     device: str = "auto"
     compile: bool = False  # torch.compile the UNet (GPU)
-    # FLUX: none | model: diffusers' CPU offload of each actor's pipeline on its GPU (enable_model_cpu_offload: whole
-    # components move in when used). sequential (layer by layer) is refused: it fails in this environment (docs/flux.md)
+    # FLUX: none | model | blocks: CPU offload of each actor's pipeline on its GPU (model: enable_model_cpu_offload,
+    # whole components move in when used; blocks: the transformer's blocks stream in one at a time, diffusers' group
+    # offloading: fits 24 GB). sequential (layer by layer) is refused: it fails in this environment (docs/flux.md)
     offload: str = "none"
     # GPU: true pins cuDNN to deterministic kernels (same pixels on every run and worker); false lets it
     # autotune (cudnn.benchmark), which may be faster and may change the last bits of a frame between runs.

@@ -192,7 +192,7 @@ FLUX_SCHEDULERS = ("flow_euler",)
 CHOICES = {
     "model.kind": ("hub", "tiny", "sdxl-random", "flux-random", "sim"),
     "model.family": ("sdxl", "flux"),
-    "model.offload": ("none", "model", "sequential"),
+    "model.offload": ("none", "model", "blocks", "sequential"),
     "render.seed_policy": ("shared", "per_frame"),
     "render.reference_weighting": ("uniform", "characters"),
     "render.reference_sdpa": ("split", "joint"),
@@ -313,10 +313,12 @@ def _check_flux(run) -> None:
         if value:
             raise ConfigError(key, value, "SDXL only; a FLUX model loads from a diffusers folder or hub id")
     if m.offload == "sequential":
-        # accelerate 1.16's per-layer offload fails on transformers 5's text encoders (new() got requires_grad),
-        # with a stock FluxPipeline too (docs/flux.md, "Memory")
+        # accelerate 1.16's per-layer offload fails with transformers 5.25 (new() got requires_grad), for a stock
+        # FluxPipeline and for the transformer alone; seen on the CPU only (docs/flux.md, "Memory"). blocks does the
+        # same job at block granularity.
         raise ConfigError("model.offload", m.offload, "diffusers' sequential offload fails with this environment's "
-                          "transformers and accelerate (stock FluxPipeline too); use model.offload=model")
+                          "transformers and accelerate (seen on the CPU, stock FluxPipeline too); use "
+                          "model.offload=blocks (the transformer's blocks stream in one at a time: fits a 24 GB GPU)")
     if m.offload != "none" and m.device == "cpu":
         raise ConfigError("model.offload", m.offload, "offloading keeps weights on the CPU between uses on a GPU; "
                           "with model.device=cpu there is no GPU: use model.offload=none")

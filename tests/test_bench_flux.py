@@ -59,13 +59,42 @@ def test_flux_memory_peaks_follow_where_each_offload_choice_keeps_the_weights():
     weights = {"transformer": 23_802_816_640, "ip_adapter": 981_749_760, "text_encoder_2": 9_524_621_312,
                "text_encoder": 246_120_960, "vae": 167_639_366, "image_encoder": 607_932_416}
     act = {"text": 10**8, "transformer": 5 * 10**8, "vae": 16 * 10**8, "image_encoder": 10**7}
-    p = peaks(weights, act, kept, largest_layer=263_192_576)
+    p = peaks(weights, act, kept, largest_layer=263_192_576, stream=STREAM)
     # none: the whole pipeline encodes the prompts at start-up; rendering holds no text encoders but the K/V
     assert p["none_startup"] == sum(weights.values()) + act["text"]
     assert p["none_rendering"] == sum(weights.values()) - weights["text_encoder_2"] - weights["text_encoder"] + \
         kept["reference_kv"] + act["vae"]
     assert p["none"] == p["none_startup"] > p["model"] > p["sequential"]
     assert p["model"] == weights["transformer"] + weights["ip_adapter"] + act["transformer"] + kept["reference_kv"]
+
+
+STREAM = {"transformer_root": 128_249_984, "blocks_in_flight": 1_359_325_184, "blocks": 57}
+
+
+def test_block_offload_holds_two_blocks_and_the_rest_of_the_pipeline_but_the_text_encoders_once_they_leave():
+    import torch
+
+    from bench.flux_memory import GIB, _weights, held, peaks, streamed
+    from storyadapter.models import flux_random
+
+    pipe = flux_random.build_pipeline("meta", torch.bfloat16)
+    stream = streamed(pipe)
+    # the transformer is its 57 blocks and the rest; two double-stream blocks are the largest consecutive pair
+    assert stream == STREAM
+    double = sum(p.numel() for n, p in pipe.transformer.transformer_blocks[0].named_parameters() if ".processor." not in n)
+    assert stream["blocks_in_flight"] == 2 * 2 * double
+    blocks = [b for blocks in (pipe.transformer.transformer_blocks, pipe.transformer.single_transformer_blocks) for b in blocks]
+    weights = _weights(pipe)
+    assert stream["transformer_root"] + sum(p.numel() * 2 for b in blocks for n, p in b.named_parameters()
+                                            if ".processor." not in n) == weights["transformer"]
+    kept = held(n=100, frames=100, batch=1)
+    act = {"text": 10**8, "transformer": 5 * 10**8, "vae": 16 * 10**8, "image_encoder": 10**7}
+    p = peaks(weights, act, kept, largest_layer=263_192_576, stream=stream)
+    resident = weights["ip_adapter"] + weights["vae"] + weights["image_encoder"]
+    assert p["blocks_startup"] == weights["text_encoder_2"] + weights["text_encoder"] + resident + act["text"]
+    assert p["blocks_rendering"] == resident + sum(STREAM[k] for k in ("transformer_root", "blocks_in_flight")) + \
+        kept["reference_kv"] + act["vae"]
+    assert p["blocks"] == p["blocks_startup"] and p["blocks"] + GIB < 24 * GIB < p["model"] + GIB
 
 
 def test_flux_part_runs_flux_random_on_the_gpu_preset_and_its_growth_path_renders_flux_tiny(flux_tiny_cache, tmp_path):

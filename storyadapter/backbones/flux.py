@@ -61,18 +61,22 @@ class FluxBackbone(Backbone):
         transformer.set_attn_processor(plain)
         transformer.encoder_hid_proj = None  # the transformer's own per-call image projection is detached
         self._guidance = DEFAULT_DISTILLED_GUIDANCE
+        self._offload_mode = "none"  # model.offload (offload())
+        self._offload_device: torch.device | None = None  # where offloaded weights compute
         self._latent_size: tuple[int, int] | None = None  # (H/8, W/8) of the batch being denoised, for decode
         self.unet_evaluations = 0  # frames through the denoiser, one per branch and step (benchmarks, tests)
 
     # the model ----------------------------------------------------------------------------------
     @property
     def device(self) -> torch.device:
-        # Under model.offload the weights rest on the host; the pipeline's execution device is the actor's GPU.
-        return self.pipe._execution_device if self._offloaded else self.pipe.transformer.device
+        # Under model.offload the weights rest on the host; the actor's GPU is where they compute.
+        if self._offload_mode == "model":
+            return self.pipe._execution_device  # as accelerate's hooks name it
+        return self._offload_device if self._offload_device is not None else self.pipe.transformer.device
 
     @property
     def _offloaded(self) -> bool:
-        return hasattr(self.pipe.transformer, "_hf_hook")  # accelerate's hook, set by enable_*_cpu_offload
+        return self._offload_device is not None
 
     @property
     def dtype(self) -> torch.dtype:
@@ -82,15 +86,28 @@ class FluxBackbone(Backbone):
         self.pipe.transformer = torch.compile(self.pipe.transformer)
 
     def offload(self, mode: str, device: torch.device) -> None:
-        """model.offload: diffusers' CPU offload of the pipeline onto `device` (`model`: each component moves in when
-        it runs; `sequential`: layer by layer). The IP-Adapter's projection and K/V layers, which GRCA calls outside
-        the transformer's forward once per iteration, stay on `device` (about 1 GB for XLabs' adapter in bf16)."""
+        """model.offload onto `device` (docs/flux.md, "Memory"):
+          model   diffusers' enable_model_cpu_offload: each component moves in whole when it runs;
+          blocks  diffusers' block-level group offloading of the transformer: its 57 blocks rest in (pinned) host
+                  memory and stream in one at a time, the next one copied on a side CUDA stream while the current
+                  one computes; the rest of the transformer (embedders, final norm) moves in for each pass. The text
+                  encoders, VAE and image encoder sit on `device` (the text encoders leave after encoding:
+                  release_text_encoders).
+        Either way, the IP-Adapter's projection and K/V layers, which GRCA calls outside the transformer's forward
+        once per iteration, stay on `device` (about 1 GB for XLabs' adapter in bf16), so the reference K/V are
+        computed there and stay there while the blocks stream."""
         if mode == "model":
             self.pipe.enable_model_cpu_offload(device=device)
-        elif mode == "sequential":
-            self.pipe.enable_sequential_cpu_offload(device=device)
+        elif mode == "blocks":
+            for name in ("text_encoder", "text_encoder_2", "vae", "image_encoder"):
+                getattr(self.pipe, name).to(device)
+            # Streams need an accelerator; without one (tests offload onto the CPU itself) the blocks load in turn.
+            self.pipe.transformer.enable_group_offload(onload_device=device, offload_device=torch.device("cpu"),
+                                                       offload_type="block_level", num_blocks_per_group=1,
+                                                       use_stream=device.type == "cuda")
         else:
             raise ValueError(f"unknown offload mode {mode}")
+        self._offload_mode, self._offload_device = mode, device
         self._projection.to(device)
         for layer in self._reference_layers.values():
             layer.to_k.to(device)
@@ -121,7 +138,8 @@ class FluxBackbone(Backbone):
 
     @property
     def releases_text_encoders(self) -> bool:
-        return self.device.type == "cuda" and not self._offloaded  # offloading already moves them out after use
+        # model offload already moves them out after use; under blocks (and none) they sit on the GPU until released
+        return self.device.type == "cuda" and self._offload_mode != "model"
 
     def release_text_encoders(self) -> None:
         self.pipe.text_encoder.to("cpu")

@@ -32,7 +32,7 @@ class ModelSource:
     loras: tuple[LoraWeights, ...] = ()
     cache_dir: str | None = None  # where SDXL base's configs are written when single_file_config is None
     family: str = "sdxl"  # sdxl | flux: which pipeline and backbone load these weights (model.family)
-    offload: str = "none"  # none | model | sequential: diffusers' CPU offload of the pipeline (model.offload)
+    offload: str = "none"  # none | model | blocks: CPU offload of the pipeline (model.offload; FluxBackbone.offload)
 
     def components_dir(self) -> Path:
         """The folder of component configs a single-file checkpoint (or VAE) is built around."""
