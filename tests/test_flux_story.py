@@ -61,7 +61,9 @@ def test_photo_story_extended_renders_only_new_iterations_and_stops_when_stable(
                                                                                local_ray, monkeypatch):
     """Through the Ray engine: a finished render of iterations 0..1 resumed with render.iterations=3 and
     render.stop_when_stable between its first and second refinement's change renders iteration 2 alone, stops
-    there (iteration 3 skipped) and leaves the earlier files untouched."""
+    there (iteration 3 skipped) and leaves the earlier files untouched; resumed again, it is settled and starts
+    no actor."""
+    from storyadapter.engine import executor as engine
     from storyadapter.launch import compose_config
     from storyadapter.render_story import render_story
 
@@ -91,4 +93,11 @@ def test_photo_story_extended_renders_only_new_iterations_and_stops_when_stable(
     assert manifest.finished_iterations(out) == [0, 1, 2] and not (out / manifest.iteration_dirname(3)).exists()
     assert 0 < convergence.changes(out, [1, 2])[2] < eps  # FLUX's frame embeddings reached the stopping rule
     assert {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in kept} == kept  # not rendered or rewritten again
+
+    def no_actors(*args, **kwargs):
+        raise AssertionError("a settled render started actors")
+
+    monkeypatch.setattr(engine, "RayExecutor", no_actors)  # settled: nothing to render, no model to load
+    assert render("resume=true", "render.iterations=3", f"render.stop_when_stable={eps!r}") == []
+    assert manifest.finished_iterations(out) == [0, 1, 2]
 
