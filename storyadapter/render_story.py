@@ -235,12 +235,14 @@ def render_story(cfg: DictConfig, out_dir: Path) -> Path:
     from .outputs import write as outputs
 
     scored, deferred = False, None
-    if state.finished:  # nothing to render: no cluster, no model
+    # Nothing to render: no cluster, no model. A render that settled (render.stop_when_stable) is finished too.
+    finished = state.finished or (not state.fresh and _settled(run, story, out_dir, state))
+    if state.finished:
         log.info("all %d iterations of %s are finished; writing the outputs only", run.iterations_to_render + 1, out_dir)
-    else:
+    elif not finished:
         scored, deferred = _render(run, cfg, story, out_dir, state)
     # A finished render's metrics stay as they were scored (with the model's evaluation CLIP) unless asked anew.
-    rescore = not state.finished or run.eval.clip_model or not (out_dir / METRICS_JSON).is_file()
+    rescore = not finished or run.eval.clip_model or not (out_dir / METRICS_JSON).is_file()
     if run.outputs.enabled:
         outputs.write_all(out_dir, clip_model=run.eval.clip_model, metrics=rescore and not scored and deferred is None,
                           layout=run.outputs.comic_layout, caption_position=run.outputs.caption_position)
@@ -248,6 +250,13 @@ def render_story(cfg: DictConfig, out_dir: Path) -> Path:
         raise deferred
     log.info("done: %s", out_dir)
     return out_dir
+
+
+def _settled(run: specs.RunSpec, story: Story, out_dir: Path, state: rundir.RunDir) -> bool:
+    from .engine import driver
+
+    return run.render.stop_when_stable is not None and driver.settled_before_resume(
+        plan_for(run, story, out_dir, state.ramp_iterations))
 
 
 def start_executor(run: specs.RunSpec, spec, res, clip=None):

@@ -107,23 +107,39 @@ def first_unfinished(out_dir: Path, iterations: int) -> int:
     return it
 
 
-def run_iterations(plan: RunPlan, executor: Executor) -> list[IterationStats]:
-    n = len(plan.story.frames)
+def _resume_point(plan: RunPlan) -> tuple[int, int | None] | None:
+    """(first iteration to render, the last pass a settled draft leads to or None), or None when a run that settled
+    (render.stop_when_stable) has nothing left to render (said in the log)."""
     start = first_unfinished(plan.out_dir, plan.iterations)
-    if start > 0:
-        log.info("resuming after finished iteration %d", start - 1)
-    groups = schedule.batches(n, plan.batch_size)
-    bank = manifest.read_bank(plan.out_dir, start - 1) if start > 0 else None
-    stats = []
     # With drafts, a story that settled renders one last pass right after the settled draft, then stops.
     last_pass = None
     if plan.skips_to_last_pass:
         last_pass = convergence.last_pass_after_settling(plan.out_dir, start, plan.stop_when_stable, plan.iterations)
         if last_pass is not None and last_pass < start:
             log.info("nothing to resume: the drafts settled and iteration %d is the last pass", last_pass)
-            return stats
+            return None
     elif convergence.stable_before_resume(plan.out_dir, start, plan.stop_when_stable):
+        return None
+    return start, last_pass
+
+
+def settled_before_resume(plan: RunPlan) -> bool:
+    """Whether the render on disk settled and has nothing left to render: asked before any actor starts (loading a
+    model on every GPU to render nothing), with the rule run_iterations applies."""
+    return _resume_point(plan) is None
+
+
+def run_iterations(plan: RunPlan, executor: Executor) -> list[IterationStats]:
+    n = len(plan.story.frames)
+    stats = []
+    point = _resume_point(plan)
+    if point is None:
         return stats
+    start, last_pass = point
+    if start > 0:
+        log.info("resuming after finished iteration %d", start - 1)
+    groups = schedule.batches(n, plan.batch_size)
+    bank = manifest.read_bank(plan.out_dir, start - 1) if start > 0 else None
     kinds = [False] if last_pass == start else [plan.is_draft(it) for it in range(start, plan.iterations + 1)]
     eta = RenderEta(plan.out_dir, n, kinds, plan.frame_costs)
     for it in range(start, plan.iterations + 1):
