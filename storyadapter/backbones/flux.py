@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from .base import TextEmbedding
+from .base import TextEmbedding, guidance_batch, guidance_branches
 from .ip_adapter import IPAdapterBackbone
 
 DEFAULT_DISTILLED_GUIDANCE = 3.5  # FluxPipeline.__call__'s guidance_scale default
@@ -164,10 +164,7 @@ class FluxBackbone(IPAdapterBackbone):
 
     def conditioning(self, texts: list[TextEmbedding], height: int, width: int, guided: bool = True) -> FluxConditioning:
         device, dtype = self.device, self.dtype
-        negative = [e.negative_tokens for e in texts] if guided else []
-        negative_pooled = [e.negative_pooled for e in texts] if guided else []
-        tokens = torch.cat(negative + [e.tokens for e in texts]).to(device, dtype)
-        pooled = torch.cat(negative_pooled + [e.pooled for e in texts]).to(device, dtype)
+        tokens, pooled = guidance_batch(texts, guided, device, dtype)
         text_ids = torch.zeros(tokens.shape[1], 3).to(device=device, dtype=dtype)
         factor = self.pipe.vae_scale_factor * 2
         image_ids = self.pipe._prepare_latent_image_ids(1, height // factor, width // factor, device, dtype)
@@ -183,10 +180,7 @@ class FluxBackbone(IPAdapterBackbone):
                                       txt_ids=conditioning.text_ids, img_ids=conditioning.image_ids,
                                       return_dict=False)[0]
         self.unet_evaluations += model_in.shape[0]
-        if not conditioning.guided:
-            return None, noise
-        uncond, cond = noise.chunk(2)
-        return uncond, cond
+        return guidance_branches(noise, conditioning.guided)
 
     def step(self, noise: torch.Tensor, t: torch.Tensor, latents: torch.Tensor,
              generators: list[torch.Generator] | None = None) -> torch.Tensor:

@@ -18,7 +18,7 @@ from PIL import Image
 from . import sdxl_text
 from .. import passes
 from ..methods import FreeUSettings
-from .base import TextEmbedding
+from .base import TextEmbedding, guidance_batch, guidance_branches
 from .ip_adapter import IPAdapterBackbone
 
 
@@ -136,10 +136,7 @@ class SDXLBackbone(IPAdapterBackbone):
     def conditioning(self, texts: list[TextEmbedding], height: int, width: int, guided: bool = True) -> SDXLConditioning:
         # Read once: diffusers' ModelMixin.device/.dtype walk every UNet module (~2000 in SDXL) on each access.
         device, dtype = self.device, self.dtype
-        negative = [e.negative_tokens for e in texts] if guided else []
-        negative_pooled = [e.negative_pooled for e in texts] if guided else []
-        tokens = torch.cat(negative + [e.tokens for e in texts]).to(device, dtype)
-        pooled = torch.cat(negative_pooled + [e.pooled for e in texts]).to(device, dtype)
+        tokens, pooled = guidance_batch(texts, guided, device, dtype)
         size = (height, width)
         time_ids = torch.tensor([list(size + (0, 0) + size)], dtype=dtype, device=device).repeat(tokens.shape[0], 1)
         return SDXLConditioning(tokens, {"text_embeds": pooled, "time_ids": time_ids}, guided)
@@ -151,10 +148,7 @@ class SDXLBackbone(IPAdapterBackbone):
         noise = self.pipe.unet(model_in, t, encoder_hidden_states=conditioning.tokens,
                                added_cond_kwargs=conditioning.added, return_dict=False)[0]
         self.unet_evaluations += model_in.shape[0]
-        if not conditioning.guided:
-            return None, noise
-        uncond, cond = noise.chunk(2)
-        return uncond, cond
+        return guidance_branches(noise, conditioning.guided)
 
     def step(self, noise: torch.Tensor, t: torch.Tensor, latents: torch.Tensor,
              generators: list[torch.Generator] | None = None) -> torch.Tensor:
