@@ -65,7 +65,7 @@ import yaml
 
 from storyadapter.rundir import manifest
 
-from .helpers.edits import STORY, command, copy_of, count_renders, files, frames, launch, one_line_error, render
+from .helpers.edits import STORY, command, copy_of, edit_copy, files, frames, launch, one_line_error, render
 from .helpers.engine_hooks import kill_driver_at
 
 
@@ -82,11 +82,7 @@ def test_the_render_records_the_story_it_was_made_from(finished_render):
 @pytest.mark.slow
 def test_an_edited_prompt_renders_exactly_that_frame_again(finished_render, tmp_path, tiny_cache, monkeypatch):
     edited = STORY[:4] + ["[Tom] sleeps in his boat #Tom at work"] + STORY[5:]
-    story, out = copy_of(finished_render, tmp_path, edited)
-    before = files(out)
-    rendered = count_renders(monkeypatch)
-    render(*command(story, out, tiny_cache, "edit=true"))
-    after = files(out)
+    out, before, after, rendered = edit_copy(finished_render, tmp_path, tiny_cache, monkeypatch, edited)
     assert rendered == [1]
     for name in (frames(out)[0], frames(out)[2], "iter_00/frame_0001.png", "manifest/iter_00.parquet"):
         assert after[name] == before[name], name  # same inode, mtime and bytes
@@ -106,11 +102,7 @@ def test_an_edited_prompt_renders_exactly_that_frame_again(finished_render, tmp_
 @pytest.mark.slow
 def test_a_caption_edit_renders_nothing_and_redraws_the_comic(finished_render, tmp_path, tiny_cache, monkeypatch):
     edited = STORY[:5] + ["[Lisa] waves from the pier #See you soon"]
-    story, out = copy_of(finished_render, tmp_path, edited)
-    before = files(out)
-    rendered = count_renders(monkeypatch)
-    render(*command(story, out, tiny_cache, "edit=true"))
-    after = files(out)
+    out, before, after, rendered = edit_copy(finished_render, tmp_path, tiny_cache, monkeypatch, edited)
     assert rendered == []
     assert all(after[f] == before[f] for f in before if f.startswith("iter_"))
     pages = [f for f in before if f.startswith("comic/")]
@@ -121,11 +113,7 @@ def test_a_caption_edit_renders_nothing_and_redraws_the_comic(finished_render, t
 @pytest.mark.slow
 def test_a_character_description_edit_renders_exactly_the_frames_naming_that_character(finished_render, tmp_path, tiny_cache, monkeypatch):
     edited = ["[Lisa] a girl with a green scarf"] + STORY[1:]
-    story, out = copy_of(finished_render, tmp_path, edited)
-    before = files(out)
-    rendered = count_renders(monkeypatch)
-    render(*command(story, out, tiny_cache, "edit=true"))
-    after = files(out)
+    out, before, after, rendered = edit_copy(finished_render, tmp_path, tiny_cache, monkeypatch, edited)
     assert sorted(rendered) == [0, 2]
     assert after["iter_01/frame_0001.png"] == before["iter_01/frame_0001.png"]
     assert all(after[f][2] != before[f][2] for f in ("iter_01/frame_0000.png", "iter_01/frame_0002.png"))

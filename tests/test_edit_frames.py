@@ -11,7 +11,7 @@ from storyadapter.outputs.comic import fit_image, layout_pages
 from storyadapter.rundir import manifest
 from storyadapter.story.snapshot import compare
 
-from .helpers.edits import STORY, command, copy_of, count_renders, files, launch, render
+from .helpers.edits import STORY, command, copy_of, count_renders, edit_copy, files, launch, render
 from .helpers.engine_hooks import kill_driver_at
 
 INSERTED = "[Tom] rows out to sea #Setting out"
@@ -52,11 +52,7 @@ def _comic_panels(out, paths: list[str]) -> None:
 @pytest.mark.slow
 def test_an_inserted_frame_is_the_only_render_and_every_other_file_stays_as_it_was(finished_render, tmp_path, tiny_cache, monkeypatch):
     edited = STORY[:4] + [INSERTED] + STORY[4:]
-    story, out = copy_of(finished_render, tmp_path, edited)
-    before = files(out)
-    rendered = count_renders(monkeypatch)
-    render(*command(story, out, tiny_cache, "edit=true"))
-    after = files(out)
+    out, before, after, rendered = edit_copy(finished_render, tmp_path, tiny_cache, monkeypatch, edited)
     assert rendered == [1]
     for name in before:
         if name.startswith("iter_"):

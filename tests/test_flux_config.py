@@ -14,6 +14,8 @@ from safetensors.torch import save_file
 from storyadapter.errors import UserError
 from storyadapter.models.lora import LoraWeights
 
+from .helpers.flux_offload import render_frame
+
 BASE = ["story.path=s.txt", "output_dir=o"]
 FLUX = [*BASE, "model=flux-tiny", "render=flux-tiny"]
 
@@ -147,25 +149,8 @@ def test_offloading_on_a_cpu_worker_is_one_line(flux_tiny_source):
 def test_model_offload_gives_the_same_pixels(flux_tiny_source):
     """model.offload=model, onto the CPU itself (no GPU here): diffusers' hooks move each component in and out, the
     IP-Adapter's layers stay put, GRCA still reaches them; frames and their embeddings are those without offload."""
-    from storyadapter.models.loading import load_backbone
-    from storyadapter.worker import torch_settings
-    from storyadapter.worker.renderer import RenderSettings, StoryRenderer
-
-    settings = RenderSettings(steps=2, height=64, width=64, guidance_scale=1.0, scheduler="flow_euler")
-    bank = np.random.default_rng(0).normal(size=(2, 32)).astype(np.float32)
-
-    def render(offload: bool):
-        with torch_settings.reproducible(threads=1):
-            backbone = load_backbone(flux_tiny_source, torch.device("cpu"), torch.float32)
-            if offload:
-                backbone.offload("model", torch.device("cpu"))
-            r = StoryRenderer(backbone, settings)
-            r.set_references(bank, 0.5)
-            frame = r.render([r.encode_text("a cat on a desk", "")], [1])[0]
-            return np.asarray(frame, dtype=np.int16), r.embed_images([frame]), backbone._offloaded
-
-    plain, offloaded = render(False), render(True)
-    assert offloaded[2] and not plain[2]
+    plain, offloaded = render_frame(flux_tiny_source, None), render_frame(flux_tiny_source, "model")
+    assert offloaded[2]._offloaded and not plain[2]._offloaded
     assert np.array_equal(plain[0], offloaded[0]) and np.array_equal(plain[1], offloaded[1])
 
 

@@ -10,6 +10,7 @@ import yaml
 
 from storyadapter.rundir import manifest
 
+from .helpers.renders import assert_same_bytes
 from .helpers.stories import write_story
 
 FRAMES = 4
@@ -28,13 +29,6 @@ def render(story, cache, out, workers, *extra) -> Path:
     return render_story(compose_config(overrides(story, cache, out, workers, *extra)), out)
 
 
-def assert_same_bytes(a: Path, b: Path) -> None:
-    for it in range(2):
-        for f in range(FRAMES):
-            rel = Path(manifest.iteration_dirname(it)) / manifest.frame_filename(f)
-            assert (a / rel).read_bytes() == (b / rel).read_bytes(), f"{rel} differs"
-
-
 @pytest.mark.slow
 def test_flux_tiny_renders_the_same_bytes_on_1_or_2_workers_and_after_a_killed_driver(flux_tiny_cache, tmp_path, request):
     from .helpers import engine_hooks
@@ -46,8 +40,8 @@ def test_flux_tiny_renders_the_same_bytes_on_1_or_2_workers_and_after_a_killed_d
     assert 1 not in manifest.finished_iterations(killed)
     request.getfixturevalue("local_ray")  # the in-process Ray starts only after the kill
     one = render(story, flux_tiny_cache, tmp_path / "one", 1)
-    assert_same_bytes(one, render(story, flux_tiny_cache, tmp_path / "two", 2))
+    assert_same_bytes(one, render(story, flux_tiny_cache, tmp_path / "two", 2), iterations=2, frames=FRAMES)
     render(story, flux_tiny_cache, killed, 2, "resume=true")
-    assert_same_bytes(one, killed)
+    assert_same_bytes(one, killed, iterations=2, frames=FRAMES)
     fingerprint = yaml.safe_load((one / "config.yaml").read_text())["fingerprint"]
     assert fingerprint["model"]["family"] == "flux" and fingerprint["render"]["distilled_guidance"] == 3.5

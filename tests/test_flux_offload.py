@@ -6,33 +6,19 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .helpers.flux_offload import render_frame
+
 
 def test_block_offload_gives_the_same_pixels_and_loads_every_block_each_pass(flux_tiny_source, monkeypatch):
     """Onto the CPU itself (no GPU here): diffusers' hooks load each block before it runs and put it back after,
     without the CUDA stream that prefetches the next block on a GPU (diffusers needs an accelerator for it)."""
     from diffusers.hooks.group_offloading import ModuleGroup
 
-    from storyadapter.models.loading import load_backbone
-    from storyadapter.worker import torch_settings
-    from storyadapter.worker.renderer import RenderSettings, StoryRenderer
-
     onloads: list[int] = []
     onload = ModuleGroup.onload_
     monkeypatch.setattr(ModuleGroup, "onload_", lambda group: (onloads.append(len(group.modules)), onload(group))[1])
-    settings = RenderSettings(steps=2, height=64, width=64, guidance_scale=1.0, scheduler="flow_euler")
-    bank = np.random.default_rng(0).normal(size=(2, 32)).astype(np.float32)
 
-    def render(offload: bool):
-        with torch_settings.reproducible(threads=1):
-            backbone = load_backbone(flux_tiny_source, torch.device("cpu"), torch.float32)
-            if offload:
-                backbone.offload("blocks", torch.device("cpu"))
-            r = StoryRenderer(backbone, settings)
-            r.set_references(bank, 0.5)
-            frame = r.render([r.encode_text("a cat on a desk", "")], [1])[0]
-            return np.asarray(frame, dtype=np.int16), r.embed_images([frame]), backbone
-
-    plain, offloaded = render(False), render(True)
+    plain, offloaded = render_frame(flux_tiny_source, None), render_frame(flux_tiny_source, "blocks")
     assert np.array_equal(plain[0], offloaded[0]) and np.array_equal(plain[1], offloaded[1])
     backbone = offloaded[2]
     transformer = backbone.pipe.transformer

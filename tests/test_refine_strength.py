@@ -19,6 +19,7 @@ from storyadapter import spec as specs
 from storyadapter.errors import UserError
 from storyadapter.rundir import manifest
 
+from .helpers.renders import assert_same_bytes
 from .helpers.stories import write_story
 
 FRAMES = ["a fox in the snow", "a fox by a river"]
@@ -169,7 +170,4 @@ def test_warm_starts_give_the_same_bytes_on_1_or_2_workers_and_after_a_killed_dr
     request.getfixturevalue("local_ray")  # the in-process Ray starts only after the kill
     one = engine_render(engine_story, tiny_cache, tmp_path / "one", 1)
     engine_render(engine_story, tiny_cache, killed, 2, "resume=true")
-    for it in range(3):
-        for f in range(4):
-            rel = Path(manifest.iteration_dirname(it)) / manifest.frame_filename(f)
-            assert (one / rel).read_bytes() == (killed / rel).read_bytes(), f"{rel} differs"
+    assert_same_bytes(one, killed, iterations=3, frames=4)

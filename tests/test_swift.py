@@ -17,6 +17,7 @@ from storyadapter import spec as specs
 from storyadapter.errors import UserError
 from storyadapter.rundir import manifest
 
+from .helpers.renders import assert_same_bytes
 from .helpers.stories import write_story
 
 FRAMES = ["a fox in the snow", "a fox by a river", "a fox asleep under a tree"]
@@ -151,13 +152,6 @@ def engine_render(story_file, tiny_cache, out, workers, *extra) -> Path:
     return render_story(compose_config(engine_overrides(story_file, tiny_cache, out, workers, *extra)), out)
 
 
-def assert_same_bytes(a: Path, b: Path, frames: int = 6) -> None:
-    for it in range(3):
-        for f in range(frames):
-            rel = Path(manifest.iteration_dirname(it)) / manifest.frame_filename(f)
-            assert (a / rel).read_bytes() == (b / rel).read_bytes(), f"{rel} differs"
-
-
 def kill_driver_at(story_file, tiny_cache, out: Path, point: str) -> None:
     from .helpers import engine_hooks
 
@@ -176,10 +170,10 @@ def test_swift_resumes_to_identical_bytes_from_a_draft_or_the_last_iteration_on_
         killed[point] = out
     request.getfixturevalue("local_ray")  # the in-process Ray starts only after the kills
     reference = engine_render(engine_story, tiny_cache, tmp_path / "one", 1)
-    assert_same_bytes(reference, engine_render(engine_story, tiny_cache, tmp_path / "two", 2))
+    assert_same_bytes(reference, engine_render(engine_story, tiny_cache, tmp_path / "two", 2), iterations=3, frames=6)
     for out in killed.values():
         engine_render(engine_story, tiny_cache, out, 2, "resume=true")
-        assert_same_bytes(reference, out)
+        assert_same_bytes(reference, out, iterations=3, frames=6)
 
 
 

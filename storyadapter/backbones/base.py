@@ -50,6 +50,25 @@ class ReferenceLayer:
     heads: int
 
 
+def guidance_batch(texts: list[TextEmbedding], guided: bool, device: torch.device,
+                   dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch's token embeddings and pooled vectors, laid out as the guidance batch: every negative prompt's
+    first, then every prompt's (`guided=False`: the prompts' alone)."""
+    negative = [e.negative_tokens for e in texts] if guided else []
+    negative_pooled = [e.negative_pooled for e in texts] if guided else []
+    tokens = torch.cat(negative + [e.tokens for e in texts]).to(device, dtype)
+    pooled = torch.cat(negative_pooled + [e.pooled for e in texts]).to(device, dtype)
+    return tokens, pooled
+
+
+def guidance_branches(noise: torch.Tensor, guided: bool) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """The denoiser's output on a guidance batch as `predict_noise` returns it: (unconditional, conditional)."""
+    if not guided:
+        return None, noise
+    uncond, cond = noise.chunk(2)
+    return uncond, cond
+
+
 class Backbone(ABC):
     """A loaded model family, as the renderer, GRCA and CSA call it."""
 

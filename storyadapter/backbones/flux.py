@@ -1,9 +1,9 @@
 """FLUX + the XLabs IP-Adapter behind the backbone interface (base.py), wrapping diffusers' FluxPipeline.
 
-The pipeline comes from models/flux_loading.py with the IP-Adapter loaded. Taking it over, the backbone keeps the
-adapter's image projection and each double-stream block's `to_k_ip`/`to_v_ip` for GRCA (attention/grca_flux.py),
-and gives every attention layer diffusers' plain `FluxAttnProcessor`: reference tokens are fed once per iteration,
-never by the transformer. The denoising calls are those of `FluxPipeline.__call__`, op for op:
+The pipeline comes from models/flux_loading.py with the IP-Adapter loaded. Taking it over (ip_adapter.py), the
+backbone keeps the adapter's image projection and each double-stream block's `to_k_ip`/`to_v_ip` for GRCA
+(attention/grca_flux.py), and gives every attention layer diffusers' plain `FluxAttnProcessor`: reference tokens are
+fed once per iteration, never by the transformer. The denoising calls are those of `FluxPipeline.__call__`, op for op:
   * flow-matching Euler with the resolution-dependent shift (`mu` from the image's token count);
   * latents 2x2-packed into tokens; the renderer's noise is drawn unpacked, (1, 16, H/8, W/8), as diffusers draws it;
   * guidance: FLUX.1-dev is guidance-distilled: the guidance embedding takes render.distilled_guidance (diffusers'
@@ -23,7 +23,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from .base import Backbone, ReferenceLayer, TextEmbedding
+from .base import TextEmbedding, guidance_batch, guidance_branches
+from .ip_adapter import IPAdapterBackbone
 
 DEFAULT_DISTILLED_GUIDANCE = 3.5  # FluxPipeline.__call__'s guidance_scale default
 MAX_T5_TOKENS = 512  # FluxPipeline's max_sequence_length (its largest)
@@ -39,27 +40,13 @@ class FluxConditioning:
     guided: bool  # True: true CFG, two branches
 
 
-class FluxBackbone(Backbone):
+class FluxBackbone(IPAdapterBackbone):
+    DENOISER = "transformer"
+
     def __init__(self, pipe):
         from diffusers.models.transformers.transformer_flux import FluxAttnProcessor, FluxIPAdapterAttnProcessor
 
-        if pipe.image_encoder is None:
-            raise ValueError("the pipeline needs an IP-Adapter image encoder (call load_ip_adapter first)")
-        self.pipe = pipe
-        transformer = pipe.transformer
-        self._reference_layers: dict[str, ReferenceLayer] = {}
-        plain: dict[str, nn.Module] = {}
-        for name, proc in transformer.attn_processors.items():
-            layer = name.removesuffix(".processor")
-            if isinstance(proc, FluxIPAdapterAttnProcessor):
-                self._reference_layers[layer] = ReferenceLayer(proc.to_k_ip[0], proc.to_v_ip[0],
-                                                               transformer.get_submodule(layer).heads)
-            plain[name] = FluxAttnProcessor()
-        if not self._reference_layers:
-            raise RuntimeError("no FLUX IP-Adapter layers found; was load_ip_adapter called?")
-        self._projection = transformer.encoder_hid_proj.image_projection_layers[0]  # CLIP embedding -> 4 tokens
-        transformer.set_attn_processor(plain)
-        transformer.encoder_hid_proj = None  # the transformer's own per-call image projection is detached
+        self._take_over(pipe, FluxIPAdapterAttnProcessor, FluxAttnProcessor, "FLUX IP-Adapter layers")
         self._guidance = DEFAULT_DISTILLED_GUIDANCE
         self._offload_mode = "none"  # model.offload (offload())
         self._offload_device: torch.device | None = None  # where offloaded weights compute
@@ -177,10 +164,7 @@ class FluxBackbone(Backbone):
 
     def conditioning(self, texts: list[TextEmbedding], height: int, width: int, guided: bool = True) -> FluxConditioning:
         device, dtype = self.device, self.dtype
-        negative = [e.negative_tokens for e in texts] if guided else []
-        negative_pooled = [e.negative_pooled for e in texts] if guided else []
-        tokens = torch.cat(negative + [e.tokens for e in texts]).to(device, dtype)
-        pooled = torch.cat(negative_pooled + [e.pooled for e in texts]).to(device, dtype)
+        tokens, pooled = guidance_batch(texts, guided, device, dtype)
         text_ids = torch.zeros(tokens.shape[1], 3).to(device=device, dtype=dtype)
         factor = self.pipe.vae_scale_factor * 2
         image_ids = self.pipe._prepare_latent_image_ids(1, height // factor, width // factor, device, dtype)
@@ -196,10 +180,7 @@ class FluxBackbone(Backbone):
                                       txt_ids=conditioning.text_ids, img_ids=conditioning.image_ids,
                                       return_dict=False)[0]
         self.unet_evaluations += model_in.shape[0]
-        if not conditioning.guided:
-            return None, noise
-        uncond, cond = noise.chunk(2)
-        return uncond, cond
+        return guidance_branches(noise, conditioning.guided)
 
     def step(self, noise: torch.Tensor, t: torch.Tensor, latents: torch.Tensor,
              generators: list[torch.Generator] | None = None) -> torch.Tensor:
@@ -216,25 +197,10 @@ class FluxBackbone(Backbone):
         return self.pipe.image_processor.postprocess(images, output_type="pil")
 
     # references ---------------------------------------------------------------------------------
-    @property
-    def embedding_dim(self) -> int:
-        return int(self.pipe.image_encoder.config.projection_dim)
-
-    @torch.no_grad()
-    def encode_images(self, images: list[Image.Image]) -> np.ndarray:
-        pixels = self.pipe.feature_extractor(images, return_tensors="pt").pixel_values
-        encoder = self.pipe.image_encoder
-        out = encoder(pixels.to(_execution_device(encoder), encoder.dtype)).image_embeds
-        return out.float().cpu().numpy()
-
-    @torch.no_grad()
-    def image_tokens(self, embeddings: torch.Tensor) -> torch.Tensor:
-        return self._projection(embeddings)
+    def _image_encoder_device(self, encoder: nn.Module) -> torch.device:
+        return _execution_device(encoder)
 
     # attention layers ---------------------------------------------------------------------------
-    def reference_layers(self) -> Mapping[str, ReferenceLayer]:
-        return dict(self._reference_layers)
-
     def reference_processor_class(self) -> type:
         from ..attention.grca_flux import FluxGlobalReferenceAttnProcessor
 
@@ -242,14 +208,6 @@ class FluxBackbone(Backbone):
 
     def self_attention_layers(self) -> Mapping[str, int]:
         return {}  # consistent self-attention is written for a UNet's self-attention (spec.py refuses it on FLUX)
-
-    def set_attention_processors(self, processors: Mapping[str, nn.Module]) -> None:
-        installed = dict(self.pipe.transformer.attn_processors)
-        unknown = [name for name in processors if f"{name}.processor" not in installed]
-        if unknown:
-            raise KeyError(f"no attention layer named {unknown[0]}")
-        installed.update({f"{name}.processor": proc for name, proc in processors.items()})
-        self.pipe.transformer.set_attn_processor(installed)
 
 
 def _execution_device(module: nn.Module) -> torch.device:

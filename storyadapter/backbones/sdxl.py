@@ -1,7 +1,7 @@
 """SDXL + IP-Adapter behind the backbone interface (base.py), wrapping diffusers' StableDiffusionXLPipeline.
 
-The pipeline comes from models/loading.py with the IP-Adapter loaded. Taking it over, the backbone keeps the
-adapter's image projection and its per-layer `to_k_ip`/`to_v_ip` for GRCA, and gives every attention layer
+The pipeline comes from models/loading.py with the IP-Adapter loaded. Taking it over (ip_adapter.py), the backbone
+keeps the adapter's image projection and its per-layer `to_k_ip`/`to_v_ip` for GRCA, and gives every attention layer
 diffusers' plain processor: reference tokens are fed once per iteration (attention/grca.py), never by the UNet.
 The denoising calls are those of `StableDiffusionXLPipeline.__call__`, op for op, so that scale 0 renders its
 pixels exactly.
@@ -12,15 +12,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping
 
-import numpy as np
 import torch
 from PIL import Image
-from torch import nn
 
 from . import sdxl_text
 from .. import passes
 from ..methods import FreeUSettings
-from .base import Backbone, ReferenceLayer, TextEmbedding
+from .base import TextEmbedding, guidance_batch, guidance_branches
+from .ip_adapter import IPAdapterBackbone
 
 
 @dataclass(frozen=True)
@@ -30,26 +29,11 @@ class SDXLConditioning:
     guided: bool = True  # False: (B, ...), the conditional branch alone
 
 
-class SDXLBackbone(Backbone):
+class SDXLBackbone(IPAdapterBackbone):
     def __init__(self, pipe):
         from diffusers.models.attention_processor import AttnProcessor2_0, IPAdapterAttnProcessor2_0
 
-        if pipe.image_encoder is None:
-            raise ValueError("the pipeline needs an IP-Adapter image encoder (call load_ip_adapter first)")
-        self.pipe = pipe
-        unet = pipe.unet
-        self._reference_layers: dict[str, ReferenceLayer] = {}
-        plain: dict[str, nn.Module] = {}
-        for name, proc in unet.attn_processors.items():
-            layer = name.removesuffix(".processor")
-            if isinstance(proc, IPAdapterAttnProcessor2_0):
-                self._reference_layers[layer] = ReferenceLayer(proc.to_k_ip[0], proc.to_v_ip[0], unet.get_submodule(layer).heads)
-            plain[name] = AttnProcessor2_0()
-        if not self._reference_layers:
-            raise RuntimeError("no IP-Adapter cross-attention layers found; was load_ip_adapter called?")
-        self._projection = unet.encoder_hid_proj.image_projection_layers[0]  # CLIP embedding -> 4 tokens
-        unet.set_attn_processor(plain)
-        unet.encoder_hid_proj = None  # the UNet's own per-step image projection is detached
+        self._take_over(pipe, IPAdapterAttnProcessor2_0, AttnProcessor2_0, "IP-Adapter cross-attention layers")
         if pipe.vae.dtype == torch.float16 and pipe.vae.config.force_upcast:
             # SDXL's VAE overflows in fp16. Upcast it once, so decoding casts latents, never weights (diffusers'
             # pipeline converts the VAE fp16 -> fp32 -> fp16 on every call). Same pixels: fp16 -> fp32 is exact.
@@ -152,10 +136,7 @@ class SDXLBackbone(Backbone):
     def conditioning(self, texts: list[TextEmbedding], height: int, width: int, guided: bool = True) -> SDXLConditioning:
         # Read once: diffusers' ModelMixin.device/.dtype walk every UNet module (~2000 in SDXL) on each access.
         device, dtype = self.device, self.dtype
-        negative = [e.negative_tokens for e in texts] if guided else []
-        negative_pooled = [e.negative_pooled for e in texts] if guided else []
-        tokens = torch.cat(negative + [e.tokens for e in texts]).to(device, dtype)
-        pooled = torch.cat(negative_pooled + [e.pooled for e in texts]).to(device, dtype)
+        tokens, pooled = guidance_batch(texts, guided, device, dtype)
         size = (height, width)
         time_ids = torch.tensor([list(size + (0, 0) + size)], dtype=dtype, device=device).repeat(tokens.shape[0], 1)
         return SDXLConditioning(tokens, {"text_embeds": pooled, "time_ids": time_ids}, guided)
@@ -167,10 +148,7 @@ class SDXLBackbone(Backbone):
         noise = self.pipe.unet(model_in, t, encoder_hidden_states=conditioning.tokens,
                                added_cond_kwargs=conditioning.added, return_dict=False)[0]
         self.unet_evaluations += model_in.shape[0]
-        if not conditioning.guided:
-            return None, noise
-        uncond, cond = noise.chunk(2)
-        return uncond, cond
+        return guidance_branches(noise, conditioning.guided)
 
     def step(self, noise: torch.Tensor, t: torch.Tensor, latents: torch.Tensor,
              generators: list[torch.Generator] | None = None) -> torch.Tensor:
@@ -187,26 +165,7 @@ class SDXLBackbone(Backbone):
         images = vae.decode(latents, return_dict=False)[0]
         return self.pipe.image_processor.postprocess(images, output_type="pil")
 
-    # references ---------------------------------------------------------------------------------
-    @property
-    def embedding_dim(self) -> int:
-        return int(self.pipe.image_encoder.config.projection_dim)
-
-    @torch.no_grad()
-    def encode_images(self, images: list[Image.Image]) -> np.ndarray:
-        pixels = self.pipe.feature_extractor(images, return_tensors="pt").pixel_values
-        encoder = self.pipe.image_encoder
-        out = encoder(pixels.to(encoder.device, encoder.dtype)).image_embeds
-        return out.float().cpu().numpy()
-
-    @torch.no_grad()
-    def image_tokens(self, embeddings: torch.Tensor) -> torch.Tensor:
-        return self._projection(embeddings)
-
     # attention layers ---------------------------------------------------------------------------
-    def reference_layers(self) -> Mapping[str, ReferenceLayer]:
-        return dict(self._reference_layers)
-
     def self_attention_layers(self) -> Mapping[str, int]:
         """The up blocks' attn1 (StoryDiffusion's choice), ranked by up block: SDXL's go coarse to fine
         (30 layers at 1/32 of the image, 6 at 1/16)."""
@@ -214,14 +173,6 @@ class SDXLBackbone(Backbone):
                   if name.startswith("up_blocks.") and name.endswith("attn1.processor")]
         blocks = sorted({int(layer.split(".")[1]) for layer in layers})
         return {layer: blocks.index(int(layer.split(".")[1])) for layer in layers}
-
-    def set_attention_processors(self, processors: Mapping[str, nn.Module]) -> None:
-        installed = dict(self.pipe.unet.attn_processors)
-        unknown = [name for name in processors if f"{name}.processor" not in installed]
-        if unknown:
-            raise KeyError(f"no attention layer named {unknown[0]}")
-        installed.update({f"{name}.processor": proc for name, proc in processors.items()})
-        self.pipe.unet.set_attn_processor(installed)
 
 
 def _scheduler(name: str, ddim_config):

@@ -15,6 +15,16 @@ def _is_file(ref: str) -> bool:
     return ref.lower().endswith(".safetensors")
 
 
+def _check_cached(ref: str, where: str) -> None:
+    """A hub id: offline, it must already be in the local Hugging Face cache."""
+    if offline():
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(ref, "config.json"), str):
+            raise UserError(f"{where}: not in the local Hugging Face cache and HF_HUB_OFFLINE is set; "
+                            f"fetch it once with `hf download {ref}`")
+
+
 def check(ref: str) -> None:
     """Before any worker starts: `ref` names a folder with a VAE config, a readable VAE file, or a cached hub id."""
     where = f"model.vae={ref}"
@@ -30,12 +40,7 @@ def check(ref: str) -> None:
         if not ((path / "config.json").is_file() or (path / "vae" / "config.json").is_file()):
             raise UserError(f"{where}: neither config.json nor vae/config.json in that folder")
         return
-    if offline():
-        from huggingface_hub import try_to_load_from_cache
-
-        if not isinstance(try_to_load_from_cache(ref, "config.json"), str):
-            raise UserError(f"{where}: not in the local Hugging Face cache and HF_HUB_OFFLINE is set; "
-                            f"fetch it once with `hf download {ref}`")
+    _check_cached(ref, where)
 
 
 def load(ref: str, dtype: torch.dtype, components_dir: Callable[[], Path]):
@@ -96,12 +101,7 @@ def check_tiny(ref: str) -> None:
         if kind != "AutoencoderTiny":
             raise UserError(f"{where}: config.json says {kind}, not AutoencoderTiny (TAESDXL); a draft VAE only decodes")
         return
-    if offline():
-        from huggingface_hub import try_to_load_from_cache
-
-        if not isinstance(try_to_load_from_cache(ref, "config.json"), str):
-            raise UserError(f"{where}: not in the local Hugging Face cache and HF_HUB_OFFLINE is set; "
-                            f"fetch it once with `hf download {ref}`")
+    _check_cached(ref, where)
 
 
 def load_tiny(ref: str, dtype: torch.dtype):

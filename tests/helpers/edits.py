@@ -76,5 +76,15 @@ def count_renders(monkeypatch) -> list[int]:
     return rendered
 
 
+def edit_copy(finished: Path, tmp_path: Path, cache: Path, monkeypatch, lines: list[str]):
+    """`lines` as the story of a copy of the finished render, rendered with edit=true in this process: the copy's
+    folder, its files before and after (`files`), and the frames rendered."""
+    story, out = copy_of(finished, tmp_path, lines)
+    before = files(out)
+    rendered = count_renders(monkeypatch)
+    render(*command(story, out, cache, "edit=true"))
+    return out, before, files(out), rendered
+
+
 def frames(out: Path, it: int = 1) -> list[str]:
     return [f"iter_{it:02d}/frame_{i:04d}.png" for i in range(3)]

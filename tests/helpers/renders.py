@@ -58,3 +58,11 @@ def assert_same_render(a: Path, b: Path, iterations: int, frames: int) -> None:
             assert np.array_equal(pa, pb), f"{rel} differs"
         np.testing.assert_array_equal(manifest.read_bank(a, it), manifest.read_bank(b, it))
     assert manifest.finished_iterations(b) == list(range(iterations + 1))
+
+
+def assert_same_bytes(a: Path, b: Path, iterations: int, frames: int) -> None:
+    """Iteration folders 0..iterations-1 of render folders a and b hold byte-identical frame files."""
+    for it in range(iterations):
+        for f in range(frames):
+            rel = Path(manifest.iteration_dirname(it)) / manifest.frame_filename(f)
+            assert (a / rel).read_bytes() == (b / rel).read_bytes(), f"{rel} differs"
