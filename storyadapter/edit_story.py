@@ -62,7 +62,9 @@ def edit_story(cfg: DictConfig, out_dir: Path) -> Path:
                  refine, refine, "" if refine == 1 else "s", iterations + 1, iterations + refine, n * refine,
                  iterations + refine)
     # One Ray for the edit's frames and the refinement iterations (each loads the model in its own actors).
-    with _cluster(run) if refine else contextlib.nullcontext():
+    from .render_story import connected
+
+    with connected(run) if refine else contextlib.nullcontext():
         if plan is not None:
             _apply(run, cfg, story, out_dir, plan, outputs=not refine)
         if refine:
@@ -109,23 +111,6 @@ def _refine(cfg: DictConfig, out_dir: Path, iterations: int) -> Path:
     return render_story(longer, out_dir)
 
 
-@contextlib.contextmanager
-def _cluster(run: specs.RunSpec):
-    """Ray for the block: joined or started (then stopped at its end), unless this process is on one already.
-    Yields whether it started it."""
-    from .engine import cluster, local_ray
-    from .render_story import needs_gpu
-
-    c = run.cluster
-    started = cluster.connect(c.mode, c.address, c.workers, c.cpus_per_worker, c.object_store_gb, c.connect_timeout_s,
-                              gpus_per_worker=c.gpus_per_worker if needs_gpu(run) else 0.0)
-    try:
-        yield started
-    finally:
-        if started:  # a Ray we started goes down whole, actors included
-            local_ray.stop()
-
-
 def _render(run: specs.RunSpec, story: Story, out_dir: Path, plan: edits.EditPlan, scale: float) -> dict:
     """The plan's frames, rendered into its staging folder; starts the cluster only for frames not journaled yet."""
     from .engine import driver
@@ -142,7 +127,7 @@ def _render(run: specs.RunSpec, story: Story, out_dir: Path, plan: edits.EditPla
     from .engine import placement
 
     source, _ = r.resolve_model(run.model)
-    with _cluster(run) as started:
+    with r.connected(run) as started:
         res = placement.ActorResources(**specs.fields_for(placement.ActorResources, run.cluster))
         executor = r.start_executor(run, r.worker_spec(run, story, source, staging, frames_dir=out_dir, bank_rows=rows), res)
         try:

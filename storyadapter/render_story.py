@@ -6,6 +6,7 @@ directory's guard alone reads the resolved config itself: its fingerprint is the
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 
@@ -197,6 +198,22 @@ def needs_gpu(run: specs.RunSpec) -> bool:
     return run.model.device.startswith("cuda")
 
 
+@contextlib.contextmanager
+def connected(run: specs.RunSpec):
+    """Ray for the block: joined or started (then stopped at its end, actors included), unless this process is on
+    one already. Yields whether it started it: if not, the caller frees its own actors."""
+    from .engine import cluster
+
+    c = run.cluster
+    started = cluster.connect(c.mode, c.address, c.workers, c.cpus_per_worker, c.object_store_gb, c.connect_timeout_s,
+                              gpus_per_worker=c.gpus_per_worker if needs_gpu(run) else 0.0)
+    try:
+        yield started
+    finally:
+        if started:  # a Ray we started goes down whole, actors included (killing them first makes Ray announce retries)
+            local_ray.stop()
+
+
 def actor_devices(run: specs.RunSpec) -> bool:
     """Whether the render actors reserve GPUs. Refuses CPU actors for a GPU model on a fixed cluster without GPUs."""
     import ray
@@ -277,44 +294,40 @@ def _render(run: specs.RunSpec, cfg: DictConfig, story: Story, out_dir: Path,
     """Start the cluster and the actors, render every unfinished iteration, then score the metrics that need
     CLIP on the actors (their GPUs) before releasing them. Returns whether metrics were written, and the
     error to raise once the other outputs are written. `cfg` goes to the run directory's config.yaml only."""
-    from .engine import clip_scorer, cluster, driver, placement
+    from .engine import clip_scorer, driver, placement
     from .worker.clip import ActorClip
 
     source, eval_clip = resolve_model(run.model)
     check_draft_lora(run)
-    c = run.cluster
-    started = cluster.connect(c.mode, c.address, c.workers, c.cpus_per_worker, c.object_store_gb, c.connect_timeout_s,
-                              gpus_per_worker=c.gpus_per_worker if needs_gpu(run) else 0.0)
-    executor = None
-    try:
-        res = placement.ActorResources(**specs.fields_for(placement.ActorResources, c))
-        executor = start_executor(run, worker_spec(run, story, source, out_dir), res, ActorClip)
-        env = getattr(executor, "environment", None)
-        if not state.fresh and (changed := rundir.environment_changed(out_dir, env)):
-            log.warning("%s", changed)
-        if state.fresh or state.extends:  # only once the workers are up, so a failed start leaves nothing behind
-            rundir.write_config(out_dir, cfg, story, run.iterations_to_render, state.ramp_iterations, env)
-        if story_record.read(out_dir) is None:  # also for a render made before story.json: the guard checked its digest
-            story_record.write(out_dir, story)
-        write_sidecar(out_dir, story.photos)  # which photo each character used, beside the manifest
-        if state.extends:
-            log.info("extending to %d iterations: the new ones run at scale_end=%g (the ramp was %d iterations)",
-                     run.render.iterations, run.render.scale_end, state.ramp_iterations)
-        driver.run_iterations(plan_for(run, story, out_dir, state.ramp_iterations), executor)
-        clip = run.eval.clip_model or eval_clip
-        if run.outputs.enabled and clip:
-            from .outputs import metrics
+    with connected(run) as started:
+        executor = None
+        try:
+            res = placement.ActorResources(**specs.fields_for(placement.ActorResources, run.cluster))
+            executor = start_executor(run, worker_spec(run, story, source, out_dir), res, ActorClip)
+            env = getattr(executor, "environment", None)
+            if not state.fresh and (changed := rundir.environment_changed(out_dir, env)):
+                log.warning("%s", changed)
+            if state.fresh or state.extends:  # only once the workers are up, so a failed start leaves nothing behind
+                rundir.write_config(out_dir, cfg, story, run.iterations_to_render, state.ramp_iterations, env)
+            if story_record.read(out_dir) is None:  # also for a render made before story.json: the guard checked its digest
+                story_record.write(out_dir, story)
+            write_sidecar(out_dir, story.photos)  # which photo each character used, beside the manifest
+            if state.extends:
+                log.info("extending to %d iterations: the new ones run at scale_end=%g (the ramp was %d iterations)",
+                         run.render.iterations, run.render.scale_end, state.ramp_iterations)
+            driver.run_iterations(plan_for(run, story, out_dir, state.ramp_iterations), executor)
+            clip = run.eval.clip_model or eval_clip
+            if run.outputs.enabled and clip:
+                from .outputs import metrics
 
-            log.info("metrics: scoring every iteration with CLIP %s on the render actors", clip)
-            try:
-                metrics.run_metrics(out_dir, clip_scorer.ActorClipScorer(executor, clip))
-            except UserError as exc:
-                log.error("metrics: skipped: %s", exc)
-                return False, exc
-            return True, None
-        return False, None
-    finally:
-        if started:  # a Ray we started goes down whole, actors included (killing them first makes Ray announce retries)
-            local_ray.stop()
-        elif executor is not None:
-            executor.shutdown()
+                log.info("metrics: scoring every iteration with CLIP %s on the render actors", clip)
+                try:
+                    metrics.run_metrics(out_dir, clip_scorer.ActorClipScorer(executor, clip))
+                except UserError as exc:
+                    log.error("metrics: skipped: %s", exc)
+                    return False, exc
+                return True, None
+            return False, None
+        finally:
+            if not started and executor is not None:  # on a Ray we joined, free our actors
+                executor.shutdown()
