@@ -11,8 +11,9 @@ from storyadapter.outputs.comic import fit_image, layout_pages
 from storyadapter.rundir import manifest
 from storyadapter.story.snapshot import compare
 
-from .helpers.edits import STORY, command, copy_of, count_renders, edit_copy, files, launch, render
+from .helpers.edits import STORY, command, copy_of, count_renders, edit_copy, files, launch, one_line_error, render
 from .helpers.engine_hooks import kill_driver_at
+from .helpers.stories import write_story
 
 INSERTED = "[Tom] rows out to sea #Setting out"
 
@@ -108,3 +109,17 @@ def test_an_insert_killed_inside_its_commit_keeps_every_row_true_to_its_file_and
     assert (out / "iter_01/frame_0003.png").read_bytes() == new_frame
     assert not (out / "iter_01/frame_0001.png").exists() and (out / "edits/rev_01/iter_01/frame_0001.png").is_file()
     assert not (out / "edits/pending.json").exists()
+
+
+@pytest.mark.slow
+def test_an_insert_on_a_warm_started_render_is_one_line_and_writes_nothing(tmp_path, tiny_cache):
+    """Warm starts (render.refine_strength) read frame f of the previous iteration by its place in the story, which
+    an insert shifts: refused before anything is written."""
+    warm = "render.refine_strength=0.5"
+    out = tmp_path / "render"
+    render(*command(write_story(tmp_path / "story.txt", STORY), out, tiny_cache, warm))
+    before = files(out)
+    edited = write_story(tmp_path / "edited.txt", STORY[:4] + [INSERTED] + STORY[4:])
+    proc = launch(*command(edited, out, tiny_cache, warm, "edit=true"), cwd=tmp_path)
+    one_line_error(proc, "render.refine_strength", "inserted or removed")
+    assert files(out) == before and not (out / "edits").exists()
